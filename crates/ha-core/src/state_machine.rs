@@ -1,0 +1,88 @@
+//! The [`StateMachine`] contract: the application the log drives.
+
+use bytes::Bytes;
+
+use crate::types::{LogId, Membership, SnapshotMeta};
+
+/// What a committed entry asks of the state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied<'a> {
+    /// An application command (without the driver's request tag).
+    Command(&'a [u8]),
+    /// A no-op: only the applied index moves.
+    Blank,
+    /// A configuration change: recorded so snapshots carry it.
+    Membership(&'a Membership),
+}
+
+/// State-machine failures. An error from `apply` is fatal for the replica
+/// (the state machine is deterministic: every replica would fail alike, so
+/// it must be a storage failure, not a bad command — bad commands get an
+/// error *response*).
+#[derive(Debug, thiserror::Error)]
+pub enum StateMachineError {
+    /// Snapshot bytes failed their checksum or did not decode.
+    #[error("corrupt snapshot: {0}")]
+    CorruptSnapshot(String),
+    /// Backing storage failed.
+    #[error("state machine storage: {0}")]
+    Storage(String),
+}
+
+/// A stream of snapshot chunks. Sizes need not be known up front.
+pub trait ChunkSource: Send {
+    /// The next chunk, or `None` at the end.
+    fn next_chunk(&mut self) -> Result<Option<Bytes>, StateMachineError>;
+}
+
+/// A built snapshot, ready to stream.
+pub trait SnapshotSource: ChunkSource {
+    /// What the snapshot covers.
+    fn meta(&self) -> &SnapshotMeta;
+}
+
+/// A deterministic application of committed log entries.
+///
+/// Entries are applied strictly in index order, each once — except after a
+/// crash, when entries after the last durable applied index are applied
+/// again: `apply` at an index `<= last_applied()` must be a no-op (idempotent
+/// replay), judged by `log_id.index`.
+pub trait StateMachine: Send + 'static {
+    /// Applies the entry `log_id` and returns the response for its proposer.
+    fn apply(&mut self, log_id: LogId, entry: Applied<'_>) -> Result<Bytes, StateMachineError>;
+
+    /// Id of the last entry applied (`LogId::default()` before any).
+    fn last_applied(&self) -> LogId;
+
+    /// Builds a snapshot of the current state (covering `last_applied`).
+    fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StateMachineError>;
+
+    /// Replaces the whole state with the snapshot streamed from `chunks`.
+    /// On error the previous state is kept.
+    fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        chunks: &mut dyn ChunkSource,
+    ) -> Result<(), StateMachineError>;
+}
+
+/// A [`ChunkSource`] over chunks held in memory.
+#[derive(Debug, Default)]
+pub struct VecChunks {
+    chunks: std::collections::VecDeque<Bytes>,
+}
+
+impl VecChunks {
+    /// Wraps `chunks`.
+    pub fn new(chunks: impl IntoIterator<Item = Bytes>) -> Self {
+        Self {
+            chunks: chunks.into_iter().collect(),
+        }
+    }
+}
+
+impl ChunkSource for VecChunks {
+    fn next_chunk(&mut self) -> Result<Option<Bytes>, StateMachineError> {
+        Ok(self.chunks.pop_front())
+    }
+}

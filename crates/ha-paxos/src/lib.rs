@@ -1,0 +1,6 @@
+//! # ha-paxos
+//!
+//! Multi-Paxos as a deterministic, sans-IO state machine implementing ha_core::consensus::Consensus (issue 10: not built yet).
+//!
+//! This crate is an empty placeholder in the workspace so that the crate map
+//! and dependency direction are fixed from the start; it exports nothing yet.
