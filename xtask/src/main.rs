@@ -4,6 +4,14 @@
 //!   "ha-core builds without RocksDB" check, and every test of the workspace
 //!   (all features). This is the command `.ci/run` runs.
 //! - `cargo xtask test --quick` — the same without fmt/clippy.
+//! - `cargo xtask demo [ARGS]` — the runnable example until `ha-node` serves:
+//!   a durable single-node replicated KV on RocksDB (see the README).
+//! - `cargo xtask setup` — only the system-package step the others run first.
+//!
+//! Every command first makes sure the system packages the build needs are
+//! present (libclang for RocksDB's bindgen), installing them with `apt-get`
+//! when running as root on Debian/Ubuntu, so one command works on a fresh
+//! machine.
 //!
 //! Environment: `HA_CRASH_KILLS` raises the number of SIGKILLs in the crash
 //! test (default 200).
@@ -16,7 +24,9 @@ use anyhow::{Context, Result, bail};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("test") => test(&args[1..]),
+        Some("test") => setup().and_then(|()| test(&args[1..])),
+        Some("demo") => setup().and_then(|()| demo(&args[1..])),
+        Some("setup") => setup(),
         Some("-h") | Some("--help") | None => {
             print_help();
             Ok(())
@@ -38,7 +48,9 @@ fn print_help() {
     println!(
         "cargo xtask <command>\n\n\
          commands:\n  \
-         test [--quick]   fmt check, clippy -D warnings, no-RocksDB check, all tests\n                   (--quick: tests only)\n"
+         test [--quick]   fmt check, clippy -D warnings, no-RocksDB check, all tests\n                   (--quick: tests only)\n  \
+         demo [ARGS]      durable single-node replicated KV on RocksDB (example kv_solo);\n                   ARGS go to the example, e.g. --dir ./ha-data --ops 20000 --clients 64\n  \
+         setup            install the system packages the build needs (libclang)\n"
     );
 }
 
@@ -125,4 +137,86 @@ fn no_rocksdb_without_feature() -> Result<()> {
     }
     eprintln!("xtask: ── {step}: ok");
     Ok(())
+}
+
+/// Runs the `kv_solo` example of ha-core (RocksDB + Solo consensus + MemKv).
+fn demo(args: &[String]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--package",
+        "ha-core",
+        "--features",
+        "rocksdb",
+        "--example",
+        "kv_solo",
+        "--",
+    ]);
+    cmd.args(args);
+    run("demo", &mut cmd)
+}
+
+/// Makes sure libclang (needed by bindgen when building RocksDB) is present.
+fn setup() -> Result<()> {
+    if std::env::var_os("LIBCLANG_PATH").is_some() || libclang_present() {
+        return Ok(());
+    }
+    eprintln!("xtask: libclang not found (RocksDB's bindgen needs it); installing libclang-dev");
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let has_apt = std::path::Path::new("/usr/bin/apt-get").exists();
+    if !(is_root && has_apt) {
+        bail!(
+            "libclang is missing: install it (Debian/Ubuntu: `apt-get install libclang-dev`) \
+             or set LIBCLANG_PATH, then run this command again"
+        );
+    }
+    let apt = |args: &[&str]| {
+        let mut c = Command::new("apt-get");
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run("apt-get update", &mut apt(&["update", "-qq"]))?;
+    run(
+        "apt-get install libclang-dev",
+        &mut apt(&["install", "-y", "-qq", "libclang-dev"]),
+    )?;
+    if !libclang_present() {
+        bail!("libclang-dev was installed but no libclang shared library was found");
+    }
+    Ok(())
+}
+
+fn libclang_present() -> bool {
+    let dirs = [
+        "/usr/lib",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/local/lib",
+    ];
+    let is_libclang = |name: &str| {
+        name.starts_with("libclang") && name.contains(".so") && !name.starts_with("libclang-cpp")
+    };
+    let scan = |dir: &std::path::Path| -> bool {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| is_libclang(&e.file_name().to_string_lossy()))
+            })
+            .unwrap_or(false)
+    };
+    if dirs.iter().any(|d| scan(std::path::Path::new(d))) {
+        return true;
+    }
+    // Debian puts it under /usr/lib/llvm-N/lib.
+    std::fs::read_dir("/usr/lib")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"))
+                .any(|e| scan(&e.path().join("lib")))
+        })
+        .unwrap_or(false)
 }
