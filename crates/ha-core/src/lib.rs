@@ -17,6 +17,7 @@ pub mod consensus;
 pub mod kv;
 pub mod placement;
 pub mod request;
+pub mod solo;
 
 pub mod state_machine;
 pub mod storage;

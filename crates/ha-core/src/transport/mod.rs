@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{GroupId, NodeId};
 
+pub mod mem;
+pub use mem::{MemNetwork, MemNetworkConfig, MemNetworkError, MemTransport};
+
 /// What a frame carries; transports may route kinds over different streams
 /// (snapshot chunks never delay protocol messages).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
