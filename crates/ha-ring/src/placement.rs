@@ -1,0 +1,133 @@
+//! [`ha_core::placement::Placement`] implementations: key → shard by jump
+//! hash, shard → replicas by a [`ShardTable`] (recommended) or by any
+//! [`ReplicaLocator`] (ring, rendezvous).
+
+use ha_core::placement::{Placement, PlacementError};
+use ha_core::{GroupId, NodeId};
+
+use crate::ReplicaLocator;
+use crate::cluster::RingError;
+use crate::jump::ShardMap;
+use crate::table::ShardTable;
+
+/// The recommended placement: jump hash for key → shard, a balanced
+/// [`ShardTable`] for shard → replicas.
+///
+/// ```
+/// use ha_core::placement::Placement;
+/// use ha_ring::{Cluster, hash::HashFn, jump::ShardMap, placement::TablePlacement};
+/// let shards = ShardMap::new(HashFn::V1, 1, 8)?;
+/// let p = TablePlacement::new(shards, &Cluster::uniform(5)?, 3)?;
+/// let g = p.shard_for_key(b"k");
+/// let nodes = p.replicas(g, 3)?;
+/// assert_eq!(nodes.len(), 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePlacement {
+    shards: ShardMap,
+    table: ShardTable,
+}
+
+impl TablePlacement {
+    /// Builds a fresh table for every shard of `shards`.
+    pub fn new(
+        shards: ShardMap,
+        cluster: &crate::Cluster,
+        replicas: usize,
+    ) -> Result<Self, RingError> {
+        let table = ShardTable::new(cluster, shards.shards(), replicas)?;
+        Ok(Self { shards, table })
+    }
+
+    /// Wraps an existing table. Errors: the table does not hold exactly the
+    /// shards of `shards`.
+    pub fn from_table(shards: ShardMap, table: ShardTable) -> Result<Self, RingError> {
+        let want: Vec<GroupId> = shards.shards().collect();
+        let have: Vec<GroupId> = table.assignments().keys().copied().collect();
+        if want != have {
+            return Err(RingError::InvalidParameter(
+                "table shards do not match the shard map".into(),
+            ));
+        }
+        Ok(Self { shards, table })
+    }
+
+    /// The table.
+    pub fn table(&self) -> &ShardTable {
+        &self.table
+    }
+
+    /// The key → shard map.
+    pub fn shard_map(&self) -> &ShardMap {
+        &self.shards
+    }
+}
+
+impl Placement for TablePlacement {
+    fn shard_for_key(&self, key: &[u8]) -> GroupId {
+        self.shards.shard_for_key(key)
+    }
+
+    /// The first `replicas` of the shard's table row. Errors: unknown shard,
+    /// or more replicas than the table keeps.
+    fn replicas(&self, shard: GroupId, replicas: usize) -> Result<Vec<NodeId>, PlacementError> {
+        let row = self
+            .table
+            .replicas_of(shard)
+            .ok_or(RingError::UnknownShard(shard.0))?;
+        if replicas == 0 {
+            return Err(RingError::ZeroReplicas.into());
+        }
+        if replicas > row.len() {
+            return Err(PlacementError::NotEnoughNodes {
+                replicas,
+                nodes: row.len(),
+            });
+        }
+        Ok(row[..replicas].to_vec())
+    }
+}
+
+/// Jump hash for key → shard and any [`ReplicaLocator`] for shard →
+/// replicas, with the shard id hashed by the shard map's [`HashFn`]
+/// (its 8 little-endian bytes).
+///
+/// [`HashFn`]: crate::hash::HashFn
+///
+/// ```
+/// use ha_core::placement::Placement;
+/// use ha_ring::{Cluster, hash::HashFn, jump::ShardMap, placement::LocatorPlacement};
+/// use ha_ring::rendezvous::Rendezvous;
+/// let p = LocatorPlacement::new(ShardMap::new(HashFn::V1, 1, 4)?, Rendezvous::new(Cluster::uniform(3)?));
+/// assert_eq!(p.replicas(ha_core::GroupId(2), 2)?.len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct LocatorPlacement<L> {
+    shards: ShardMap,
+    locator: L,
+}
+
+impl<L: ReplicaLocator> LocatorPlacement<L> {
+    /// Combines a shard map and a locator.
+    pub fn new(shards: ShardMap, locator: L) -> Self {
+        Self { shards, locator }
+    }
+
+    /// The locator.
+    pub fn locator(&self) -> &L {
+        &self.locator
+    }
+}
+
+impl<L: ReplicaLocator> Placement for LocatorPlacement<L> {
+    fn shard_for_key(&self, key: &[u8]) -> GroupId {
+        self.shards.shard_for_key(key)
+    }
+
+    fn replicas(&self, shard: GroupId, replicas: usize) -> Result<Vec<NodeId>, PlacementError> {
+        let h = self.shards.hash_fn().hash_u64(shard.0);
+        Ok(self.locator.replicas(h, replicas)?)
+    }
+}

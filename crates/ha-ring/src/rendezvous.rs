@@ -1,0 +1,167 @@
+//! Weighted rendezvous hashing (highest random weight, Thaler & Ravishankar),
+//! with logarithmic weighting (Schindelhauer & Schomaker; "weighted
+//! rendezvous" as used by Ceph's straw2 and others).
+//!
+//! For a key `k` and node `i` with weight `wᵢ`, let `uᵢ ∈ (0,1)` be uniform
+//! from `combine(k, seedᵢ)`. The node's score is `wᵢ / −ln(uᵢ)`; the key's
+//! owner is the highest score and its replica order is the score order.
+//! `−ln(uᵢ)/wᵢ` is exponential with rate `wᵢ`, so node `i` wins with
+//! probability exactly `wᵢ / Σw` — weights are honoured precisely, and
+//! changing one node's weight moves keys only to or from that node.
+//!
+//! Lookup is O(n) per key: use it for shard → replicas (shards are few and
+//! the result can be cached), not for per-request key → node at large n.
+
+use ha_core::NodeId;
+
+use crate::cluster::{Cluster, RingError, pick_spread};
+use crate::hash::{combine, neg_ln_unit, node_seed};
+use crate::{NodeLocator, ReplicaLocator};
+
+/// Seed domain of rendezvous node seeds ("hrw" in ASCII).
+pub const HRW_DOMAIN: u64 = 0x0068_7277;
+
+/// Weighted rendezvous over a [`Cluster`].
+///
+/// ```
+/// use ha_ring::{Cluster, NodeLocator, ReplicaLocator};
+/// use ha_ring::rendezvous::Rendezvous;
+/// let hrw = Rendezvous::new(Cluster::uniform(5)?);
+/// let r = hrw.replicas(42, 3)?;
+/// assert_eq!(r[0], hrw.node(42));
+/// # Ok::<(), ha_ring::RingError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Rendezvous {
+    cluster: Cluster,
+    seeds: Vec<u64>,
+    weights: Vec<f64>,
+}
+
+impl Rendezvous {
+    /// Builds the per-node seeds.
+    pub fn new(cluster: Cluster) -> Self {
+        let seeds = cluster
+            .ids()
+            .iter()
+            .map(|id| node_seed(id.0, HRW_DOMAIN))
+            .collect();
+        let weights = (0..cluster.len())
+            .map(|i| f64::from(cluster.weight_at(i)))
+            .collect();
+        Self {
+            cluster,
+            seeds,
+            weights,
+        }
+    }
+
+    /// The cluster.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The score of node index `i` for `key_hash` (higher wins). Pinned:
+    /// `weight / neg_ln_unit(combine(key_hash, node_seed(id, HRW_DOMAIN)))`.
+    #[inline]
+    pub fn score(&self, key_hash: u64, i: usize) -> f64 {
+        self.weights[i] / neg_ln_unit(combine(key_hash, self.seeds[i]))
+    }
+
+    /// Dense node indices in descending score order (ties: lower node id
+    /// first), written to `out`.
+    pub fn ranking(&self, key_hash: u64, out: &mut Vec<usize>) {
+        let mut scored: Vec<(f64, usize)> = (0..self.seeds.len())
+            .map(|i| (self.score(key_hash, i), i))
+            .collect();
+        scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        out.clear();
+        out.extend(scored.iter().map(|&(_, i)| i));
+    }
+
+    /// Heap bytes held per node table.
+    pub fn heap_bytes(&self) -> usize {
+        self.seeds.capacity() * 8 + self.weights.capacity() * 8
+    }
+}
+
+impl NodeLocator for Rendezvous {
+    #[inline]
+    fn node(&self, key_hash: u64) -> NodeId {
+        let mut best = 0usize;
+        let mut best_score = f64::NEG_INFINITY;
+        for i in 0..self.seeds.len() {
+            let s = self.score(key_hash, i);
+            if s > best_score {
+                best_score = s;
+                best = i;
+            }
+        }
+        self.cluster.ids()[best]
+    }
+}
+
+impl ReplicaLocator for Rendezvous {
+    /// The highest-scoring node first, then by score, preferring new zones,
+    /// then new racks.
+    fn replicas_into(
+        &self,
+        key_hash: u64,
+        replicas: usize,
+        out: &mut Vec<NodeId>,
+    ) -> Result<(), RingError> {
+        self.cluster.check_replicas(replicas)?;
+        let mut order = Vec::with_capacity(self.seeds.len());
+        self.ranking(key_hash, &mut order);
+        pick_spread(
+            &self.cluster,
+            replicas,
+            || order.iter().enumerate().map(|(r, &i)| (r as u32, i)),
+            out,
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeSpec;
+    use crate::hash::fmix64;
+
+    #[test]
+    fn node_is_top_of_ranking() {
+        let hrw = Rendezvous::new(
+            Cluster::new((1..=9).map(|i| NodeSpec::new(i).weight(i as u32))).unwrap(),
+        );
+        let mut order = Vec::new();
+        for k in 0..500u64 {
+            let h = fmix64(k);
+            hrw.ranking(h, &mut order);
+            assert_eq!(hrw.cluster().ids()[order[0]], hrw.node(h));
+            assert_eq!(order.len(), 9);
+        }
+    }
+
+    #[test]
+    fn weight_change_moves_keys_only_to_or_from_that_node() {
+        let a = Cluster::new((1..=6).map(NodeSpec::new)).unwrap();
+        let b = Cluster::new((1..=6).map(|i| NodeSpec::new(i).weight(if i == 3 { 3 } else { 1 })))
+            .unwrap();
+        let (ha, hb) = (Rendezvous::new(a), Rendezvous::new(b));
+        let mut gained = 0;
+        for k in 0..20_000u64 {
+            let h = fmix64(k);
+            let (x, y) = (ha.node(h), hb.node(h));
+            if x != y {
+                assert_eq!(
+                    y,
+                    NodeId(3),
+                    "weight increase of node 3 moved a key elsewhere"
+                );
+                gained += 1;
+            }
+        }
+        assert!(gained > 0);
+    }
+}
