@@ -8,8 +8,9 @@
 //! metadata group) and [`ShardTable::rebalance`] changes it incrementally:
 //!
 //! 1. Replicas on nodes that left are dropped; every other replica stays.
-//! 2. A shard whose replicas share a zone while an unused zone exists drops
-//!    its least-preferred duplicate (failure domains beat balance).
+//! 2. A shard whose replicas share a zone while an unused zone exists — and
+//!    its free slots cannot bring enough new zones — drops its
+//!    least-preferred duplicate (failure domains beat balance).
 //! 3. Holes are filled, choosing by (new zone, below floor `⌊S·wᵢ/W⌋`
 //!    with `S` = shards × R, below ceiling `⌈S·wᵢ/W⌉`, new rack, rendezvous
 //!    score) — so lost replicas go to nodes that are short, in the zones the
@@ -17,7 +18,9 @@
 //! 4. While a node is below its floor, a replica moves to it from the node
 //!    furthest above its target; then while a node is above its ceiling, a
 //!    replica moves from it to the node furthest below target. A move never
-//!    reduces the shard's zone/rack spread.
+//!    reduces the shard's zone/rack spread, and goes to a node that joined
+//!    or gained weight — or out of a node that lost weight — so nodes that
+//!    merely stayed never trade replicas.
 //! 5. The preferred leader (first replica) is rebalanced so each node leads
 //!    about its weighted share of shards, keeping leaders where they are when
 //!    they are within their share.
@@ -62,6 +65,9 @@ pub const MAX_TABLE_SHARDS: usize = 1 << 16;
 pub struct ShardTable {
     replicas: usize,
     shards: BTreeMap<GroupId, Vec<NodeId>>,
+    /// Weights of the membership this table was balanced for (empty for a
+    /// restored or new table: then every node counts as joining).
+    members: BTreeMap<NodeId, u32>,
 }
 
 fn spread(cluster: &Cluster, row: &[usize]) -> (usize, usize) {
@@ -143,7 +149,11 @@ impl ShardTable {
                 )));
             }
         }
-        Ok(Self { replicas, shards })
+        Ok(Self {
+            replicas,
+            shards,
+            members: BTreeMap::new(),
+        })
     }
 
     /// The replication factor.
@@ -170,6 +180,11 @@ impl ShardTable {
             }
         }
         m
+    }
+
+    /// Node weights of the membership this table was last balanced for.
+    pub fn members(&self) -> &BTreeMap<NodeId, u32> {
+        &self.members
     }
 
     /// Shards each node is preferred leader of.
@@ -219,7 +234,10 @@ impl ShardTable {
         for (s, row) in rows.iter_mut().enumerate() {
             for _ in 0..r {
                 let (zones, _) = spread(cluster, row);
-                if zones == row.len() || zones >= zones_total {
+                // Holes can each bring a new zone; repair only what they
+                // cannot (so a leave never drops a surviving replica).
+                let reachable = zones + (r - row.len());
+                if zones == row.len() || reachable >= r.min(zones_total) {
                     break;
                 }
                 // Least-preferred member whose zone is shared in this row.
@@ -285,16 +303,29 @@ impl ShardTable {
         //    target, then drain nodes above their ceiling into nodes below
         //    theirs. Every transfer lowers a deficit or an excess by one, so
         //    each phase ends within m·r transfers.
+        //    Transfers between nodes that stayed do not belong to a leave or
+        //    a join, so a transfer must go to a *growing* node (joined, or
+        //    weight raised) — except out of a *shrinking* one (weight
+        //    lowered), which may drain into any node below its ceiling.
+        //    Hence a leave moves only the leaver's replicas.
+        let prev = |i: usize| self.members.get(&cluster.ids()[i]).copied();
+        let growing: Vec<bool> = (0..n)
+            .map(|i| prev(i).is_none_or(|w| cluster.weight_at(i) > w))
+            .collect();
+        let shrinking: Vec<bool> = (0..n)
+            .map(|i| prev(i).is_some_and(|w| cluster.weight_at(i) < w))
+            .collect();
         let dev = |loads: &[usize], i: usize| loads[i] as f64 - exact[i];
         let mut stuck = vec![false; n];
         for _ in 0..(m * r + n) {
             let Some(rcp) = (0..n)
-                .filter(|&i| loads[i] < floor[i] && !stuck[i])
+                .filter(|&i| loads[i] < floor[i] && !stuck[i] && growing[i])
                 .min_by(|&a, &b| dev(&loads, a).total_cmp(&dev(&loads, b)).then(a.cmp(&b)))
             else {
                 break;
             };
             let mut donors: Vec<usize> = (0..n).filter(|&i| loads[i] > floor[i]).collect();
+            // (recipients are growing nodes only, see below)
             donors.sort_by(|&a, &b| dev(&loads, b).total_cmp(&dev(&loads, a)).then(a.cmp(&b)));
             let moved = donors
                 .iter()
@@ -311,7 +342,9 @@ impl ShardTable {
             else {
                 break;
             };
-            let mut rcps: Vec<usize> = (0..n).filter(|&i| loads[i] < ceil[i]).collect();
+            let mut rcps: Vec<usize> = (0..n)
+                .filter(|&i| loads[i] < ceil[i] && (growing[i] || shrinking[d]))
+                .collect();
             rcps.sort_by(|&a, &b| dev(&loads, a).total_cmp(&dev(&loads, b)).then(a.cmp(&b)));
             let moved = rcps
                 .iter()
@@ -404,9 +437,16 @@ impl ShardTable {
             .zip(rows)
             .map(|(s, row)| (s, row.into_iter().map(|i| ids[i]).collect()))
             .collect();
+        let members = cluster
+            .ids()
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, cluster.weight_at(i)))
+            .collect();
         Ok(ShardTable {
             replicas: r,
             shards,
+            members,
         })
     }
 }
