@@ -21,6 +21,8 @@ pub mod solo;
 
 pub mod state_machine;
 pub mod storage;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod transport;
 pub mod types;
 
