@@ -1,0 +1,328 @@
+//! [`Config`]: every timeout and limit of the protocol, named, documented
+//! and validated.
+//!
+//! Times are milliseconds of the monotonic clock the driver passes to
+//! [`Consensus::tick`](ha_core::consensus::Consensus::tick); sizes are bytes
+//! as measured by [`Entry::size_bytes`](ha_core::Entry::size_bytes).
+
+use ha_core::Millis;
+
+/// Protocol configuration. Build with [`Config::default`] and adjust; the
+/// constructor calls [`Config::validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Lower bound of the randomized election timeout: a follower that hears
+    /// nothing from a leader for a random time in
+    /// `election_timeout_min_ms..election_timeout_max_ms` starts an
+    /// election. Also the check-quorum period and the leader-stickiness
+    /// window during which a follower ignores vote requests.
+    pub election_timeout_min_ms: Millis,
+    /// Upper bound (exclusive) of the randomized election timeout.
+    pub election_timeout_max_ms: Millis,
+    /// How often a leader sends heartbeats (when nothing else went to a
+    /// peer in the meantime, the heartbeat is the only message).
+    pub heartbeat_interval_ms: Millis,
+    /// How long a leader waits for progress from a follower it is streaming
+    /// to before it assumes messages were lost and falls back to probing
+    /// (re-sending from the follower's last acknowledged index).
+    pub append_retransmit_ms: Millis,
+    /// Run a pre-vote round before a real election, so that a node that was
+    /// partitioned away cannot inflate the term and depose a healthy leader.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum within
+    /// `election_timeout_min_ms` steps down; a follower that heard from a
+    /// leader within `election_timeout_min_ms` ignores vote requests
+    /// (leader stickiness).
+    pub check_quorum: bool,
+    /// Serve reads from a leader lease, without a heartbeat round.
+    ///
+    /// **Clock-drift assumption**: the lease lasts
+    /// `election_timeout_min_ms - lease_drift_margin_ms` from the moment the
+    /// leader began the heartbeat round a quorum acknowledged. This is safe
+    /// only if, over that span, no node's clock runs slower than the
+    /// leader's by more than `lease_drift_margin_ms`, and a node whose
+    /// process is paused (GC, SIGSTOP, VM migration) resumes its clock
+    /// accordingly. Requires `check_quorum` (followers' stickiness is what
+    /// makes the lease hold).
+    pub lease_read: bool,
+    /// Safety margin subtracted from the lease for clock drift between nodes;
+    /// see [`lease_read`](Self::lease_read).
+    pub lease_drift_margin_ms: Millis,
+    /// At most this many AppendEntries messages in flight (sent, not yet
+    /// acknowledged) to one follower.
+    pub max_inflight_msgs: usize,
+    /// At most this many entry bytes in flight to one follower.
+    pub max_inflight_bytes: usize,
+    /// At most this many entries in one AppendEntries message.
+    pub max_entries_per_msg: usize,
+    /// At most this many entry bytes in one AppendEntries message (a single
+    /// larger entry still goes alone).
+    pub max_bytes_per_msg: usize,
+    /// A follower ignores an AppendEntries carrying more entries than this
+    /// (a malformed or hostile message); must be at least
+    /// `max_entries_per_msg` of every leader.
+    pub max_recv_entries_per_msg: usize,
+    /// A leader refuses proposals (`Overloaded`) while its uncommitted log
+    /// suffix holds more bytes than this.
+    pub max_uncommitted_bytes: usize,
+    /// Largest accepted proposal, in bytes of payload.
+    pub max_proposal_bytes: usize,
+    /// At most this many read requests waiting for confirmation on a leader.
+    pub max_pending_reads: usize,
+    /// At most this many bytes of committed entries handed out in one
+    /// `Ready` (at least one entry always goes).
+    pub max_apply_bytes_per_ready: usize,
+    /// A leadership transfer that has not completed within this time is
+    /// abandoned and the leader accepts proposals again.
+    pub transfer_timeout_ms: Millis,
+    /// A snapshot sent to a follower that was not acknowledged within this
+    /// time is assumed lost; the leader probes the follower again (and sends
+    /// a new snapshot if still needed).
+    pub snapshot_send_timeout_ms: Millis,
+    /// [`Raft::wants_snapshot`](crate::Raft::wants_snapshot) turns true when
+    /// this many applied entries are held in memory after the last
+    /// snapshot. The driver builds the snapshot and calls `snapshot_built`.
+    pub snapshot_threshold_entries: u64,
+    /// Entries kept in the log below a new snapshot's index, so that a
+    /// follower that is only slightly behind catches up from the log instead
+    /// of needing the whole snapshot.
+    pub snapshot_trailing_entries: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
+            heartbeat_interval_ms: 100,
+            append_retransmit_ms: 500,
+            pre_vote: true,
+            check_quorum: true,
+            lease_read: false,
+            lease_drift_margin_ms: 100,
+            max_inflight_msgs: 256,
+            max_inflight_bytes: 32 << 20,
+            max_entries_per_msg: 4_096,
+            max_bytes_per_msg: 1 << 20,
+            max_recv_entries_per_msg: 65_536,
+            max_uncommitted_bytes: 64 << 20,
+            max_proposal_bytes: 1 << 20,
+            max_pending_reads: 65_536,
+            max_apply_bytes_per_ready: 16 << 20,
+            transfer_timeout_ms: 2_000,
+            snapshot_send_timeout_ms: 60_000,
+            snapshot_threshold_entries: 100_000,
+            snapshot_trailing_entries: 1_000,
+        }
+    }
+}
+
+/// Why a [`Config`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A value that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    /// The election timeout range is empty.
+    #[error("election_timeout_max_ms ({max}) must be greater than election_timeout_min_ms ({min})")]
+    ElectionRange {
+        /// Configured minimum.
+        min: Millis,
+        /// Configured maximum.
+        max: Millis,
+    },
+    /// Heartbeats are too slow to keep followers from starting elections.
+    #[error(
+        "heartbeat_interval_ms ({heartbeat}) must be at most half of election_timeout_min_ms ({min})"
+    )]
+    HeartbeatTooSlow {
+        /// Configured heartbeat interval.
+        heartbeat: Millis,
+        /// Configured election timeout minimum.
+        min: Millis,
+    },
+    /// Lease reads need check-quorum.
+    #[error("lease_read requires check_quorum")]
+    LeaseWithoutCheckQuorum,
+    /// The lease margin leaves no lease.
+    #[error(
+        "lease_drift_margin_ms ({margin}) must be smaller than election_timeout_min_ms ({min})"
+    )]
+    LeaseMargin {
+        /// Configured margin.
+        margin: Millis,
+        /// Configured election timeout minimum.
+        min: Millis,
+    },
+    /// Two limits contradict each other.
+    #[error("{small} ({small_value}) must not exceed {large} ({large_value})")]
+    Order {
+        /// Name of the limit that must be smaller.
+        small: &'static str,
+        /// Its value.
+        small_value: u64,
+        /// Name of the limit that must be larger.
+        large: &'static str,
+        /// Its value.
+        large_value: u64,
+    },
+}
+
+impl Config {
+    /// Checks every value and their relations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive: [(&'static str, u64); 14] = [
+            ("election_timeout_min_ms", self.election_timeout_min_ms),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("append_retransmit_ms", self.append_retransmit_ms),
+            ("max_inflight_msgs", self.max_inflight_msgs as u64),
+            ("max_inflight_bytes", self.max_inflight_bytes as u64),
+            ("max_entries_per_msg", self.max_entries_per_msg as u64),
+            ("max_bytes_per_msg", self.max_bytes_per_msg as u64),
+            (
+                "max_recv_entries_per_msg",
+                self.max_recv_entries_per_msg as u64,
+            ),
+            ("max_uncommitted_bytes", self.max_uncommitted_bytes as u64),
+            ("max_proposal_bytes", self.max_proposal_bytes as u64),
+            ("max_pending_reads", self.max_pending_reads as u64),
+            (
+                "max_apply_bytes_per_ready",
+                self.max_apply_bytes_per_ready as u64,
+            ),
+            ("transfer_timeout_ms", self.transfer_timeout_ms),
+            ("snapshot_send_timeout_ms", self.snapshot_send_timeout_ms),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.snapshot_threshold_entries == 0 {
+            return Err(ConfigError::Zero("snapshot_threshold_entries"));
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err(ConfigError::ElectionRange {
+                min: self.election_timeout_min_ms,
+                max: self.election_timeout_max_ms,
+            });
+        }
+        if self.heartbeat_interval_ms.saturating_mul(2) > self.election_timeout_min_ms {
+            return Err(ConfigError::HeartbeatTooSlow {
+                heartbeat: self.heartbeat_interval_ms,
+                min: self.election_timeout_min_ms,
+            });
+        }
+        if self.lease_read && !self.check_quorum {
+            return Err(ConfigError::LeaseWithoutCheckQuorum);
+        }
+        if self.lease_read && self.lease_drift_margin_ms >= self.election_timeout_min_ms {
+            return Err(ConfigError::LeaseMargin {
+                margin: self.lease_drift_margin_ms,
+                min: self.election_timeout_min_ms,
+            });
+        }
+        let order = |small: &'static str, s: u64, large: &'static str, l: u64| {
+            if s > l {
+                Err(ConfigError::Order {
+                    small,
+                    small_value: s,
+                    large,
+                    large_value: l,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        order(
+            "max_entries_per_msg",
+            self.max_entries_per_msg as u64,
+            "max_recv_entries_per_msg",
+            self.max_recv_entries_per_msg as u64,
+        )?;
+        order(
+            "max_proposal_bytes",
+            self.max_proposal_bytes as u64,
+            "max_uncommitted_bytes",
+            self.max_uncommitted_bytes as u64,
+        )?;
+        order(
+            "max_bytes_per_msg",
+            self.max_bytes_per_msg as u64,
+            "max_inflight_bytes",
+            self.max_inflight_bytes as u64,
+        )?;
+        order(
+            "heartbeat_interval_ms",
+            self.heartbeat_interval_ms,
+            "append_retransmit_ms",
+            self.append_retransmit_ms,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let c = Config {
+            max_inflight_msgs: 0,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::Zero("max_inflight_msgs")));
+
+        let c = Config {
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 500,
+            ..Config::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ElectionRange { .. })
+        ));
+
+        let c = Config {
+            heartbeat_interval_ms: 600,
+            ..Config::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::HeartbeatTooSlow { .. })
+        ));
+
+        let c = Config {
+            lease_read: true,
+            check_quorum: false,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::LeaseWithoutCheckQuorum));
+
+        let c = Config {
+            lease_read: true,
+            lease_drift_margin_ms: 1_000,
+            ..Config::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::LeaseMargin { .. })));
+
+        let c = Config {
+            max_proposal_bytes: 10,
+            max_uncommitted_bytes: 5,
+            ..Config::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Order {
+                small: "max_proposal_bytes",
+                ..
+            })
+        ));
+    }
+}
