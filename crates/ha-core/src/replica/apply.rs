@@ -1,0 +1,160 @@
+//! The apply task: owns the state machine, applies committed entries strictly
+//! in order and answers the proposers whose entries they are.
+//!
+//! State-machine calls may block (a durable state machine writes to disk), so
+//! every batch and every query runs on the blocking pool: the state machine
+//! is moved into `spawn_blocking` and handed back when the call returns.
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use super::{ReplicaError, Reply};
+use crate::state_machine::{Applied, StateMachine};
+use crate::types::{LogId, LogIndex, Membership};
+
+/// What the state machine gets for one entry.
+#[derive(Debug)]
+pub(super) enum ApplyPayload {
+    Blank,
+    Membership(Membership),
+    /// The command without its request tag (or the raw payload of an
+    /// untagged entry).
+    Command(Bytes),
+}
+
+/// Who to answer once the entry is applied.
+pub(super) enum ApplyReply {
+    /// The entry is the proposer's: answer with the state machine's response.
+    Matched(Reply<Bytes>),
+    /// Another entry took the proposer's index: answer `Dropped`.
+    Dropped(Reply<Bytes>),
+}
+
+/// One committed entry, ready for the state machine.
+pub(super) struct ApplyItem {
+    pub(super) log_id: LogId,
+    pub(super) payload: ApplyPayload,
+    pub(super) reply: Option<ApplyReply>,
+}
+
+/// A read of the state machine's state, run on the apply task.
+pub(super) type Query<S> = Box<dyn FnOnce(&S) + Send + 'static>;
+
+/// How the apply task ended.
+pub(super) struct ApplyExit<S> {
+    pub(super) state_machine: Option<S>,
+    pub(super) error: Option<ReplicaError>,
+}
+
+/// Runs until `batches` closes (the driver is done) or the state machine
+/// fails. Publishes the applied index on `applied_tx` after every batch.
+pub(super) async fn run<S: StateMachine>(
+    mut sm: S,
+    mut batches: mpsc::UnboundedReceiver<Vec<ApplyItem>>,
+    mut queries: mpsc::Receiver<Query<S>>,
+    applied_tx: watch::Sender<LogIndex>,
+) -> ApplyExit<S> {
+    let mut queries_open = true;
+    loop {
+        tokio::select! {
+            // Committed entries first: a query should see the newest state.
+            biased;
+            batch = batches.recv() => {
+                let Some(batch) = batch else { break };
+                let done = tokio::task::spawn_blocking(move || {
+                    let out = apply_batch(&mut sm, batch);
+                    (sm, out)
+                })
+                .await;
+                match done {
+                    Ok((back, (last_ok, err))) => {
+                        sm = back;
+                        if let Some(last) = last_ok {
+                            applied_tx.send_replace(last);
+                        }
+                        if let Some(e) = err {
+                            tracing::error!(error = %e, "state machine failed; stopping the replica");
+                            return ApplyExit { state_machine: Some(sm), error: Some(e) };
+                        }
+                    }
+                    Err(join) => {
+                        return ApplyExit {
+                            state_machine: None,
+                            error: Some(ReplicaError::StateMachine(format!(
+                                "state machine panicked: {join}"
+                            ))),
+                        };
+                    }
+                }
+            }
+            q = queries.recv(), if queries_open => {
+                let Some(q) = q else {
+                    queries_open = false;
+                    continue;
+                };
+                let done = tokio::task::spawn_blocking(move || {
+                    q(&sm);
+                    sm
+                })
+                .await;
+                match done {
+                    Ok(back) => sm = back,
+                    Err(join) => {
+                        return ApplyExit {
+                            state_machine: None,
+                            error: Some(ReplicaError::StateMachine(format!(
+                                "a query panicked while holding the state machine: {join}"
+                            ))),
+                        };
+                    }
+                }
+            }
+        }
+    }
+    // Queries still queued are dropped; their callers see `Shutdown`.
+    ApplyExit {
+        state_machine: Some(sm),
+        error: None,
+    }
+}
+
+/// Applies `batch` in order. Returns the last index applied and, if the state
+/// machine failed, the error (every remaining proposer gets it too).
+fn apply_batch<S: StateMachine>(
+    sm: &mut S,
+    batch: Vec<ApplyItem>,
+) -> (Option<LogIndex>, Option<ReplicaError>) {
+    let mut last_ok = None;
+    let mut items = batch.into_iter();
+    while let Some(item) = items.next() {
+        let entry = match &item.payload {
+            ApplyPayload::Blank => Applied::Blank,
+            ApplyPayload::Membership(m) => Applied::Membership(m),
+            ApplyPayload::Command(data) => Applied::Command(data),
+        };
+        match sm.apply(item.log_id, entry) {
+            Ok(response) => {
+                last_ok = Some(item.log_id.index);
+                match item.reply {
+                    Some(ApplyReply::Matched(r)) => r.send(Ok(response)),
+                    Some(ApplyReply::Dropped(r)) => r.send(Err(ReplicaError::Dropped)),
+                    None => {}
+                }
+            }
+            Err(e) => {
+                let err =
+                    ReplicaError::StateMachine(format!("applying {:?} failed: {e}", item.log_id));
+                for rest in std::iter::once(item).chain(items) {
+                    match rest.reply {
+                        Some(ApplyReply::Matched(r) | ApplyReply::Dropped(r)) => {
+                            r.send(Err(err.clone()))
+                        }
+                        None => {}
+                    }
+                }
+                return (last_ok, Some(err));
+            }
+        }
+    }
+    (last_ok, None)
+}

@@ -1,0 +1,1040 @@
+//! The [`Replica`] driver: runs one [`Consensus`] instance on tokio against a
+//! [`LogStore`], a [`StateMachine`] and a [`Transport`].
+//!
+//! ```text
+//!  clients ──ReplicaHandle──► command queue ─┐        ┌─► Transport (messages, at once)
+//!  Transport ─► inbound queue ───────────────┼► driver┼─► spawn_blocking(LogStore::write) ── one synced write per Ready
+//!  tokio interval ─► tick(now_ms) ───────────┘  task  └─► apply task ──► StateMachine (spawn_blocking)
+//!                                                  ▲                         │
+//!                                                  └──── applied index ◄─────┘
+//! ```
+//!
+//! ## What the driver guarantees
+//!
+//! - **Ready order** (as documented in [`crate::consensus`]): `messages` are
+//!   sent at once; `snapshot/truncate_from/entries/hard_state/purge_to` go to
+//!   the store as **one** `LogWrite { sync: true }` on the blocking pool,
+//!   while the driver keeps taking proposals and messages; when the write is
+//!   durable, `persisted_messages` are sent, `committed` entries are handed
+//!   to the apply task, `reads` are registered and `advance(number)` is
+//!   called. A Ready that needs no write is carried out at once.
+//! - **Group commit**: only one Ready is in flight; proposals that arrive
+//!   while its fsync runs accumulate in the protocol and share the next one.
+//! - **A proposal is answered only after its entry is durable and applied**:
+//!   the answer is the state machine's response, sent by the apply task
+//!   right after `apply`. If a different entry is committed at the
+//!   proposal's index, the answer is [`ReplicaError::Dropped`] (the proposal
+//!   is certainly not applied). Every proposal is answered exactly once —
+//!   by the apply task, by an error, or with [`ReplicaError::Shutdown`]
+//!   ("outcome unknown") when the replica stops.
+//! - **Linearizable reads**: [`ReplicaHandle::read_index`] resolves once the
+//!   state machine has applied the protocol's read index; reading local state
+//!   after that ([`ReplicaHandle::query`]) is linearizable.
+//!   [`ReplicaHandle::linearizable_query`] does both.
+//! - **Bounded**: at most [`ReplicaConfig::max_pending_proposals`] proposals
+//!   and [`ReplicaConfig::max_inflight_reads`] reads wait at once, at most
+//!   [`ReplicaConfig::max_queued_queries`] queries queue, proposals are at
+//!   most [`ReplicaConfig::max_proposal_bytes`], and the driver takes no new
+//!   Ready while more than [`ReplicaConfig::max_apply_backlog_entries`]
+//!   committed entries wait for the state machine. A caller over a limit
+//!   gets [`ReplicaError::Busy`] at once; nothing blocks, nothing grows
+//!   without bound. A caller that gives up (drops the future) frees its slot
+//!   within [`ReplicaConfig::prune_interval_ticks`] ticks.
+//! - **Bad input**: an inbound frame for another group, or one that does not
+//!   decode as the protocol's message, is counted and dropped.
+//! - **Failures**: a failed log write or state-machine apply is fatal (the
+//!   replica cannot acknowledge anything it cannot persist or apply). The
+//!   driver answers every waiter with the error and stops; nothing after the
+//!   failed write is sent, applied or advanced.
+//!
+//! ## Request tags
+//!
+//! The driver wraps each command in a [`TaggedCommand`] `{ proposer, seq,
+//! data }`. `seq` starts from a random 64-bit base per driver lifetime
+//! (wall clock, process id and std's per-process random hash keys, mixed
+//! with SplitMix64; or [`ReplicaConfig::seq_base`]) and counts up, so tags
+//! of two lifetimes of the same node do not collide in practice. The state
+//! machine receives only `data`. A `Normal` entry whose payload is not a
+//! valid `TaggedCommand` (written by another tool, or corrupt) is applied
+//! as `Applied::Command(raw payload)`: this is a pure function of the
+//! committed bytes, so every replica decides the same way.
+//!
+//! ## Snapshots
+//!
+//! Snapshot transfer is not implemented yet: `Ready::send_snapshots` and
+//! inbound `FrameKind::Snapshot` frames are logged and counted in
+//! [`ReplicaStats::snapshot_transfers_unsupported`]. A protocol that asks
+//! to install a snapshot (`Ready::snapshot`) stops the replica with
+//! [`ReplicaError::Unsupported`] rather than letting it diverge.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::codec;
+use crate::consensus::{Consensus, Outbound, ProposeError, ReadCtx, ReadState, Status};
+use crate::request::TaggedCommand;
+use crate::state_machine::StateMachine;
+use crate::storage::{LogStore, LogWrite, StorageResult};
+use crate::transport::{Frame, FrameKind, Inbound, Transport};
+use crate::types::{Entry, EntryPayload, GroupId, LogIndex, NodeId};
+
+mod apply;
+#[cfg(test)]
+mod tests;
+
+use apply::{ApplyItem, ApplyPayload, ApplyReply, Query};
+
+/// Room in the command queue for status requests beyond the proposal and
+/// read permits.
+const CONTROL_QUEUE_LEN: usize = 64;
+
+/// Settings and limits of a [`Replica`]. Checked by [`ReplicaConfig::validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// The consensus group this replica belongs to; outbound frames carry
+    /// it and inbound frames for other groups are dropped.
+    pub group: GroupId,
+    /// Period of protocol ticks, in milliseconds (1..=60000). Default 10.
+    pub tick_interval_ms: u64,
+    /// Proposals waiting for their outcome at once; more get
+    /// [`ReplicaError::Busy`]. Default 4096.
+    pub max_pending_proposals: usize,
+    /// Linearizable reads waiting at once; more get [`ReplicaError::Busy`].
+    /// Default 4096.
+    pub max_inflight_reads: usize,
+    /// Queries queued for the apply task; more get [`ReplicaError::Busy`].
+    /// Default 1024.
+    pub max_queued_queries: usize,
+    /// Largest command accepted by [`ReplicaHandle::propose`], in bytes.
+    /// Default 1 MiB.
+    pub max_proposal_bytes: usize,
+    /// Committed entries handed to the apply task and not yet applied; while
+    /// over this, the driver takes no new Ready (back-pressure on the
+    /// protocol). Default 16384.
+    pub max_apply_backlog_entries: u64,
+    /// Every this many ticks the driver forgets waiters whose caller gave up,
+    /// freeing their slots. Default 16.
+    pub prune_interval_ticks: u32,
+    /// First request sequence number; `None` draws a random base (see the
+    /// [module docs](self)). Set it only in tests or from a persisted counter.
+    pub seq_base: Option<u64>,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        Self {
+            group: GroupId(0),
+            tick_interval_ms: 10,
+            max_pending_proposals: 4096,
+            max_inflight_reads: 4096,
+            max_queued_queries: 1024,
+            max_proposal_bytes: 1 << 20,
+            max_apply_backlog_entries: 16384,
+            prune_interval_ticks: 16,
+            seq_base: None,
+        }
+    }
+}
+
+impl ReplicaConfig {
+    /// Checks every value is in range.
+    pub fn validate(&self) -> Result<(), ReplicaError> {
+        let bad = |m: &str| Err(ReplicaError::Config(m.to_string()));
+        if !(1..=60_000).contains(&self.tick_interval_ms) {
+            return bad("tick_interval_ms must be in 1..=60000");
+        }
+        if self.max_pending_proposals == 0 || self.max_pending_proposals > 1 << 20 {
+            return bad("max_pending_proposals must be in 1..=1048576");
+        }
+        if self.max_inflight_reads == 0 || self.max_inflight_reads > 1 << 20 {
+            return bad("max_inflight_reads must be in 1..=1048576");
+        }
+        if self.max_queued_queries == 0 || self.max_queued_queries > 1 << 20 {
+            return bad("max_queued_queries must be in 1..=1048576");
+        }
+        if self.max_proposal_bytes == 0 || self.max_proposal_bytes > 1 << 30 {
+            return bad("max_proposal_bytes must be in 1..=1 GiB");
+        }
+        if self.max_apply_backlog_entries == 0 {
+            return bad("max_apply_backlog_entries must be >= 1");
+        }
+        if self.prune_interval_ticks == 0 {
+            return bad("prune_interval_ticks must be >= 1");
+        }
+        Ok(())
+    }
+}
+
+/// Why a request to a [`Replica`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    /// This node cannot accept the request; `leader` is a hint. Nothing was
+    /// proposed.
+    #[error("not the leader (leader hint: {leader:?})")]
+    NotLeader {
+        /// Known leader, if any.
+        leader: Option<NodeId>,
+    },
+    /// A queue or limit is full; nothing was done. Retry later.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The command exceeds [`ReplicaConfig::max_proposal_bytes`].
+    #[error("command of {size_bytes} bytes exceeds max_proposal_bytes ({max_bytes})")]
+    TooLarge {
+        /// Size of the command.
+        size_bytes: usize,
+        /// The limit.
+        max_bytes: usize,
+    },
+    /// Another entry was committed at the proposal's index: the proposal is
+    /// certainly not applied.
+    #[error("proposal dropped: another entry was committed at its index")]
+    Dropped,
+    /// The replica stopped before the request finished. For a proposal the
+    /// outcome is unknown (it may still commit).
+    #[error("replica shut down; the request's outcome is unknown")]
+    Shutdown,
+    /// The protocol refused the request (e.g. an invalid change). Nothing
+    /// was proposed.
+    #[error("refused by the protocol: {0}")]
+    Rejected(ProposeError),
+    /// The log store failed; the replica stopped.
+    #[error("log store failed: {0}")]
+    Storage(String),
+    /// The state machine failed; the replica stopped.
+    #[error("state machine failed: {0}")]
+    StateMachine(String),
+    /// The protocol asked for something this driver cannot do yet; the
+    /// replica stopped.
+    #[error("unsupported by the replica driver: {0}")]
+    Unsupported(String),
+    /// The configuration is invalid, or the replica was started outside a
+    /// tokio runtime.
+    #[error("invalid replica config: {0}")]
+    Config(String),
+}
+
+/// Driver counters, monotonic over the driver's lifetime.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Proposals the protocol accepted.
+    pub proposals: u64,
+    /// Proposals whose own entry was committed (answered with the response).
+    pub proposals_committed: u64,
+    /// Proposals answered [`ReplicaError::Dropped`].
+    pub proposals_dropped: u64,
+    /// Readys carried out.
+    pub readys: u64,
+    /// Synced log writes (fsyncs requested from the store).
+    pub persists: u64,
+    /// Entries written to the store.
+    pub persisted_entries: u64,
+    /// Committed entries handed to the state machine.
+    pub committed_entries: u64,
+    /// Committed `Normal` entries without a valid request tag (applied raw).
+    pub untagged_entries: u64,
+    /// Protocol messages handed to the transport.
+    pub messages_sent: u64,
+    /// Inbound frames received.
+    pub frames_received: u64,
+    /// Inbound frames dropped because they did not decode.
+    pub frames_undecodable: u64,
+    /// Inbound frames dropped because they named another group.
+    pub frames_wrong_group: u64,
+    /// Snapshot sends and inbound snapshot frames ignored because snapshot
+    /// transfer is not implemented.
+    pub snapshot_transfers_unsupported: u64,
+    /// Linearizable reads answered.
+    pub reads_served: u64,
+    /// Waiters forgotten because their caller gave up.
+    pub waiters_abandoned: u64,
+}
+
+/// What [`ReplicaHandle::status`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// The protocol's view.
+    pub protocol: Status,
+    /// Highest index the state machine has applied.
+    pub applied: LogIndex,
+    /// Driver counters.
+    pub stats: ReplicaStats,
+}
+
+/// A slot of a bounded budget, released on drop.
+struct Permit(Arc<AtomicUsize>);
+
+impl Permit {
+    fn acquire(counter: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(counter)))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Where one request's answer goes; holds the request's slot until answered
+/// or dropped (a dropped reply reads as [`ReplicaError::Shutdown`]).
+pub(crate) struct Reply<T> {
+    tx: oneshot::Sender<Result<T, ReplicaError>>,
+    _permit: Permit,
+}
+
+impl<T> Reply<T> {
+    fn send(self, result: Result<T, ReplicaError>) {
+        let Reply { tx, _permit } = self;
+        // Free the slot first: a caller that proposes again as soon as it
+        // has its answer must find it free.
+        drop(_permit);
+        // The caller may have given up; that is its right.
+        let _ = tx.send(result);
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+enum Command {
+    Propose {
+        data: Bytes,
+        reply: Reply<Bytes>,
+    },
+    Read {
+        reply: Reply<LogIndex>,
+    },
+    Status {
+        reply: oneshot::Sender<ReplicaStatus>,
+    },
+}
+
+struct Shared {
+    pending_proposals: Arc<AtomicUsize>,
+    inflight_reads: Arc<AtomicUsize>,
+    max_pending_proposals: usize,
+    max_inflight_reads: usize,
+    max_proposal_bytes: usize,
+}
+
+/// A cheap, cloneable client of a [`Replica`].
+pub struct ReplicaHandle<S> {
+    cmd_tx: mpsc::Sender<Command>,
+    query_tx: mpsc::Sender<Query<S>>,
+    shared: Arc<Shared>,
+}
+
+impl<S> Clone for ReplicaHandle<S> {
+    fn clone(&self) -> Self {
+        Self {
+            cmd_tx: self.cmd_tx.clone(),
+            query_tx: self.query_tx.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+fn queue_error<T>(e: mpsc::error::TrySendError<T>, what: &str) -> ReplicaError {
+    match e {
+        mpsc::error::TrySendError::Full(_) => ReplicaError::Busy(format!("{what} queue full")),
+        mpsc::error::TrySendError::Closed(_) => ReplicaError::Shutdown,
+    }
+}
+
+impl<S: StateMachine> ReplicaHandle<S> {
+    /// Proposes `data` and waits until it is committed and applied; returns
+    /// the state machine's response.
+    ///
+    /// Fails at once with [`ReplicaError::NotLeader`], [`ReplicaError::Busy`]
+    /// or [`ReplicaError::TooLarge`] without proposing anything. Cancelling
+    /// the future does not withdraw the proposal.
+    pub async fn propose(&self, data: Bytes) -> Result<Bytes, ReplicaError> {
+        if data.len() > self.shared.max_proposal_bytes {
+            return Err(ReplicaError::TooLarge {
+                size_bytes: data.len(),
+                max_bytes: self.shared.max_proposal_bytes,
+            });
+        }
+        let permit = Permit::acquire(
+            &self.shared.pending_proposals,
+            self.shared.max_pending_proposals,
+        )
+        .ok_or_else(|| ReplicaError::Busy("max_pending_proposals reached".into()))?;
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply {
+            tx,
+            _permit: permit,
+        };
+        self.cmd_tx
+            .try_send(Command::Propose { data, reply })
+            .map_err(|e| queue_error(e, "command"))?;
+        rx.await.unwrap_or(Err(ReplicaError::Shutdown))
+    }
+
+    /// Linearizable read barrier: resolves with an index once the state
+    /// machine has applied it; state read afterwards reflects every write
+    /// acknowledged before this call.
+    pub async fn read_index(&self) -> Result<LogIndex, ReplicaError> {
+        let permit = Permit::acquire(&self.shared.inflight_reads, self.shared.max_inflight_reads)
+            .ok_or_else(|| ReplicaError::Busy("max_inflight_reads reached".into()))?;
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply {
+            tx,
+            _permit: permit,
+        };
+        self.cmd_tx
+            .try_send(Command::Read { reply })
+            .map_err(|e| queue_error(e, "command"))?;
+        rx.await.unwrap_or(Err(ReplicaError::Shutdown))
+    }
+
+    /// Runs `f` on the state machine, on the apply task, between batches.
+    /// Serializable, not linearizable: see
+    /// [`linearizable_query`](Self::linearizable_query).
+    pub async fn query<R, F>(&self, f: F) -> Result<R, ReplicaError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&S) -> R + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let q: Query<S> = Box::new(move |sm: &S| {
+            let _ = tx.send(f(sm));
+        });
+        self.query_tx
+            .try_send(q)
+            .map_err(|e| queue_error(e, "query"))?;
+        rx.await.map_err(|_| ReplicaError::Shutdown)
+    }
+
+    /// [`read_index`](Self::read_index), then [`query`](Self::query): a
+    /// linearizable read of the state machine.
+    pub async fn linearizable_query<R, F>(&self, f: F) -> Result<R, ReplicaError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&S) -> R + Send + 'static,
+    {
+        self.read_index().await?;
+        self.query(f).await
+    }
+
+    /// The protocol's status and the driver's counters.
+    pub async fn status(&self) -> Result<ReplicaStatus, ReplicaError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd_tx
+            .try_send(Command::Status { reply: tx })
+            .map_err(|e| queue_error(e, "command"))?;
+        rx.await.map_err(|_| ReplicaError::Shutdown)
+    }
+}
+
+struct DriverExit<S> {
+    state_machine: Option<S>,
+    error: Option<ReplicaError>,
+}
+
+/// A running replica: owns the driver and apply tasks.
+///
+/// Dropping it stops the driver as [`shutdown`](Self::shutdown) does (the
+/// state machine is then dropped with it).
+pub struct Replica<S> {
+    handle: ReplicaHandle<S>,
+    shutdown_tx: Option<oneshot::Sender<()>>,
+    driver: Option<JoinHandle<DriverExit<S>>>,
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Starts the driver and apply tasks on the current tokio runtime.
+    ///
+    /// `consensus` must be built from what `store` recovered for
+    /// `config.group`; `inbound` receives the frames the transport delivers
+    /// to this node.
+    pub fn start<C: Consensus>(
+        config: ReplicaConfig,
+        consensus: C,
+        store: Arc<dyn LogStore>,
+        state_machine: S,
+        transport: Arc<dyn Transport>,
+        inbound: mpsc::Receiver<Inbound>,
+    ) -> Result<Self, ReplicaError> {
+        config.validate()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ReplicaError::Config(
+                "Replica::start must be called inside a tokio runtime".into(),
+            ));
+        }
+        let (cmd_tx, cmd_rx) = mpsc::channel(
+            config.max_pending_proposals + config.max_inflight_reads + CONTROL_QUEUE_LEN,
+        );
+        let (query_tx, query_rx) = mpsc::channel(config.max_queued_queries);
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let applied0 = state_machine.last_applied().index;
+        let (applied_tx, applied_rx) = watch::channel(applied0);
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let shared = Arc::new(Shared {
+            pending_proposals: Arc::new(AtomicUsize::new(0)),
+            inflight_reads: Arc::new(AtomicUsize::new(0)),
+            max_pending_proposals: config.max_pending_proposals,
+            max_inflight_reads: config.max_inflight_reads,
+            max_proposal_bytes: config.max_proposal_bytes,
+        });
+        let apply_task = tokio::spawn(apply::run(state_machine, apply_rx, query_rx, applied_tx));
+        let mut consensus = consensus;
+        consensus.applied(applied0);
+        let id = consensus.id();
+        let seq_base = config.seq_base.unwrap_or_else(random_seq_base);
+        let driver = Driver {
+            id,
+            consensus,
+            store,
+            transport,
+            started: Instant::now(),
+            next_seq: seq_base,
+            next_read_ctx: 1,
+            proposals: BTreeMap::new(),
+            reads_pending: HashMap::new(),
+            reads_ready: BTreeMap::new(),
+            in_flight: None,
+            apply_tx: Some(apply_tx),
+            applied: applied0,
+            handed_to_apply: applied0,
+            stats: ReplicaStats::default(),
+            fatal: None,
+            ticks: 0,
+            config,
+            _sm: std::marker::PhantomData,
+        };
+        let task = tokio::spawn(driver.run(cmd_rx, inbound, shutdown_rx, applied_rx, apply_task));
+        Ok(Self {
+            handle: ReplicaHandle {
+                cmd_tx,
+                query_tx,
+                shared,
+            },
+            shutdown_tx: Some(shutdown_tx),
+            driver: Some(task),
+        })
+    }
+
+    /// A client handle.
+    pub fn handle(&self) -> ReplicaHandle<S> {
+        self.handle.clone()
+    }
+
+    /// Whether the driver has stopped (after a fatal error).
+    pub fn is_stopped(&self) -> bool {
+        self.driver.as_ref().is_none_or(|d| d.is_finished())
+    }
+
+    /// Stops the replica: no more ticks or requests; the Ready being
+    /// persisted is finished (its committed entries applied and answered);
+    /// every other waiting request is answered with
+    /// [`ReplicaError::Shutdown`]; the apply task drains and the state
+    /// machine is returned. No task is left running.
+    ///
+    /// Returns the error that stopped the replica earlier, if one did.
+    pub async fn shutdown(mut self) -> Result<S, ReplicaError> {
+        if let Some(tx) = self.shutdown_tx.take() {
+            // The driver may already have stopped after a fatal error.
+            let _ = tx.send(());
+        }
+        let Some(task) = self.driver.take() else {
+            return Err(ReplicaError::Shutdown);
+        };
+        match task.await {
+            Ok(DriverExit { error: Some(e), .. }) => Err(e),
+            Ok(DriverExit {
+                state_machine: Some(sm),
+                error: None,
+            }) => Ok(sm),
+            Ok(DriverExit {
+                state_machine: None,
+                error: None,
+            }) => Err(ReplicaError::StateMachine(
+                "the state machine was lost".into(),
+            )),
+            Err(join) => Err(ReplicaError::StateMachine(format!(
+                "the driver task failed: {join}"
+            ))),
+        }
+    }
+}
+
+/// A Ready whose write is in flight.
+struct InFlight<M> {
+    number: u64,
+    persisted_messages: Vec<Outbound<M>>,
+    committed: Vec<Entry>,
+    reads: Vec<ReadState>,
+    snapshot_sends: usize,
+}
+
+struct Driver<C: Consensus, S> {
+    config: ReplicaConfig,
+    id: NodeId,
+    consensus: C,
+    store: Arc<dyn LogStore>,
+    transport: Arc<dyn Transport>,
+    started: Instant,
+    next_seq: u64,
+    next_read_ctx: ReadCtx,
+    /// Proposals by the index the protocol gave them: (seq, reply).
+    proposals: BTreeMap<LogIndex, (u64, Reply<Bytes>)>,
+    /// Reads given to the protocol, not yet safe.
+    reads_pending: HashMap<ReadCtx, Reply<LogIndex>>,
+    /// Safe reads waiting for the state machine to reach their index.
+    reads_ready: BTreeMap<LogIndex, Vec<Reply<LogIndex>>>,
+    in_flight: Option<InFlight<C::Message>>,
+    apply_tx: Option<mpsc::UnboundedSender<Vec<ApplyItem>>>,
+    applied: LogIndex,
+    handed_to_apply: LogIndex,
+    stats: ReplicaStats,
+    fatal: Option<ReplicaError>,
+    ticks: u64,
+    _sm: std::marker::PhantomData<fn() -> S>,
+}
+
+async fn wait_persist(
+    h: &mut Option<JoinHandle<StorageResult<()>>>,
+) -> Result<StorageResult<()>, JoinError> {
+    match h.as_mut() {
+        Some(h) => h.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<C: Consensus, S: StateMachine> Driver<C, S> {
+    async fn run(
+        mut self,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut shutdown_rx: oneshot::Receiver<()>,
+        mut applied_rx: watch::Receiver<LogIndex>,
+        apply_task: JoinHandle<apply::ApplyExit<S>>,
+    ) -> DriverExit<S> {
+        let period = std::time::Duration::from_millis(self.config.tick_interval_ms);
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut persist: Option<JoinHandle<StorageResult<()>>> = None;
+        let mut inbound_open = true;
+        let mut commands_open = true;
+        self.pump(&mut persist);
+        while self.fatal.is_none() {
+            tokio::select! {
+                _ = &mut shutdown_rx => break,
+                res = wait_persist(&mut persist) => {
+                    persist = None;
+                    self.on_persisted(res);
+                }
+                changed = applied_rx.changed() => match changed {
+                    Ok(()) => {
+                        let idx = *applied_rx.borrow_and_update();
+                        self.on_applied(idx);
+                    }
+                    // The apply task stopped; its exit says why.
+                    Err(_) => break,
+                },
+                cmd = cmd_rx.recv(), if commands_open => match cmd {
+                    Some(c) => self.on_command(c),
+                    None => commands_open = false,
+                },
+                inb = inbound.recv(), if inbound_open => match inb {
+                    Some(i) => self.on_inbound(i),
+                    None => inbound_open = false,
+                },
+                _ = ticker.tick() => self.on_tick(),
+            }
+            self.pump(&mut persist);
+        }
+        // Stop taking requests; those already queued are answered below.
+        cmd_rx.close();
+        if let Some(h) = persist.take() {
+            let res = h.await;
+            self.on_persisted(res);
+        }
+        self.finish(cmd_rx, applied_rx, apply_task).await
+    }
+
+    async fn finish(
+        mut self,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        applied_rx: watch::Receiver<LogIndex>,
+        apply_task: JoinHandle<apply::ApplyExit<S>>,
+    ) -> DriverExit<S> {
+        let err = self.fatal.clone().unwrap_or(ReplicaError::Shutdown);
+        while let Ok(cmd) = cmd_rx.try_recv() {
+            match cmd {
+                Command::Propose { reply, .. } => reply.send(Err(err.clone())),
+                Command::Read { reply } => reply.send(Err(err.clone())),
+                Command::Status { reply } => {
+                    let _ = reply.send(self.status());
+                }
+            }
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            reply.send(Err(err.clone()));
+        }
+        for (_, reply) in std::mem::take(&mut self.reads_pending) {
+            reply.send(Err(err.clone()));
+        }
+        // Let the apply task drain what was committed, then stop it.
+        self.apply_tx = None;
+        let exit = match apply_task.await {
+            Ok(exit) => exit,
+            Err(join) => apply::ApplyExit {
+                state_machine: None,
+                error: Some(ReplicaError::StateMachine(format!(
+                    "apply task failed: {join}"
+                ))),
+            },
+        };
+        let applied = *applied_rx.borrow();
+        for (index, replies) in std::mem::take(&mut self.reads_ready) {
+            for reply in replies {
+                if index <= applied && exit.error.is_none() && self.fatal.is_none() {
+                    reply.send(Ok(index));
+                } else {
+                    reply.send(Err(err.clone()));
+                }
+            }
+        }
+        DriverExit {
+            state_machine: exit.state_machine,
+            error: self.fatal.or(exit.error),
+        }
+    }
+
+    fn status(&self) -> ReplicaStatus {
+        ReplicaStatus {
+            protocol: self.consensus.status(),
+            applied: self.applied,
+            stats: self.stats,
+        }
+    }
+
+    fn fail(&mut self, err: ReplicaError) {
+        tracing::error!(group = %self.config.group, error = %err, "replica stopping");
+        if self.fatal.is_none() {
+            self.fatal = Some(err);
+        }
+    }
+
+    /// Takes and carries out Readys until one needs a write (then it is in
+    /// flight) or none is available.
+    fn pump(&mut self, persist: &mut Option<JoinHandle<StorageResult<()>>>) {
+        while persist.is_none()
+            && self.fatal.is_none()
+            && self.handed_to_apply.0.saturating_sub(self.applied.0)
+                <= self.config.max_apply_backlog_entries
+            && self.consensus.has_ready()
+        {
+            let mut rd = self.consensus.ready();
+            self.stats.readys += 1;
+            let needs_persist = rd.needs_persist();
+            self.send(std::mem::take(&mut rd.messages));
+            if let Some(meta) = &rd.snapshot {
+                self.fail(ReplicaError::Unsupported(format!(
+                    "installing snapshot {:?}: snapshot transfer is not implemented",
+                    meta.last_log_id
+                )));
+                return;
+            }
+            let flight = InFlight {
+                number: rd.number,
+                persisted_messages: rd.persisted_messages,
+                committed: rd.committed,
+                reads: rd.reads,
+                snapshot_sends: rd.send_snapshots.len(),
+            };
+            if needs_persist {
+                self.stats.persists += 1;
+                self.stats.persisted_entries += rd.entries.len() as u64;
+                let write = LogWrite {
+                    snapshot: None,
+                    truncate_from: rd.truncate_from,
+                    entries: rd.entries,
+                    hard_state: rd.hard_state,
+                    purge_to: rd.purge_to,
+                    sync: true,
+                };
+                let store = Arc::clone(&self.store);
+                let group = self.config.group;
+                *persist = Some(tokio::task::spawn_blocking(move || {
+                    store.write(group, write)
+                }));
+                self.in_flight = Some(flight);
+            } else {
+                self.complete(flight);
+            }
+        }
+    }
+
+    fn on_persisted(&mut self, res: Result<StorageResult<()>, JoinError>) {
+        let Some(flight) = self.in_flight.take() else {
+            return;
+        };
+        match res {
+            Ok(Ok(())) => self.complete(flight),
+            Ok(Err(e)) => self.fail(ReplicaError::Storage(e.to_string())),
+            Err(join) => self.fail(ReplicaError::Storage(format!(
+                "log store write panicked: {join}"
+            ))),
+        }
+    }
+
+    /// Steps 3–6 of a Ready, once its write (if any) is durable.
+    fn complete(&mut self, flight: InFlight<C::Message>) {
+        self.send(flight.persisted_messages);
+        self.hand_to_apply(flight.committed);
+        for rs in flight.reads {
+            self.read_safe(rs);
+        }
+        if flight.snapshot_sends > 0 {
+            self.stats.snapshot_transfers_unsupported += flight.snapshot_sends as u64;
+            tracing::warn!(
+                group = %self.config.group,
+                count = flight.snapshot_sends,
+                "snapshot transfer unsupported: not sending snapshots the protocol asked for"
+            );
+        }
+        self.consensus.advance(flight.number);
+    }
+
+    fn send(&mut self, messages: Vec<Outbound<C::Message>>) {
+        for m in messages {
+            let frame = Frame {
+                group: self.config.group,
+                kind: FrameKind::Protocol,
+                payload: codec::encode(&m.msg).into(),
+            };
+            self.transport.send(m.to, frame);
+            self.stats.messages_sent += 1;
+        }
+    }
+
+    fn hand_to_apply(&mut self, committed: Vec<Entry>) {
+        if committed.is_empty() {
+            return;
+        }
+        let mut batch = Vec::with_capacity(committed.len());
+        for e in committed {
+            let index = e.index();
+            // A proposal at an index the log passed without committing it
+            // there (a gap) is certainly not applied at its index.
+            while let Some(first) = self.proposals.first_entry() {
+                if *first.key() >= index {
+                    break;
+                }
+                let (_, reply) = first.remove();
+                self.stats.proposals_dropped += 1;
+                reply.send(Err(ReplicaError::Dropped));
+            }
+            let mut tag = None;
+            let payload = match e.payload {
+                EntryPayload::Blank => ApplyPayload::Blank,
+                EntryPayload::Membership(m) => ApplyPayload::Membership(m),
+                EntryPayload::Normal(raw) => match TaggedCommand::decode(&raw) {
+                    Ok(t) => {
+                        tag = Some((t.proposer, t.seq));
+                        ApplyPayload::Command(t.data)
+                    }
+                    Err(_) => {
+                        self.stats.untagged_entries += 1;
+                        ApplyPayload::Command(raw)
+                    }
+                },
+            };
+            let reply = self.proposals.remove(&index).map(|(seq, reply)| {
+                if tag == Some((self.id, seq)) {
+                    self.stats.proposals_committed += 1;
+                    ApplyReply::Matched(reply)
+                } else {
+                    self.stats.proposals_dropped += 1;
+                    ApplyReply::Dropped(reply)
+                }
+            });
+            batch.push(ApplyItem {
+                log_id: e.log_id,
+                payload,
+                reply,
+            });
+            self.handed_to_apply = self.handed_to_apply.max(index);
+        }
+        self.stats.committed_entries += batch.len() as u64;
+        let sent = self
+            .apply_tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(batch).is_ok());
+        if !sent {
+            self.fail(ReplicaError::StateMachine("the apply task stopped".into()));
+        }
+    }
+
+    fn read_safe(&mut self, rs: ReadState) {
+        let Some(reply) = self.reads_pending.remove(&rs.ctx) else {
+            return;
+        };
+        if rs.index <= self.applied {
+            self.stats.reads_served += 1;
+            reply.send(Ok(rs.index));
+        } else {
+            self.reads_ready.entry(rs.index).or_default().push(reply);
+        }
+    }
+
+    fn on_applied(&mut self, index: LogIndex) {
+        if index <= self.applied {
+            return;
+        }
+        self.applied = index;
+        self.consensus.applied(index);
+        let later = self.reads_ready.split_off(&index.next());
+        for (idx, replies) in std::mem::replace(&mut self.reads_ready, later) {
+            for reply in replies {
+                self.stats.reads_served += 1;
+                reply.send(Ok(idx));
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Propose { data, reply } => self.propose(data, reply),
+            Command::Read { reply } => {
+                let ctx = self.next_read_ctx;
+                self.next_read_ctx = self.next_read_ctx.wrapping_add(1);
+                match self.consensus.read_index(ctx) {
+                    Ok(()) => {
+                        self.reads_pending.insert(ctx, reply);
+                    }
+                    Err(e) => reply.send(Err(refusal(e))),
+                }
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn propose(&mut self, data: Bytes, reply: Reply<Bytes>) {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let tagged = TaggedCommand {
+            proposer: self.id,
+            seq,
+            data,
+        };
+        match self.consensus.propose(tagged.encode()) {
+            Ok(log_id) => {
+                self.stats.proposals += 1;
+                if log_id.index <= self.handed_to_apply {
+                    // The protocol reused a committed index: it cannot commit
+                    // this entry there.
+                    self.stats.proposals_dropped += 1;
+                    reply.send(Err(ReplicaError::Dropped));
+                } else if let Some((_, old)) = self.proposals.insert(log_id.index, (seq, reply)) {
+                    // Our own newer entry now holds the index in the
+                    // leader's log: the older proposal lost it.
+                    self.stats.proposals_dropped += 1;
+                    old.send(Err(ReplicaError::Dropped));
+                }
+            }
+            Err(e) => reply.send(Err(refusal(e))),
+        }
+    }
+
+    fn on_inbound(&mut self, inbound: Inbound) {
+        self.stats.frames_received += 1;
+        let Inbound { from, frame } = inbound;
+        if frame.group != self.config.group {
+            self.stats.frames_wrong_group += 1;
+            tracing::debug!(%from, group = %frame.group, "dropping frame for another group");
+            return;
+        }
+        match frame.kind {
+            FrameKind::Protocol => match codec::decode::<C::Message>(&frame.payload) {
+                Ok(msg) => self.consensus.step(from, msg),
+                Err(e) => {
+                    self.stats.frames_undecodable += 1;
+                    tracing::debug!(%from, error = %e, "dropping undecodable frame");
+                }
+            },
+            FrameKind::Snapshot => {
+                self.stats.snapshot_transfers_unsupported += 1;
+                tracing::warn!(%from, "snapshot transfer unsupported: dropping snapshot frame");
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.consensus.tick(now_ms);
+        self.ticks += 1;
+        if self
+            .ticks
+            .is_multiple_of(u64::from(self.config.prune_interval_ticks))
+        {
+            self.prune_abandoned();
+        }
+    }
+
+    fn prune_abandoned(&mut self) {
+        let before = self.proposals.len()
+            + self.reads_pending.len()
+            + self.reads_ready.values().map(Vec::len).sum::<usize>();
+        self.proposals.retain(|_, (_, r)| !r.is_abandoned());
+        self.reads_pending.retain(|_, r| !r.is_abandoned());
+        self.reads_ready.retain(|_, v| {
+            v.retain(|r| !r.is_abandoned());
+            !v.is_empty()
+        });
+        let after = self.proposals.len()
+            + self.reads_pending.len()
+            + self.reads_ready.values().map(Vec::len).sum::<usize>();
+        self.stats.waiters_abandoned += (before - after) as u64;
+    }
+}
+
+fn refusal(e: ProposeError) -> ReplicaError {
+    match e {
+        ProposeError::NotLeader { leader } => ReplicaError::NotLeader { leader },
+        ProposeError::Overloaded(m) => ReplicaError::Busy(m),
+        other => ReplicaError::Rejected(other),
+    }
+}
+
+/// SplitMix64 finaliser (Steele, Lea, Flood 2014): a fixed, well-mixing
+/// 64-bit permutation.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A random request-sequence base for one driver lifetime. Not persisted and
+/// not placement-relevant: std's randomly keyed hasher only contributes
+/// entropy here.
+fn random_seq_base() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(nanos);
+    h.write_u32(std::process::id());
+    splitmix64(h.finish() ^ splitmix64(nanos))
+}

@@ -1,0 +1,972 @@
+//! Driver obligations, proven with a scripted `Consensus` whose Readys the
+//! test writes, a log store whose writes the test holds back, and a state
+//! machine and transport that record what happened in one shared event log.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::*;
+use crate::consensus::{MembershipChange, Ready, Role};
+use crate::state_machine::{Applied, ChunkSource, SnapshotSource, StateMachineError};
+use crate::storage::{MemLogStore, StorageError};
+use crate::types::{LogId, Membership, SnapshotMeta, Term};
+
+const ME: NodeId = NodeId(1);
+const PEER: NodeId = NodeId(2);
+
+/// What happened, in order, across store, transport, state machine and
+/// protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Ev {
+    Sent(u32),
+    WriteDone(Option<LogIndex>),
+    Apply(LogIndex),
+    Advance(u64),
+}
+
+type Events = Arc<Mutex<Vec<Ev>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn pos(events: &[Ev], ev: &Ev) -> usize {
+    events
+        .iter()
+        .position(|e| e == ev)
+        .unwrap_or_else(|| panic!("{ev:?} missing from {events:?}"))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct TestMsg(u32);
+
+#[derive(Default)]
+struct Script {
+    /// Readys the test queued; numbered when handed out.
+    queued: VecDeque<Ready<TestMsg>>,
+    awaiting_advance: Option<u64>,
+    next_number: u64,
+    next_index: u64,
+    propose_err: Option<ProposeError>,
+    proposals: Vec<(LogId, Bytes)>,
+    reads: Vec<ReadCtx>,
+    steps: Vec<(NodeId, TestMsg)>,
+    ticks: Vec<u64>,
+    advanced: Vec<u64>,
+    applied: Vec<LogIndex>,
+}
+
+/// A `Consensus` that does what the test says.
+struct Scripted {
+    id: NodeId,
+    script: Arc<Mutex<Script>>,
+    events: Events,
+}
+
+impl Consensus for Scripted {
+    type Message = TestMsg;
+    fn id(&self) -> NodeId {
+        self.id
+    }
+    fn tick(&mut self, now: u64) {
+        lock(&self.script).ticks.push(now);
+    }
+    fn step(&mut self, from: NodeId, msg: TestMsg) {
+        lock(&self.script).steps.push((from, msg));
+    }
+    fn propose(&mut self, data: Bytes) -> Result<LogId, ProposeError> {
+        let mut s = lock(&self.script);
+        if let Some(e) = s.propose_err.clone() {
+            return Err(e);
+        }
+        s.next_index += 1;
+        let id = LogId::new(1, s.next_index);
+        s.proposals.push((id, data));
+        Ok(id)
+    }
+    fn read_index(&mut self, ctx: ReadCtx) -> Result<(), ProposeError> {
+        lock(&self.script).reads.push(ctx);
+        Ok(())
+    }
+    fn change_membership(&mut self, _: MembershipChange) -> Result<LogId, ProposeError> {
+        Err(ProposeError::Invalid("scripted".into()))
+    }
+    fn transfer_leader(&mut self, _: NodeId) -> Result<(), ProposeError> {
+        Err(ProposeError::Invalid("scripted".into()))
+    }
+    fn has_ready(&self) -> bool {
+        let s = lock(&self.script);
+        s.awaiting_advance.is_none() && !s.queued.is_empty()
+    }
+    fn ready(&mut self) -> Ready<TestMsg> {
+        let mut s = lock(&self.script);
+        s.next_number += 1;
+        let number = s.next_number;
+        s.awaiting_advance = Some(number);
+        let mut rd = s.queued.pop_front().unwrap_or_else(|| Ready::empty(0));
+        rd.number = number;
+        rd
+    }
+    fn advance(&mut self, number: u64) {
+        let mut s = lock(&self.script);
+        assert_eq!(
+            s.awaiting_advance,
+            Some(number),
+            "advance of the Ready in flight"
+        );
+        s.awaiting_advance = None;
+        s.advanced.push(number);
+        lock(&self.events).push(Ev::Advance(number));
+    }
+    fn applied(&mut self, index: LogIndex) {
+        lock(&self.script).applied.push(index);
+    }
+    fn snapshot_built(&mut self, _: SnapshotMeta) {}
+    fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            role: Role::Leader,
+            term: Term(1),
+            leader: Some(self.id),
+            commit: LogIndex(0),
+            last_index: LogIndex(lock(&self.script).next_index),
+            membership: Membership::new([self.id]),
+        }
+    }
+}
+
+/// Writes wait while the gate is closed.
+struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// A `MemLogStore` whose writes the test can hold back or fail.
+struct GatedStore {
+    inner: MemLogStore,
+    gate: Gate,
+    fail: Mutex<bool>,
+    events: Events,
+    writes_started: watch::Sender<u64>,
+}
+
+impl GatedStore {
+    fn set_open(&self, open: bool) {
+        *lock(&self.gate.open) = open;
+        self.gate.cv.notify_all();
+    }
+}
+
+impl LogStore for GatedStore {
+    fn write(&self, group: GroupId, write: LogWrite) -> StorageResult<()> {
+        self.writes_started.send_modify(|n| *n += 1);
+        let guard = lock(&self.gate.open);
+        // Bounded: a test that forgets to open the gate fails, never hangs.
+        let (guard, timeout) = self
+            .gate
+            .cv
+            .wait_timeout_while(guard, Duration::from_secs(30), |open| !*open)
+            .unwrap_or_else(|p| p.into_inner());
+        drop(guard);
+        if timeout.timed_out() {
+            return Err(StorageError::Engine("test gate never opened".into()));
+        }
+        if *lock(&self.fail) {
+            return Err(StorageError::Engine("injected failure".into()));
+        }
+        let last = write.entries.last().map(|e| e.index());
+        self.inner.write(group, write)?;
+        lock(&self.events).push(Ev::WriteDone(last));
+        Ok(())
+    }
+    fn sync(&self) -> StorageResult<()> {
+        self.inner.sync()
+    }
+    fn entries(&self, g: GroupId, r: std::ops::Range<LogIndex>) -> StorageResult<Vec<Entry>> {
+        self.inner.entries(g, r)
+    }
+    fn bounds(&self, g: GroupId) -> StorageResult<Option<(LogIndex, LogIndex)>> {
+        self.inner.bounds(g)
+    }
+    fn hard_state(&self, g: GroupId) -> StorageResult<crate::types::HardState> {
+        self.inner.hard_state(g)
+    }
+    fn snapshot_meta(&self, g: GroupId) -> StorageResult<Option<SnapshotMeta>> {
+        self.inner.snapshot_meta(g)
+    }
+}
+
+/// Records every applied entry; answers `ok:<data>`.
+struct RecSm {
+    last: LogId,
+    applied: Vec<(LogIndex, Option<Bytes>)>,
+    events: Events,
+    fail_at: Option<LogIndex>,
+}
+
+impl StateMachine for RecSm {
+    fn apply(&mut self, log_id: LogId, entry: Applied<'_>) -> Result<Bytes, StateMachineError> {
+        if Some(log_id.index) == self.fail_at {
+            return Err(StateMachineError::Storage("injected".into()));
+        }
+        if log_id.index <= self.last.index {
+            return Ok(Bytes::new());
+        }
+        self.last = log_id;
+        lock(&self.events).push(Ev::Apply(log_id.index));
+        let data = match entry {
+            Applied::Command(d) => Some(Bytes::copy_from_slice(d)),
+            _ => None,
+        };
+        self.applied.push((log_id.index, data.clone()));
+        let mut out = b"ok:".to_vec();
+        out.extend_from_slice(data.as_deref().unwrap_or_default());
+        Ok(out.into())
+    }
+    fn last_applied(&self) -> LogId {
+        self.last
+    }
+    fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StateMachineError> {
+        Err(StateMachineError::Storage(
+            "no snapshots in this test".into(),
+        ))
+    }
+    fn install_snapshot(
+        &mut self,
+        _: &SnapshotMeta,
+        _: &mut dyn ChunkSource,
+    ) -> Result<(), StateMachineError> {
+        Err(StateMachineError::Storage(
+            "no snapshots in this test".into(),
+        ))
+    }
+}
+
+/// Records sent protocol messages (decoded) as events.
+struct RecTransport {
+    events: Events,
+    frames: Mutex<Vec<(NodeId, Frame)>>,
+}
+
+impl Transport for RecTransport {
+    fn send(&self, to: NodeId, frame: Frame) {
+        if let Ok(TestMsg(n)) = codec::decode::<TestMsg>(&frame.payload) {
+            lock(&self.events).push(Ev::Sent(n));
+        }
+        lock(&self.frames).push((to, frame));
+    }
+}
+
+struct Rig {
+    replica: Option<Replica<RecSm>>,
+    h: ReplicaHandle<RecSm>,
+    script: Arc<Mutex<Script>>,
+    store: Arc<GatedStore>,
+    events: Events,
+    inbound: mpsc::Sender<Inbound>,
+    writes_started: watch::Receiver<u64>,
+}
+
+fn config() -> ReplicaConfig {
+    ReplicaConfig {
+        group: GroupId(7),
+        seq_base: Some(100),
+        ..ReplicaConfig::default()
+    }
+}
+
+impl Rig {
+    fn new(config: ReplicaConfig) -> Self {
+        Self::with_sm(config, None)
+    }
+
+    fn with_sm(config: ReplicaConfig, fail_at: Option<LogIndex>) -> Self {
+        let events: Events = Arc::default();
+        let script = Arc::new(Mutex::new(Script::default()));
+        let (ws_tx, ws_rx) = watch::channel(0);
+        let store = Arc::new(GatedStore {
+            inner: MemLogStore::new(),
+            gate: Gate {
+                open: Mutex::new(true),
+                cv: Condvar::new(),
+            },
+            fail: Mutex::new(false),
+            events: Arc::clone(&events),
+            writes_started: ws_tx,
+        });
+        let transport = Arc::new(RecTransport {
+            events: Arc::clone(&events),
+            frames: Mutex::default(),
+        });
+        let sm = RecSm {
+            last: LogId::default(),
+            applied: Vec::new(),
+            events: Arc::clone(&events),
+            fail_at,
+        };
+        let consensus = Scripted {
+            id: ME,
+            script: Arc::clone(&script),
+            events: Arc::clone(&events),
+        };
+        let (in_tx, in_rx) = mpsc::channel(64);
+        let replica = Replica::start(
+            config,
+            consensus,
+            Arc::clone(&store) as Arc<dyn LogStore>,
+            sm,
+            transport,
+            in_rx,
+        )
+        .unwrap();
+        let h = replica.handle();
+        Self {
+            replica: Some(replica),
+            h,
+            script,
+            store,
+            events,
+            inbound: in_tx,
+            writes_started: ws_rx,
+        }
+    }
+
+    fn events(&self) -> Vec<Ev> {
+        lock(&self.events).clone()
+    }
+
+    /// Waits (bounded, without advancing time) until `f` holds.
+    async fn until(&self, what: &str, mut f: impl FnMut(&Script) -> bool) {
+        for _ in 0..10_000 {
+            if f(&lock(&self.script)) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("timed out waiting for: {what}");
+    }
+
+    /// Lets the driver notice newly queued Readys.
+    async fn kick(&self) {
+        self.h.status().await.unwrap();
+    }
+
+    fn push(&self, rd: Ready<TestMsg>) {
+        lock(&self.script).queued.push_back(rd);
+    }
+
+    fn proposal(&self, i: usize) -> Entry {
+        let (log_id, data) = lock(&self.script).proposals[i].clone();
+        Entry {
+            log_id,
+            payload: EntryPayload::Normal(data),
+        }
+    }
+
+    async fn writes_started(&mut self, n: u64) {
+        let w = self.writes_started.wait_for(|k| *k >= n);
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("write never started")
+            .unwrap();
+    }
+
+    async fn shutdown(&mut self) -> Result<RecSm, ReplicaError> {
+        self.replica.take().unwrap().shutdown().await
+    }
+}
+
+fn out(n: u32) -> Outbound<TestMsg> {
+    Outbound {
+        to: PEER,
+        msg: TestMsg(n),
+    }
+}
+
+fn ready() -> Ready<TestMsg> {
+    Ready::empty(0)
+}
+
+fn spawn_propose(
+    h: &ReplicaHandle<RecSm>,
+    data: &'static [u8],
+) -> tokio::task::JoinHandle<Result<Bytes, ReplicaError>> {
+    let h = h.clone();
+    tokio::spawn(async move { h.propose(Bytes::from_static(data)).await })
+}
+
+async fn settle() {
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn proposal_is_answered_only_after_persist_and_apply() {
+    let mut t = Rig::new(config());
+    t.store.set_open(false);
+    let p = spawn_propose(&t.h, b"x");
+    t.until("proposal", |s| s.proposals.len() == 1).await;
+    let e = t.proposal(0);
+    t.push(Ready {
+        messages: vec![out(1)],
+        entries: vec![e.clone()],
+        persisted_messages: vec![out(2)],
+        committed: vec![e.clone()],
+        ..ready()
+    });
+    t.kick().await;
+    t.writes_started(1).await;
+    settle().await;
+    assert!(!p.is_finished(), "answered before the write was durable");
+    assert_eq!(
+        t.events(),
+        vec![Ev::Sent(1)],
+        "messages go out while persisting; nothing else may"
+    );
+    assert!(lock(&t.script).advanced.is_empty());
+    t.store.set_open(true);
+    let resp = p.await.unwrap().unwrap();
+    assert_eq!(resp, Bytes::from_static(b"ok:x"));
+    let ev = t.events();
+    let write = pos(&ev, &Ev::WriteDone(Some(LogIndex(1))));
+    assert!(pos(&ev, &Ev::Sent(1)) < write);
+    assert!(
+        write < pos(&ev, &Ev::Sent(2)),
+        "persisted message after fsync"
+    );
+    assert!(
+        write < pos(&ev, &Ev::Apply(LogIndex(1))),
+        "apply after fsync"
+    );
+    assert!(write < pos(&ev, &Ev::Advance(1)));
+    let sm = t.shutdown().await.unwrap();
+    assert_eq!(
+        sm.applied,
+        vec![(LogIndex(1), Some(Bytes::from_static(b"x")))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn committed_entry_waits_for_the_ready_it_came_with() {
+    // The entry is persisted by Ready 1 but committed only in Ready 2: no
+    // answer before Ready 2's apply, even though the write is long done.
+    let mut t = Rig::new(config());
+    let p = spawn_propose(&t.h, b"y");
+    t.until("proposal", |s| s.proposals.len() == 1).await;
+    let e = t.proposal(0);
+    t.push(Ready {
+        entries: vec![e.clone()],
+        ..ready()
+    });
+    t.kick().await;
+    t.until("advance 1", |s| s.advanced == [1]).await;
+    settle().await;
+    assert!(!p.is_finished(), "persisted but not committed");
+    t.push(Ready {
+        committed: vec![e],
+        ..ready()
+    });
+    t.kick().await;
+    assert_eq!(p.await.unwrap().unwrap(), Bytes::from_static(b"ok:y"));
+    let st = t.h.status().await.unwrap();
+    assert_eq!(st.stats.persists, 1, "a commit-only Ready needs no fsync");
+    assert_eq!(st.stats.proposals_committed, 1);
+    t.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn applies_in_order_across_many_readys() {
+    let mut t = Rig::new(config());
+    let data: Vec<&'static [u8]> = vec![b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"h"];
+    let mut waiters = Vec::new();
+    for d in &data {
+        waiters.push(spawn_propose(&t.h, d));
+    }
+    t.until("8 proposals", |s| s.proposals.len() == 8).await;
+    // The script hands out entries sorted by index; the spawn order need not
+    // match the index order, so compare by proposal, not by position.
+    let entries: Vec<Entry> = (0..8).map(|i| t.proposal(i)).collect();
+    // Ready k persists entries 2k+1..2k+2 and commits the previous pair.
+    let mut prev: Vec<Entry> = Vec::new();
+    for pair in entries.chunks(2) {
+        t.push(Ready {
+            entries: pair.to_vec(),
+            committed: std::mem::replace(&mut prev, pair.to_vec()),
+            ..ready()
+        });
+    }
+    t.push(Ready {
+        committed: prev,
+        ..ready()
+    });
+    t.kick().await;
+    let mut answers = Vec::new();
+    for w in waiters {
+        answers.push(w.await.unwrap().unwrap());
+    }
+    let mut expected: Vec<Bytes> = data
+        .iter()
+        .map(|d| Bytes::from([b"ok:".as_slice(), d].concat()))
+        .collect();
+    answers.sort();
+    expected.sort();
+    assert_eq!(answers, expected, "each proposer got its own response");
+    let sm = t.shutdown().await.unwrap();
+    let order: Vec<u64> = sm.applied.iter().map(|(i, _)| i.0).collect();
+    assert_eq!(order, (1..=8).collect::<Vec<_>>());
+    let applied_data: Vec<Bytes> = sm.applied.iter().filter_map(|(_, d)| d.clone()).collect();
+    let proposed: Vec<Bytes> = entries
+        .iter()
+        .map(|e| match &e.payload {
+            EntryPayload::Normal(raw) => TaggedCommand::decode(raw).unwrap().data,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        applied_data, proposed,
+        "the state machine sees untagged data"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_proposer_is_answered_exactly_once() {
+    let mut t = Rig::new(config());
+    let a = spawn_propose(&t.h, b"a");
+    t.until("a", |s| s.proposals.len() == 1).await;
+    let b = spawn_propose(&t.h, b"b");
+    t.until("b", |s| s.proposals.len() == 2).await;
+    let c = spawn_propose(&t.h, b"c");
+    t.until("c", |s| s.proposals.len() == 3).await;
+    let ea = t.proposal(0);
+    let eb = t.proposal(1);
+    // Another proposer's entry takes b's index.
+    let foreign = Entry {
+        log_id: LogId::new(2, eb.index().0),
+        payload: EntryPayload::Normal(
+            TaggedCommand {
+                proposer: PEER,
+                seq: 100 + 1,
+                data: Bytes::from_static(b"foreign"),
+            }
+            .encode(),
+        ),
+    };
+    t.push(Ready {
+        entries: vec![ea.clone(), foreign.clone()],
+        committed: vec![ea, foreign],
+        ..ready()
+    });
+    t.kick().await;
+    assert_eq!(a.await.unwrap(), Ok(Bytes::from_static(b"ok:a")));
+    assert_eq!(b.await.unwrap(), Err(ReplicaError::Dropped));
+    settle().await;
+    assert!(!c.is_finished(), "c is neither committed nor dropped yet");
+    let st = t.h.status().await.unwrap();
+    assert_eq!(
+        (st.stats.proposals_committed, st.stats.proposals_dropped),
+        (1, 1)
+    );
+    let sm = t.shutdown().await.unwrap();
+    assert_eq!(c.await.unwrap(), Err(ReplicaError::Shutdown));
+    assert_eq!(
+        sm.applied[1],
+        (LogIndex(2), Some(Bytes::from_static(b"foreign")))
+    );
+    // After shutdown the handle answers at once.
+    assert_eq!(
+        t.h.propose(Bytes::from_static(b"late")).await,
+        Err(ReplicaError::Shutdown)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn untagged_entries_are_applied_raw() {
+    let mut t = Rig::new(config());
+    let raw = Entry {
+        log_id: LogId::new(1, 1),
+        payload: EntryPayload::Normal(Bytes::from_static(b"not a tagged command")),
+    };
+    t.push(Ready {
+        entries: vec![raw.clone()],
+        committed: vec![raw],
+        ..ready()
+    });
+    t.kick().await;
+    t.until("advance", |s| s.advanced.len() == 1).await;
+    let st = t.h.status().await.unwrap();
+    assert_eq!(st.stats.untagged_entries, 1);
+    let sm = t.shutdown().await.unwrap();
+    assert_eq!(
+        sm.applied,
+        vec![(
+            LogIndex(1),
+            Some(Bytes::from_static(b"not a tagged command"))
+        )]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_when_full_and_slots_come_back() {
+    let mut cfg = config();
+    cfg.max_pending_proposals = 2;
+    cfg.max_inflight_reads = 1;
+    cfg.max_proposal_bytes = 8;
+    let mut t = Rig::new(cfg.clone());
+    let a = spawn_propose(&t.h, b"a");
+    let b = spawn_propose(&t.h, b"b");
+    t.until("2 proposals", |s| s.proposals.len() == 2).await;
+    assert!(matches!(
+        t.h.propose(Bytes::from_static(b"c")).await,
+        Err(ReplicaError::Busy(_))
+    ));
+    assert_eq!(lock(&t.script).proposals.len(), 2, "Busy proposes nothing");
+    assert_eq!(
+        t.h.propose(Bytes::from_static(b"123456789")).await,
+        Err(ReplicaError::TooLarge {
+            size_bytes: 9,
+            max_bytes: 8
+        })
+    );
+    let h = t.h.clone();
+    let r = tokio::spawn(async move { h.read_index().await });
+    t.until("read", |s| s.reads.len() == 1).await;
+    assert!(matches!(t.h.read_index().await, Err(ReplicaError::Busy(_))));
+    // Answering `a` frees its slot.
+    let ea = t.proposal(0);
+    t.push(Ready {
+        entries: vec![ea.clone()],
+        committed: vec![ea],
+        ..ready()
+    });
+    t.kick().await;
+    a.await.unwrap().unwrap();
+    let c = spawn_propose(&t.h, b"c");
+    t.until("c accepted", |s| s.proposals.len() == 3).await;
+    // A caller that gives up frees its slot within prune_interval_ticks.
+    b.abort();
+    let _ = b.await;
+    assert!(matches!(
+        t.h.propose(Bytes::from_static(b"d")).await,
+        Err(ReplicaError::Busy(_))
+    ));
+    tokio::time::sleep(Duration::from_millis(
+        cfg.tick_interval_ms * u64::from(cfg.prune_interval_ticks) * 2,
+    ))
+    .await;
+    let d = spawn_propose(&t.h, b"d");
+    t.until("d accepted", |s| s.proposals.len() == 4).await;
+    assert!(t.h.status().await.unwrap().stats.waiters_abandoned >= 1);
+    t.shutdown().await.unwrap();
+    assert_eq!(c.await.unwrap(), Err(ReplicaError::Shutdown));
+    assert_eq!(d.await.unwrap(), Err(ReplicaError::Shutdown));
+    assert_eq!(r.await.unwrap(), Err(ReplicaError::Shutdown));
+}
+
+#[tokio::test(start_paused = true)]
+async fn undecodable_and_misrouted_frames_are_counted_and_ignored() {
+    let mut t = Rig::new(config());
+    let frame = |group, kind, payload: Vec<u8>| Inbound {
+        from: PEER,
+        frame: Frame {
+            group: GroupId(group),
+            kind,
+            payload: payload.into(),
+        },
+    };
+    let good = codec::encode(&TestMsg(7));
+    let mut corrupt = good.clone();
+    corrupt[1] ^= 0xff;
+    for inb in [
+        frame(7, FrameKind::Protocol, b"garbage".to_vec()),
+        frame(7, FrameKind::Protocol, corrupt),
+        frame(7, FrameKind::Protocol, Vec::new()),
+        frame(8, FrameKind::Protocol, good.clone()),
+        frame(7, FrameKind::Snapshot, vec![1, 2, 3]),
+        frame(7, FrameKind::Protocol, good),
+    ] {
+        t.inbound.send(inb).await.unwrap();
+    }
+    t.until("one step", |s| !s.steps.is_empty()).await;
+    let st = t.h.status().await.unwrap();
+    assert_eq!(st.stats.frames_received, 6);
+    assert_eq!(st.stats.frames_undecodable, 3);
+    assert_eq!(st.stats.frames_wrong_group, 1);
+    assert_eq!(st.stats.snapshot_transfers_unsupported, 1);
+    assert_eq!(lock(&t.script).steps, vec![(PEER, TestMsg(7))]);
+    t.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_index_resolves_once_applied() {
+    let mut t = Rig::new(config());
+    let p = spawn_propose(&t.h, b"w");
+    t.until("proposal", |s| s.proposals.len() == 1).await;
+    let h = t.h.clone();
+    let r = tokio::spawn(async move { h.linearizable_query(|sm: &RecSm| sm.applied.len()).await });
+    t.until("read", |s| s.reads.len() == 1).await;
+    let ctx = lock(&t.script).reads[0];
+    let e = t.proposal(0);
+    t.push(Ready {
+        entries: vec![e.clone()],
+        reads: vec![ReadState {
+            ctx,
+            index: LogIndex(1),
+        }],
+        ..ready()
+    });
+    t.kick().await;
+    t.until("advance", |s| s.advanced.len() == 1).await;
+    settle().await;
+    assert!(!r.is_finished(), "index 1 is not applied yet");
+    t.push(Ready {
+        committed: vec![e],
+        ..ready()
+    });
+    t.kick().await;
+    assert_eq!(r.await.unwrap(), Ok(1), "the read sees the write");
+    p.await.unwrap().unwrap();
+    assert_eq!(t.h.status().await.unwrap().stats.reads_served, 1);
+    t.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_are_immediate() {
+    let mut t = Rig::new(config());
+    lock(&t.script).propose_err = Some(ProposeError::NotLeader {
+        leader: Some(NodeId(3)),
+    });
+    assert_eq!(
+        t.h.propose(Bytes::from_static(b"x")).await,
+        Err(ReplicaError::NotLeader {
+            leader: Some(NodeId(3))
+        })
+    );
+    lock(&t.script).propose_err = Some(ProposeError::Overloaded("full".into()));
+    assert!(matches!(
+        t.h.propose(Bytes::from_static(b"x")).await,
+        Err(ReplicaError::Busy(_))
+    ));
+    lock(&t.script).propose_err = Some(ProposeError::Invalid("no".into()));
+    assert!(matches!(
+        t.h.propose(Bytes::from_static(b"x")).await,
+        Err(ReplicaError::Rejected(_))
+    ));
+    t.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_finishes_the_write_in_flight() {
+    let mut t = Rig::new(config());
+    t.store.set_open(false);
+    let p = spawn_propose(&t.h, b"z");
+    t.until("proposal", |s| s.proposals.len() == 1).await;
+    let e = t.proposal(0);
+    t.push(Ready {
+        entries: vec![e.clone()],
+        committed: vec![e],
+        persisted_messages: vec![out(9)],
+        ..ready()
+    });
+    t.kick().await;
+    t.writes_started(1).await;
+    let replica = t.replica.take().unwrap();
+    let stop = tokio::spawn(replica.shutdown());
+    settle().await;
+    assert!(
+        !stop.is_finished(),
+        "shutdown waits for the write in flight"
+    );
+    t.store.set_open(true);
+    let sm = stop.await.unwrap().unwrap();
+    assert_eq!(p.await.unwrap(), Ok(Bytes::from_static(b"ok:z")));
+    assert_eq!(sm.applied.len(), 1);
+    assert!(t.events().contains(&Ev::Sent(9)));
+    assert_eq!(lock(&t.script).advanced, vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_write_stops_the_replica_and_acknowledges_nothing() {
+    let mut t = Rig::new(config());
+    *lock(&t.store.fail) = true;
+    let p = spawn_propose(&t.h, b"x");
+    t.until("proposal", |s| s.proposals.len() == 1).await;
+    let e = t.proposal(0);
+    t.push(Ready {
+        entries: vec![e.clone()],
+        committed: vec![e],
+        persisted_messages: vec![out(5)],
+        ..ready()
+    });
+    t.kick().await;
+    assert!(matches!(p.await.unwrap(), Err(ReplicaError::Storage(_))));
+    assert!(!t.events().contains(&Ev::Sent(5)), "no persisted message");
+    assert!(lock(&t.script).advanced.is_empty(), "no advance");
+    assert!(matches!(t.shutdown().await, Err(ReplicaError::Storage(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_apply_stops_the_replica() {
+    let mut t = Rig::with_sm(config(), Some(LogIndex(2)));
+    let a = spawn_propose(&t.h, b"a");
+    t.until("a", |s| s.proposals.len() == 1).await;
+    let b = spawn_propose(&t.h, b"b");
+    t.until("b", |s| s.proposals.len() == 2).await;
+    let (ea, eb) = (t.proposal(0), t.proposal(1));
+    t.push(Ready {
+        entries: vec![ea.clone(), eb.clone()],
+        committed: vec![ea, eb],
+        ..ready()
+    });
+    t.kick().await;
+    assert_eq!(a.await.unwrap(), Ok(Bytes::from_static(b"ok:a")));
+    assert!(matches!(
+        b.await.unwrap(),
+        Err(ReplicaError::StateMachine(_))
+    ));
+    assert!(matches!(
+        t.shutdown().await,
+        Err(ReplicaError::StateMachine(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn ticks_carry_monotonic_ms_since_start() {
+    let mut t = Rig::new(config());
+    tokio::time::sleep(Duration::from_millis(105)).await;
+    t.kick().await;
+    let ticks = lock(&t.script).ticks.clone();
+    assert!(ticks.len() >= 10, "{ticks:?}");
+    assert!(ticks.windows(2).all(|w| w[0] < w[1]), "{ticks:?}");
+    assert!(*ticks.last().unwrap_or(&0) >= 100);
+    t.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn unsupported_snapshot_install_stops_instead_of_diverging() {
+    let mut t = Rig::new(config());
+    t.push(Ready {
+        snapshot: Some(SnapshotMeta::default()),
+        ..ready()
+    });
+    t.kick().await;
+    assert!(matches!(
+        t.shutdown().await,
+        Err(ReplicaError::Unsupported(_))
+    ));
+}
+
+#[test]
+fn config_validation() {
+    assert!(ReplicaConfig::default().validate().is_ok());
+    for bad in [
+        ReplicaConfig {
+            tick_interval_ms: 0,
+            ..ReplicaConfig::default()
+        },
+        ReplicaConfig {
+            max_pending_proposals: 0,
+            ..ReplicaConfig::default()
+        },
+        ReplicaConfig {
+            max_inflight_reads: 0,
+            ..ReplicaConfig::default()
+        },
+        ReplicaConfig {
+            max_proposal_bytes: 0,
+            ..ReplicaConfig::default()
+        },
+        ReplicaConfig {
+            prune_interval_ticks: 0,
+            ..ReplicaConfig::default()
+        },
+    ] {
+        assert!(matches!(bad.validate(), Err(ReplicaError::Config(_))));
+    }
+}
+
+#[test]
+fn start_outside_a_runtime_is_an_error() {
+    let (_tx, rx) = mpsc::channel(1);
+    let res = Replica::start(
+        config(),
+        crate::solo::Solo::new(
+            crate::solo::SoloConfig::new(ME),
+            crate::consensus::Recovered::default(),
+        )
+        .unwrap(),
+        Arc::new(MemLogStore::new()),
+        crate::kv::MemKv::default(),
+        Arc::new(RecTransport {
+            events: Arc::default(),
+            frames: Mutex::default(),
+        }),
+        rx,
+    );
+    assert!(matches!(res, Err(ReplicaError::Config(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_cross_a_mem_network_between_two_drivers() {
+    use crate::transport::{MemNetwork, MemNetworkConfig};
+    let net = MemNetwork::new(MemNetworkConfig::default()).unwrap();
+    let mut nodes = Vec::new();
+    for id in [ME, PEER] {
+        let (transport, rx) = net.join(id).unwrap();
+        let script = Arc::new(Mutex::new(Script::default()));
+        let consensus = Scripted {
+            id,
+            script: Arc::clone(&script),
+            events: Arc::default(),
+        };
+        let sm = RecSm {
+            last: LogId::default(),
+            applied: Vec::new(),
+            events: Arc::default(),
+            fail_at: None,
+        };
+        let r = Replica::start(
+            config(),
+            consensus,
+            Arc::new(MemLogStore::new()),
+            sm,
+            Arc::new(transport),
+            rx,
+        )
+        .unwrap();
+        nodes.push((r, script));
+    }
+    lock(&nodes[0].1).queued.push_back(Ready {
+        messages: vec![out(41)],
+        persisted_messages: vec![out(42)],
+        hard_state: Some(crate::types::HardState::default()),
+        ..ready()
+    });
+    nodes[0].0.handle().status().await.unwrap();
+    for _ in 0..10_000 {
+        if lock(&nodes[1].1).steps.len() == 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        lock(&nodes[1].1).steps,
+        vec![(ME, TestMsg(41)), (ME, TestMsg(42))]
+    );
+    net.isolate(PEER);
+    lock(&nodes[0].1).queued.push_back(Ready {
+        messages: vec![out(43)],
+        ..ready()
+    });
+    nodes[0].0.handle().status().await.unwrap();
+    nodes[0].0.handle().status().await.unwrap();
+    assert_eq!(net.stats(ME).dropped_blocked, 1);
+    for (r, _) in nodes {
+        r.shutdown().await.unwrap();
+    }
+}
