@@ -18,7 +18,8 @@
 //!   them. The next Ready then carries *only* the newly committed entries and
 //!   the reads that became safe — never new entries — so the driver applies
 //!   them without waiting for another fsync; the entries accumulated
-//!   meanwhile follow in the Ready after.
+//!   meanwhile follow in the Ready after. One Ready carries at most
+//!   [`SoloConfig::max_committed_per_ready`] committed entries.
 //! - [`read_index`](Consensus::read_index) answers with the index of the last
 //!   entry proposed before the call, once that entry is committed.
 //! - On recovery every stored entry is committed (it is durable on the only
@@ -65,6 +66,9 @@ pub struct SoloConfig {
     /// Read requests waiting for their index to commit; further reads are
     /// refused with [`ProposeError::Overloaded`]. Default 65536.
     pub max_pending_reads: usize,
+    /// Most committed entries in one Ready (a restart replays the whole log
+    /// in Readys of at most this many). Default 4096.
+    pub max_committed_per_ready: usize,
 }
 
 impl SoloConfig {
@@ -74,6 +78,7 @@ impl SoloConfig {
             id,
             max_uncommitted_entries: 65536,
             max_pending_reads: 65536,
+            max_committed_per_ready: 4096,
         }
     }
 }
@@ -147,6 +152,9 @@ impl Solo {
         }
         if config.max_pending_reads == 0 {
             return Err(SoloError::Config("max_pending_reads must be >= 1"));
+        }
+        if config.max_committed_per_ready == 0 {
+            return Err(SoloError::Config("max_committed_per_ready must be >= 1"));
         }
         let Recovered {
             hard_state,
@@ -349,14 +357,19 @@ impl Consensus for Solo {
             // the state machine without waiting behind the next write.
             let commit = self.commit();
             while let Some(e) = self.entries.front() {
-                if e.index() > commit {
+                if e.index() > commit || rd.committed.len() >= self.config.max_committed_per_ready {
                     break;
                 }
                 if let Some(e) = self.entries.pop_front() {
+                    self.emitted = e.index();
                     rd.committed.push(e);
                 }
             }
-            self.emitted = commit;
+            if rd.committed.is_empty() {
+                // Nothing left in memory below `commit` (cannot happen while
+                // the invariants hold); never hand out empty Readys forever.
+                self.emitted = self.emitted.max(commit);
+            }
             rd.reads = self.take_safe_reads();
             self.in_flight = Some(InFlight {
                 number: rd.number,
@@ -580,6 +593,41 @@ mod tests {
         let persist = step_ready(&mut s2);
         assert_eq!(persist.hard_state.map(|h| h.term), Some(Term(2)));
         assert_eq!(persist.entries.len(), 1);
+    }
+
+    #[test]
+    fn replay_is_split_into_bounded_readys() {
+        let entries: Vec<Entry> = (1..=10)
+            .map(|i| Entry {
+                log_id: LogId::new(1, i),
+                payload: EntryPayload::Normal(data(i as u8)),
+            })
+            .collect();
+        let rec = Recovered {
+            entries: entries.clone(),
+            ..Recovered::default()
+        };
+        let mut cfg = SoloConfig::new(NodeId(1));
+        cfg.max_committed_per_ready = 4;
+        let mut s = Solo::new(cfg, rec).unwrap();
+        s.read_index(1).unwrap();
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        let mut read_at = None;
+        for _ in 0..10 {
+            if !s.has_ready() {
+                break;
+            }
+            let rd = step_ready(&mut s);
+            sizes.push(rd.committed.len());
+            if !rd.reads.is_empty() {
+                read_at = Some(rd.reads[0].index);
+            }
+            got.extend(rd.committed);
+        }
+        assert_eq!(got, entries);
+        assert_eq!(&sizes[..3], &[4, 4, 2]);
+        assert_eq!(read_at, Some(LogIndex(10)));
     }
 
     #[test]
