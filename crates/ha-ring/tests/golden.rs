@@ -70,6 +70,12 @@ fn snapshot() -> String {
         )
         .expect("write to string");
     }
+    let uniform = Rendezvous::new(Cluster::uniform(7).expect("uniform"));
+    for k in KEYS {
+        let h = HashFn::V1.hash_bytes(k);
+        writeln!(s, "uniform-hrw3={:?}", uniform.replicas(h, 3).expect("r3"))
+            .expect("write to string");
+    }
     let lp = LocatorPlacement::new(shards, hrw);
     writeln!(
         s,
@@ -90,6 +96,12 @@ table g1=[n10, n30, n50]
 table g2=[n90, n70, n50]
 table g7=[n40, n90, n50]
 table g16=[n30, n70, n20]
+uniform-hrw3=[n3, n6, n5]
+uniform-hrw3=[n2, n5, n1]
+uniform-hrw3=[n6, n1, n4]
+uniform-hrw3=[n6, n4, n2]
+uniform-hrw3=[n1, n6, n7]
+uniform-hrw3=[n4, n3, n6]
 hrw-placement g5=[n10, n20, n90]
 "#;
 
