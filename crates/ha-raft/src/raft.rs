@@ -80,6 +80,8 @@ pub struct Raft {
 
     // Membership: the config at the log's start, then one per config entry.
     base_membership: Membership,
+    /// The configuration at index 0 (see [`Raft::new`]).
+    bootstrap: Membership,
     configs: Vec<(LogIndex, Membership)>,
     /// Latest snapshot known to exist (built locally or installed).
     snapshot: Option<SnapshotMeta>,
@@ -163,17 +165,18 @@ impl Raft {
         let start = snapshot
             .as_ref()
             .map_or(LogId::default(), |s| s.last_log_id);
+        if bootstrap != Membership::default() {
+            bootstrap.validate()?;
+        }
         let base_membership = match &snapshot {
+            // A snapshot taken before any configuration entry was applied
+            // carries an empty membership: the bootstrap one is in force.
+            Some(s) if s.membership == Membership::default() => bootstrap.clone(),
             Some(s) => {
                 s.membership.validate()?;
                 s.membership.clone()
             }
-            None => {
-                if bootstrap != Membership::default() {
-                    bootstrap.validate()?;
-                }
-                bootstrap
-            }
+            None => bootstrap.clone(),
         };
         let mut kept = Vec::with_capacity(entries.len());
         let mut prev = start;
@@ -233,6 +236,7 @@ impl Raft {
             log,
             commit,
             base_membership,
+            bootstrap,
             configs,
             snapshot,
             role: Role::Follower,
@@ -1103,9 +1107,15 @@ impl Raft {
     }
 
     fn on_install_snapshot(&mut self, from: NodeId, meta: SnapshotMeta) {
+        let membership = if meta.membership == Membership::default() {
+            // Taken before any configuration entry: the bootstrap one.
+            self.bootstrap.clone()
+        } else {
+            meta.membership.clone()
+        };
         if self.role == Role::Leader
-            || meta.membership.validate().is_err()
             || meta.last_log_id.term > self.term
+            || (membership.validate().is_err() && membership != Membership::default())
         {
             return;
         }
@@ -1121,7 +1131,7 @@ impl Raft {
         } else {
             self.log.reset(meta.last_log_id);
             self.configs.clear();
-            self.base_membership = meta.membership.clone();
+            self.base_membership = membership;
             self.pending_truncate = Some(idx.next());
             self.persist_from = idx.next();
             self.stable_index = self.stable_index.min(idx);
@@ -1586,6 +1596,23 @@ impl Consensus for Raft {
         }
         rd.reads = mem::take(&mut self.read_states);
         rd.send_snapshots = mem::take(&mut self.snapshot_sends);
+        if let Some(latest) = &self.snapshot {
+            // The driver streams its latest snapshot: name that one in the
+            // header, even if it was built after the send was decided.
+            let now = self.now_ms;
+            for s in &mut rd.send_snapshots {
+                if s.meta.last_log_id.index < latest.last_log_id.index {
+                    s.meta = latest.clone();
+                    s.header = Message::InstallSnapshot {
+                        term: self.term,
+                        meta: latest.clone(),
+                    };
+                    if let Some(pr) = self.progress.get_mut(&s.to) {
+                        pr.become_snapshot(latest.last_log_id.index, now);
+                    }
+                }
+            }
+        }
         rd.purge_to = self.pending_purge.take();
         self.in_flight = Some(InFlightReady {
             number: rd.number,
