@@ -734,15 +734,22 @@ fn shard_rows(n: usize) -> Vec<ShardRow> {
         build_ms,
     });
 
-    // Stateless schemes: replicas of each shard's hash.
-    let stateless = |scheme: &'static str, f: &dyn Fn(&Cluster, u64) -> Vec<NodeId>| -> ShardRow {
-        let t0 = Instant::now();
+    // Stateless schemes: replicas of each shard's hash, one locator per
+    // membership.
+    let stateless = |scheme: &'static str,
+                     make: &dyn Fn(&Cluster) -> Box<dyn ReplicaLocator>|
+     -> ShardRow {
         let place = |cl: &Cluster| -> std::collections::BTreeMap<GroupId, Vec<NodeId>> {
+            let loc = make(cl);
             shard_ids
                 .iter()
-                .map(|g| (*g, f(cl, ha_ring::hash::HashFn::V1.hash_u64(g.0))))
+                .map(|g| {
+                    let h = ha_ring::hash::HashFn::V1.hash_u64(g.0);
+                    (*g, loc.replicas(h, R).expect("replicas"))
+                })
                 .collect()
         };
+        let t0 = Instant::now();
         let old = place(&c);
         let build_ms = t0.elapsed().as_secs_f64() * 1e3;
         let (peak_mean, leader_peak_mean) = stats(&old, n);
@@ -762,19 +769,12 @@ fn shard_rows(n: usize) -> Vec<ShardRow> {
             build_ms,
         }
     };
-    rows.push(stateless("ha-ring hrw", &|cl, h| {
-        Rendezvous::new(cl.clone())
-            .replicas(h, R)
-            .expect("replicas")
+    rows.push(stateless("ha-ring hrw", &|cl| {
+        Box::new(Rendezvous::new(cl.clone()))
     }));
-    if n <= 1_000 {
-        rows.push(stateless("ha-ring ring(160)", &|cl, h| {
-            HashRing::new(cl.clone(), RingConfig::default())
-                .expect("ring")
-                .replicas(h, R)
-                .expect("replicas")
-        }));
-    }
+    rows.push(stateless("ha-ring ring(160)", &|cl| {
+        Box::new(HashRing::new(cl.clone(), RingConfig::default()).expect("ring"))
+    }));
     rows
 }
 

@@ -366,12 +366,17 @@ impl Cluster {
 /// preference order (duplicates allowed) that visits every node. The caller
 /// has checked `1 <= replicas <= min(MAX_REPLICAS, cluster.len())`.
 /// Allocation-free apart from `out`.
+///
+/// Returns whether every pass reached its target. When `pref` yields only a
+/// prefix of the full preference order and this returns `true`, the result
+/// equals what the full order gives (each pass stopped inside the prefix).
 pub(crate) fn pick_spread<I, F>(
     cluster: &Cluster,
     replicas: usize,
     mut pref: F,
     out: &mut Vec<NodeId>,
-) where
+) -> bool
+where
     I: Iterator<Item = (u32, usize)>,
     F: FnMut() -> I,
 {
@@ -379,6 +384,7 @@ pub(crate) fn pick_spread<I, F>(
     let mut buf = [(0u32, 0usize); MAX_REPLICAS];
     let mut len = 0usize;
     let want_zones = replicas.min(cluster.zone_count());
+    let mut complete = true;
     for pass in 0..3 {
         let target = match pass {
             0 => want_zones,
@@ -412,11 +418,13 @@ pub(crate) fn pick_spread<I, F>(
                 }
             }
         }
+        complete &= len >= target;
     }
     let picked = &mut buf[..len];
     picked.sort_unstable();
     out.clear();
     out.extend(picked.iter().map(|&(_, n)| cluster.ids[n]));
+    complete
 }
 
 #[cfg(test)]

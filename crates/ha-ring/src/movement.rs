@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ha_core::{GroupId, NodeId};
 
-use crate::NodeLocator;
+use crate::{NodeLocator, ReplicaLocator, RingError};
 
 /// One replica move: `shard`'s copy on `from` is replaced by a copy on `to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -88,6 +88,35 @@ pub fn plan(
             .extend(gone[paired..].iter().map(|&from| (shard, from)));
     }
     out
+}
+
+/// The plan for moving `shards` (id, hash) from one stateless replica
+/// placement to another, `replicas` per shard. Errors as
+/// [`ReplicaLocator::replicas`].
+///
+/// ```
+/// use ha_core::GroupId;
+/// use ha_ring::{Cluster, hash::HashFn, movement::plan_locators, rendezvous::Rendezvous};
+/// let old = Rendezvous::new(Cluster::uniform(5)?);
+/// let new = Rendezvous::new(Cluster::uniform(4)?); // node 5 left
+/// let shards = (1..=32).map(|g| (GroupId(g), HashFn::V1.hash_u64(g)));
+/// let p = plan_locators(&old, &new, shards, 3)?;
+/// assert!(p.moves.iter().all(|m| m.from.get() == 5));
+/// # Ok::<(), ha_ring::RingError>(())
+/// ```
+pub fn plan_locators<A: ReplicaLocator + ?Sized, B: ReplicaLocator + ?Sized>(
+    old: &A,
+    new: &B,
+    shards: impl IntoIterator<Item = (GroupId, u64)>,
+    replicas: usize,
+) -> Result<MovePlan, RingError> {
+    let mut before = BTreeMap::new();
+    let mut after = BTreeMap::new();
+    for (g, h) in shards {
+        before.insert(g, old.replicas(h, replicas)?);
+        after.insert(g, new.replicas(h, replicas)?);
+    }
+    Ok(plan(&before, &after))
 }
 
 /// How keys moved between two single-owner placements.

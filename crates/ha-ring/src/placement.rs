@@ -131,3 +131,51 @@ impl<L: ReplicaLocator> Placement for LocatorPlacement<L> {
         Ok(self.locator.replicas(h, replicas)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cluster;
+    use crate::hash::HashFn;
+    use crate::ring::{HashRing, RingConfig};
+
+    #[test]
+    fn table_placement_answers_and_rejects_bad_requests() {
+        let map = ShardMap::new(HashFn::V1, 1, 8).unwrap();
+        let p = TablePlacement::new(map, &Cluster::uniform(4).unwrap(), 3).unwrap();
+        let g = p.shard_for_key(b"key");
+        assert!((1..=8).contains(&g.get()));
+        let r = p.replicas(g, 2).unwrap();
+        assert_eq!(r.as_slice(), &p.table().replicas_of(g).unwrap()[..2]);
+        assert_eq!(
+            p.replicas(g, 4).unwrap_err(),
+            PlacementError::NotEnoughNodes {
+                replicas: 4,
+                nodes: 3
+            }
+        );
+        assert!(matches!(p.replicas(g, 0), Err(PlacementError::Invalid(_))));
+        assert!(matches!(
+            p.replicas(GroupId(99), 1),
+            Err(PlacementError::Invalid(_))
+        ));
+        let other = ShardMap::new(HashFn::V1, 1, 9).unwrap();
+        assert!(TablePlacement::from_table(other, p.table().clone()).is_err());
+        assert!(TablePlacement::from_table(map, p.table().clone()).is_ok());
+    }
+
+    #[test]
+    fn locator_placement_maps_errors() {
+        let map = ShardMap::new(HashFn::V1, 0, 4).unwrap();
+        let ring = HashRing::new(Cluster::uniform(2).unwrap(), RingConfig::default()).unwrap();
+        let p = LocatorPlacement::new(map, ring);
+        assert_eq!(p.replicas(GroupId(1), 2).unwrap().len(), 2);
+        assert_eq!(
+            p.replicas(GroupId(1), 3).unwrap_err(),
+            PlacementError::NotEnoughNodes {
+                replicas: 3,
+                nodes: 2
+            }
+        );
+    }
+}

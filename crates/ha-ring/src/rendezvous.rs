@@ -87,19 +87,42 @@ impl Rendezvous {
     /// Dense node indices in descending score order (ties: lower node id
     /// first), written to `out`.
     pub fn ranking(&self, key_hash: u64, out: &mut Vec<usize>) {
+        self.ranking_top(key_hash, self.seeds.len(), out);
+    }
+
+    /// The first `k` entries of [`Rendezvous::ranking`] (partial selection:
+    /// O(n + k log k) instead of a full sort).
+    pub fn ranking_top(&self, key_hash: u64, k: usize, out: &mut Vec<usize>) {
+        fn top<T: Copy>(
+            mut scored: Vec<(T, usize)>,
+            k: usize,
+            cmp: impl Fn(&(T, usize), &(T, usize)) -> std::cmp::Ordering,
+            out: &mut Vec<usize>,
+        ) {
+            let k = k.min(scored.len());
+            if k == 0 {
+                return;
+            }
+            if k < scored.len() {
+                scored.select_nth_unstable_by(k - 1, &cmp);
+                scored.truncate(k);
+            }
+            scored.sort_unstable_by(&cmp);
+            out.extend(scored.iter().map(|&(_, i)| i));
+        }
         out.clear();
+        let n = self.seeds.len();
         if self.uniform {
-            let mut scored: Vec<(u64, usize)> = (0..self.seeds.len())
-                .map(|i| (self.int_score(key_hash, i), i))
-                .collect();
-            scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            out.extend(scored.iter().map(|&(_, i)| i));
+            let scored = (0..n).map(|i| (self.int_score(key_hash, i), i)).collect();
+            top(scored, k, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)), out);
         } else {
-            let mut scored: Vec<(f64, usize)> = (0..self.seeds.len())
-                .map(|i| (self.score(key_hash, i), i))
-                .collect();
-            scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            out.extend(scored.iter().map(|&(_, i)| i));
+            let scored = (0..n).map(|i| (self.score(key_hash, i), i)).collect();
+            top(
+                scored,
+                k,
+                |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)),
+                out,
+            );
         }
     }
 
@@ -146,14 +169,20 @@ impl ReplicaLocator for Rendezvous {
         out: &mut Vec<NodeId>,
     ) -> Result<(), RingError> {
         self.cluster.check_replicas(replicas)?;
-        let mut order = Vec::with_capacity(self.seeds.len());
+        // Try the best few first; fall back to the full order only when the
+        // zone/rack passes need to look further down.
+        let mut order = Vec::new();
+        let k = (4 * replicas).max(16);
+        if k < self.seeds.len() {
+            self.ranking_top(key_hash, k, &mut order);
+            let prefix = || order.iter().enumerate().map(|(r, &i)| (r as u32, i));
+            if pick_spread(&self.cluster, replicas, prefix, out) {
+                return Ok(());
+            }
+        }
         self.ranking(key_hash, &mut order);
-        pick_spread(
-            &self.cluster,
-            replicas,
-            || order.iter().enumerate().map(|(r, &i)| (r as u32, i)),
-            out,
-        );
+        let full = || order.iter().enumerate().map(|(r, &i)| (r as u32, i));
+        let _complete = pick_spread(&self.cluster, replicas, full, out);
         Ok(())
     }
 }
@@ -162,6 +191,7 @@ impl ReplicaLocator for Rendezvous {
 mod tests {
     use super::*;
     use crate::NodeSpec;
+    use crate::cluster::pick_spread;
     use crate::hash::fmix64;
 
     #[test]
@@ -190,6 +220,38 @@ mod tests {
             float.ranking(h, &mut b);
             assert_eq!(a, b);
             assert_eq!(uniform.node(h), float.node(h));
+        }
+    }
+
+    #[test]
+    fn partial_ranking_gives_the_same_replicas_as_the_full_order() {
+        let zones = ["a", "b", "a", "a", "c"];
+        let c = Cluster::new((1..=60u64).map(|i| {
+            NodeSpec::new(i)
+                .weight(1 + (i % 3) as u32)
+                .zone(zones[(i % 5) as usize])
+                .rack(format!("r{}", i % 7))
+        }))
+        .unwrap();
+        let hrw = Rendezvous::new(c.clone());
+        let mut order = Vec::new();
+        let mut full = Vec::new();
+        for k in 0..300u64 {
+            let h = fmix64(k);
+            for r in [1usize, 3, 5] {
+                let fast = hrw.replicas(h, r).unwrap();
+                hrw.ranking(h, &mut order);
+                let _ = pick_spread(
+                    &c,
+                    r,
+                    || order.iter().enumerate().map(|(x, &i)| (x as u32, i)),
+                    &mut full,
+                );
+                assert_eq!(fast, full);
+            }
+            let mut top = Vec::new();
+            hrw.ranking_top(h, 7, &mut top);
+            assert_eq!(top.as_slice(), &order[..7]);
         }
     }
 

@@ -195,7 +195,8 @@ impl ReplicaLocator for HashRing {
     ) -> Result<(), RingError> {
         self.cluster.check_replicas(replicas)?;
         let start = self.successor(key_hash);
-        pick_spread(&self.cluster, replicas, || self.walk(start), out);
+        // The walk visits every node, so every pass completes.
+        let _complete = pick_spread(&self.cluster, replicas, || self.walk(start), out);
         Ok(())
     }
 }

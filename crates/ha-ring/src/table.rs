@@ -575,6 +575,25 @@ mod tests {
     }
 
     #[test]
+    fn weight_changes_move_only_to_or_from_that_node() {
+        let c = Cluster::uniform(6).unwrap();
+        let t = ShardTable::new(&c, (1..=120).map(GroupId), 3).unwrap();
+        let heavier =
+            Cluster::new((1..=6u64).map(|i| NodeSpec::new(i).weight(if i == 2 { 2 } else { 1 })))
+                .unwrap();
+        let t2 = t.rebalance(&heavier).unwrap();
+        let p = t.plan_to(&t2);
+        assert!(!p.moves.is_empty());
+        assert!(p.moves.iter().all(|m| m.to == NodeId(2)), "{p:?}");
+        // 360 slots, weight 2 of 7: floor(102.86) = 102 replicas on node 2.
+        assert_eq!(t2.loads()[&NodeId(2)], 102);
+        let lighter = t2.rebalance(&c).unwrap();
+        let p = t2.plan_to(&lighter);
+        assert!(p.moves.iter().all(|m| m.from == NodeId(2)), "{p:?}");
+        assert!(lighter.loads().values().all(|&l| l == 60));
+    }
+
+    #[test]
     fn bad_tables_are_rejected() {
         let c = Cluster::uniform(3).unwrap();
         assert!(ShardTable::new(&c, std::iter::empty(), 3).is_err());
