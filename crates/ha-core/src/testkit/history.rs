@@ -211,10 +211,10 @@ pub fn sequential_kv_history(seed: u64, cfg: &SequentialHistoryConfig) -> KvHist
     for (n, (_, client, invoke, complete)) in slots.into_iter().enumerate() {
         let mut cmd = random_kv_command(&mut rng, cfg.keys, &format!("v{n}"));
         // Half the CASes expect the current value, so some succeed.
-        if let KvCommand::Cas { key, expect, .. } = &mut cmd {
-            if rng.below(2) == 0 {
-                *expect = kv.get(key).cloned();
-            }
+        if let KvCommand::Cas { key, expect, .. } = &mut cmd
+            && rng.below(2) == 0
+        {
+            *expect = kv.get(key).cloned();
         }
         let out = kv.execute(cmd.clone());
         if rng.below(100) < cfg.unknown_percent {

@@ -408,16 +408,16 @@ pub fn check<M: Model>(
     let mut partitions: BTreeMap<Vec<u8>, Vec<usize>> = BTreeMap::new();
     let mut stats = CheckStats::default();
     for (i, op) in history.iter().enumerate() {
-        if let Some(done) = op.completed_at {
-            if done < op.invoked_at {
-                return Err(CheckError::Malformed {
-                    index: i,
-                    reason: format!(
-                        "completed at {done}, before its invocation at {}",
-                        op.invoked_at
-                    ),
-                });
-            }
+        if let Some(done) = op.completed_at
+            && done < op.invoked_at
+        {
+            return Err(CheckError::Malformed {
+                index: i,
+                reason: format!(
+                    "completed at {done}, before its invocation at {}",
+                    op.invoked_at
+                ),
+            });
         }
         if op.is_unknown() && model.is_read_only(&op.input) {
             continue;
@@ -554,9 +554,9 @@ fn search<M: Model>(
         }
     }
     let mut last = head;
-    for pos in 0..len {
+    for (pos, p) in prev.iter_mut().enumerate().take(len) {
+        *p = last;
         next[last] = pos;
-        prev[pos] = last;
         last = pos;
     }
     next[last] = tail;
@@ -613,13 +613,12 @@ fn search<M: Model>(
                     }
                 }
                 Err(why) => {
-                    if let Some(t) = track {
-                        if t.op == op
-                            && rejected.len() < t.max_states
-                            && !rejected.iter().any(|(s, _)| *s == state)
-                        {
-                            rejected.push((state.clone(), why));
-                        }
+                    if let Some(t) = track
+                        && t.op == op
+                        && rejected.len() < t.max_states
+                        && !rejected.iter().any(|(s, _)| *s == state)
+                    {
+                        rejected.push((state.clone(), why));
                     }
                     cur = next[cur];
                 }

@@ -369,10 +369,10 @@ impl<F: ProtocolFactory> Harness<F> {
             .dir
             .clone()
             .or_else(|| std::env::var_os("HA_SIM_TRACE_DIR").map(PathBuf::from));
-        if let Some(dir) = dir {
-            if let Ok(p) = failure.write_trace(&dir) {
-                failure.trace_file = Some(p);
-            }
+        if let Some(dir) = dir
+            && let Ok(p) = failure.write_trace(&dir)
+        {
+            failure.trace_file = Some(p);
         }
         Err(failure)
     }
@@ -462,7 +462,11 @@ struct Node<C: Consensus> {
     persist_done_while_paused: bool,
     held: VecDeque<(NodeId, Payload<C::Message>)>,
     staged: BTreeMap<LogId, (SnapshotMeta, Vec<Bytes>)>,
+    /// The latest snapshot built or installed (modelled as durable).
     durable_snapshot: Option<(SnapshotMeta, Vec<Bytes>)>,
+    /// A few earlier ones, so a transfer the protocol asked for before a
+    /// newer snapshot was built still sends exactly what it named.
+    older_snapshots: VecDeque<(SnapshotMeta, Vec<Bytes>)>,
     written: ShadowLog,
     durable: ShadowLog,
     props: BTreeMap<u64, PendingProp>,
@@ -490,7 +494,11 @@ enum Payload<M> {
 }
 
 enum Ev<M> {
-    Tick(usize),
+    /// A node's tick; stale after a crash (the incarnation changed).
+    Tick {
+        node: usize,
+        incarnation: u64,
+    },
     Deliver {
         from: NodeId,
         to: NodeId,
@@ -579,6 +587,7 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
                 held: VecDeque::new(),
                 staged: BTreeMap::new(),
                 durable_snapshot: None,
+                older_snapshots: VecDeque::new(),
                 written: ShadowLog::default(),
                 durable: ShadowLog::default(),
                 props: BTreeMap::new(),
@@ -632,7 +641,13 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
         };
         for i in 0..sim.nodes.len() {
             let phase = sim.rng.below(cfg.tick_interval_ms.max(1));
-            sim.push(phase, Ev::Tick(i));
+            sim.push(
+                phase,
+                Ev::Tick {
+                    node: i,
+                    incarnation: 0,
+                },
+            );
         }
         for c in 0..sim.clients.len() {
             let t = sim.rng.below(20);
@@ -745,12 +760,21 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
 
     fn handle(&mut self, ev: Ev<<F::Protocol as Consensus>::Message>) -> StepResult {
         match ev {
-            Ev::Tick(i) => {
+            Ev::Tick {
+                node: i,
+                incarnation,
+            } => {
                 let next = self.now + self.cfg.tick_interval_ms.max(1);
-                if !self.nodes[i].up() {
-                    return Ok(()); // a restart schedules ticks again
+                if !self.nodes[i].up() || self.nodes[i].incarnation != incarnation {
+                    return Ok(()); // a restart starts a new chain of ticks
                 }
-                self.push(next, Ev::Tick(i));
+                self.push(
+                    next,
+                    Ev::Tick {
+                        node: i,
+                        incarnation,
+                    },
+                );
                 if self.nodes[i].paused {
                     return Ok(());
                 }
@@ -976,7 +1000,7 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
         }
         let snapshot = match &rd.snapshot {
             None => None,
-            Some(meta) => match self.nodes[i].staged.remove(&meta.last_log_id) {
+            Some(meta) => match self.take_staged(i, meta) {
                 Some(staged) => Some(staged),
                 None => {
                     return Err(FailureKind::Contract {
@@ -1006,7 +1030,8 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
             }
             self.nodes[i].written.apply(&write);
             if self.cfg.checks.log_matching {
-                self.check_log_matching(i)?;
+                let written: Vec<LogIndex> = write.entries.iter().map(|e| e.index()).collect();
+                self.check_log_matching(i, &written)?;
             }
         }
         self.nodes[i].inflight = Some(InFlight {
@@ -1041,13 +1066,45 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
         }
     }
 
+    /// The staged snapshot to install for `meta`: the one with exactly that
+    /// `LogId`, or else the oldest staged one covering more (a sender may
+    /// stream a newer snapshot than the header names, as the contract
+    /// allows; the state machine then skips the replayed entries it already
+    /// covers).
+    fn take_staged(&mut self, i: usize, meta: &SnapshotMeta) -> Option<(SnapshotMeta, Vec<Bytes>)> {
+        let staged = &mut self.nodes[i].staged;
+        if let Some(s) = staged.remove(&meta.last_log_id) {
+            return Some(s);
+        }
+        let key = staged
+            .keys()
+            .find(|k| k.index >= meta.last_log_id.index)
+            .copied()?;
+        let s = staged.remove(&key);
+        let id = self.nodes[i].id;
+        self.tr(|| {
+            format!(
+                "{id:?} installs staged snapshot {key:?} for the requested {:?}",
+                meta.last_log_id
+            )
+        });
+        s
+    }
+
     fn send_snapshot(
         &mut self,
         i: usize,
         s: SnapshotSend<<F::Protocol as Consensus>::Message>,
     ) -> StepResult {
         let id = self.nodes[i].id;
-        let Some((meta, chunks)) = self.nodes[i].durable_snapshot.clone() else {
+        let n = &self.nodes[i];
+        let exact = n
+            .durable_snapshot
+            .iter()
+            .chain(n.older_snapshots.iter())
+            .find(|(m, _)| m.last_log_id == s.meta.last_log_id)
+            .cloned();
+        let Some((meta, chunks)) = exact.or_else(|| n.durable_snapshot.clone()) else {
             return Err(FailureKind::Contract {
                 node: id,
                 detail: format!(
@@ -1103,7 +1160,7 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
                 });
             }
             self.tr(|| format!("{id:?} installed snapshot {:?}", meta.last_log_id));
-            self.nodes[i].durable_snapshot = Some((meta, chunks));
+            self.keep_snapshot(i, meta, chunks);
             self.nodes[i].applied_since_snapshot = 0;
         }
         for m in f.persisted_messages {
@@ -1125,15 +1182,26 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
                 p.applied(applied);
             }
         }
-        if let Some(every) = self.cfg.snapshot_every_entries {
-            if self.nodes[i].applied_since_snapshot >= every.max(1) {
-                self.build_snapshot(i)?;
-            }
+        if let Some(every) = self.cfg.snapshot_every_entries
+            && self.nodes[i].applied_since_snapshot >= every.max(1)
+        {
+            self.build_snapshot(i)?;
         }
         if shrank && self.cfg.checks.committed_durable {
             self.check_all_committed_durable()?;
         }
         Ok(())
+    }
+
+    fn keep_snapshot(&mut self, i: usize, meta: SnapshotMeta, chunks: Vec<Bytes>) {
+        let n = &mut self.nodes[i];
+        if let Some(old) = n.durable_snapshot.take() {
+            n.older_snapshots.push_back(old);
+            while n.older_snapshots.len() >= SNAPSHOTS_KEPT_MAX {
+                n.older_snapshots.pop_front();
+            }
+        }
+        n.durable_snapshot = Some((meta, chunks));
     }
 
     fn build_snapshot(&mut self, i: usize) -> StepResult {
@@ -1162,7 +1230,7 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
             }
         }
         self.tr(|| format!("{id:?} built snapshot {:?}", meta.last_log_id));
-        self.nodes[i].durable_snapshot = Some((meta.clone(), chunks));
+        self.keep_snapshot(i, meta.clone(), chunks);
         self.nodes[i].applied_since_snapshot = 0;
         if let Some(p) = self.nodes[i].proto.as_mut() {
             p.snapshot_built(meta);
@@ -1223,32 +1291,32 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
         }
         // Match the entry to this node's pending proposal.
         let mine = tag.as_ref().filter(|t| t.proposer == id).map(|t| t.seq);
-        if let Some(seq) = self.nodes[i].props_by_index.remove(&e.index()) {
-            if Some(seq) != mine {
-                // Another entry took the proposal's index: it was dropped,
-                // as far as this driver can tell.
-                if let Some(p) = self.nodes[i].props.remove(&seq) {
-                    self.tr(|| {
-                        format!(
-                            "{id:?} proposal for op #{} lost its index {:?}",
-                            p.op, p.index
-                        )
-                    });
-                    self.give_up(p.client, p.op);
-                }
+        if let Some(seq) = self.nodes[i].props_by_index.remove(&e.index())
+            && Some(seq) != mine
+        {
+            // Another entry took the proposal's index: it was dropped,
+            // as far as this driver can tell.
+            if let Some(p) = self.nodes[i].props.remove(&seq) {
+                self.tr(|| {
+                    format!(
+                        "{id:?} proposal for op #{} lost its index {:?}",
+                        p.op, p.index
+                    )
+                });
+                self.give_up(p.client, p.op);
             }
         }
-        if let Some(seq) = mine {
-            if let Some(p) = self.nodes[i].props.remove(&seq) {
-                self.nodes[i].props_by_index.remove(&p.index);
-                match KvResponse::decode(&out) {
-                    Ok(resp) => self.complete_op(p.client, p.op, resp),
-                    Err(err) => {
-                        return Err(FailureKind::Contract {
-                            node: id,
-                            detail: format!("state machine answer does not decode: {err}"),
-                        });
-                    }
+        if let Some(seq) = mine
+            && let Some(p) = self.nodes[i].props.remove(&seq)
+        {
+            self.nodes[i].props_by_index.remove(&p.index);
+            match KvResponse::decode(&out) {
+                Ok(resp) => self.complete_op(p.client, p.op, resp),
+                Err(err) => {
+                    return Err(FailureKind::Contract {
+                        node: id,
+                        detail: format!("state machine answer does not decode: {err}"),
+                    });
                 }
             }
         }
@@ -1286,12 +1354,11 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
                 self.clients[c].counter += 1;
                 let tag = format!("c{c}-{}", self.clients[c].counter);
                 let mut cmd = random_kv_command(&mut self.rng, self.cfg.clients.keys, &tag);
-                if let KvCommand::Cas { key, expect, .. } = &mut cmd {
-                    if self.rng.below(4) != 0 {
-                        if let Some(v) = self.clients[c].last_seen.get(key) {
-                            *expect = v.clone();
-                        }
-                    }
+                if let KvCommand::Cas { key, expect, .. } = &mut cmd
+                    && self.rng.below(4) != 0
+                    && let Some(v) = self.clients[c].last_seen.get(key)
+                {
+                    *expect = v.clone();
                 }
                 cmd
             }
@@ -1489,20 +1556,21 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
                 None => Ok(()),
             },
             Fault::Pause(id) => {
-                if let Some(i) = self.idx(id) {
-                    if self.nodes[i].up() && !self.nodes[i].paused {
-                        self.nodes[i].paused = true;
-                        self.report.pauses += 1;
-                    }
+                if let Some(i) = self.idx(id)
+                    && self.nodes[i].up()
+                    && !self.nodes[i].paused
+                {
+                    self.nodes[i].paused = true;
+                    self.report.pauses += 1;
                 }
                 Ok(())
             }
             Fault::PauseLeader => {
-                if let Some(i) = self.leader() {
-                    if !self.nodes[i].paused {
-                        self.nodes[i].paused = true;
-                        self.report.pauses += 1;
-                    }
+                if let Some(i) = self.leader()
+                    && !self.nodes[i].paused
+                {
+                    self.nodes[i].paused = true;
+                    self.report.pauses += 1;
                 }
                 Ok(())
             }
@@ -1708,7 +1776,14 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
         n.incarnation += 1;
         n.last_ready_number = 0;
         let at = self.now + self.cfg.tick_interval_ms.max(1);
-        self.push(at, Ev::Tick(i));
+        let incarnation = self.nodes[i].incarnation;
+        self.push(
+            at,
+            Ev::Tick {
+                node: i,
+                incarnation,
+            },
+        );
         self.drive(i)?;
         self.observe(i)
     }
@@ -1952,12 +2027,10 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
                     return Err(FailureKind::Invariant {
                         name: "state-machine-safety".into(),
                         detail: format!(
-                            "{id:?} applies {:?} = {:?} at index {:?}, where {:?} = {:?} was applied before",
-                            e.log_id,
-                            e.payload,
+                            "{id:?} applies {} at index {:?}, where {} was applied before",
+                            show_entry(e),
                             e.index(),
-                            info.entry.log_id,
-                            info.entry.payload
+                            show_entry(&info.entry),
                         ),
                     });
                 }
@@ -2005,9 +2078,9 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
             return Err(FailureKind::Invariant {
                 name: "committed-entry-durable".into(),
                 detail: format!(
-                    "committed entry {:?} is durable only on {holders:?}; voters {:?} lack it — a \
+                    "committed entry {} is durable only on {holders:?}; voters {:?} lack it — a \
                      quorum that could lose it",
-                    info.entry.log_id,
+                    show_entry(&info.entry),
                     m.all_voters().difference(&holders).collect::<Vec<_>>()
                 ),
             });
@@ -2022,36 +2095,64 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
         Ok(())
     }
 
-    /// Log matching between node `i`'s log (as written) and every other's.
-    fn check_log_matching(&self, i: usize) -> StepResult {
+    /// Log matching between node `i`'s log (as written) and every other's,
+    /// checked incrementally. The property "two logs with an entry of the
+    /// same `LogId` agree on it and on everything before it" follows by
+    /// induction from the local rule "same `LogId` at `j` ⇒ equal entries,
+    /// and equal `LogId`s at `j - 1` where both hold one". A write at index
+    /// `x` changes only the rule's instances at `x` and `x + 1`, so only
+    /// those are checked: O(entries written × nodes) per write.
+    fn check_log_matching(&self, i: usize, written: &[LogIndex]) -> StepResult {
         let a = &self.nodes[i];
         for b in &self.nodes {
             if b.id == a.id {
                 continue;
             }
-            // Highest index where both hold an entry with the same LogId.
-            let common = a.written.entries.iter().rev().find(|(idx, e)| {
-                b.written
-                    .entries
-                    .get(idx)
-                    .is_some_and(|f| f.log_id == e.log_id)
-            });
-            let Some((&top, _)) = common else { continue };
-            let from = a
-                .written
-                .snapshot_index
-                .max(b.written.snapshot_index)
-                .next();
-            for (idx, e) in a.written.entries.range(from..=top) {
-                match b.written.entries.get(idx) {
-                    Some(f) if f == e => {}
-                    other => {
+            for &x in written {
+                for j in [x, x.next()] {
+                    let (Some(ea), Some(eb)) =
+                        (a.written.entries.get(&j), b.written.entries.get(&j))
+                    else {
+                        continue;
+                    };
+                    if ea.log_id != eb.log_id {
+                        continue;
+                    }
+                    let prev_differs = j.0 > 1
+                        && match (
+                            a.written.entries.get(&j.prev()),
+                            b.written.entries.get(&j.prev()),
+                        ) {
+                            (Some(pa), Some(pb)) => pa.log_id != pb.log_id,
+                            _ => false,
+                        };
+                    if ea != eb || prev_differs {
                         return Err(FailureKind::Invariant {
                             name: "log-matching".into(),
                             detail: format!(
-                                "{:?} and {:?} both hold {:?} at {top:?} but differ at {idx:?}: \
-                                 {:?} vs {:?}",
-                                a.id, b.id, e.log_id, e, other
+                                "{:?} and {:?} both hold an entry {:?} but {}: {} vs {}",
+                                a.id,
+                                b.id,
+                                ea.log_id,
+                                if ea != eb {
+                                    "with different payloads"
+                                } else {
+                                    "their logs differ just before it"
+                                },
+                                show_entry(
+                                    a.written
+                                        .entries
+                                        .get(&j.prev())
+                                        .filter(|_| prev_differs)
+                                        .unwrap_or(ea)
+                                ),
+                                show_entry(
+                                    b.written
+                                        .entries
+                                        .get(&j.prev())
+                                        .filter(|_| prev_differs)
+                                        .unwrap_or(eb)
+                                ),
                             ),
                         });
                     }
@@ -2062,9 +2163,37 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
     }
 }
 
+/// A log entry for humans: the client command it carries, decoded.
+pub fn show_entry(e: &Entry) -> String {
+    format!("{:?} {}", e.log_id, show_payload(&e.payload))
+}
+
+/// A payload for humans: tagged KV commands are decoded.
+pub fn show_payload(p: &EntryPayload) -> String {
+    match p {
+        EntryPayload::Blank => "blank".to_owned(),
+        EntryPayload::Membership(m) => format!("{m:?}"),
+        EntryPayload::Normal(bytes) => match TaggedCommand::decode(bytes) {
+            Ok(tc) => match KvCommand::decode(&tc.data) {
+                Ok(cmd) => format!("[{:?}#{}] {}", tc.proposer, tc.seq, show_command(&cmd)),
+                Err(_) => format!(
+                    "[{:?}#{}] {} opaque bytes",
+                    tc.proposer,
+                    tc.seq,
+                    tc.data.len()
+                ),
+            },
+            Err(_) => format!("{} untagged bytes", bytes.len()),
+        },
+    }
+}
+
 /// Readies one node may carry out in one step without a write in flight
 /// (a protocol that keeps producing empty Readies would otherwise spin).
 pub const READIES_PER_STEP_MAX: usize = 64;
+
+/// Snapshots kept per node (the latest and a few before it).
+pub const SNAPSHOTS_KEPT_MAX: usize = 3;
 
 /// Snapshots staged per node (the newest are kept).
 pub const STAGED_SNAPSHOTS_MAX: usize = 4;
