@@ -46,7 +46,20 @@ impl GroupLog {
 struct Inner {
     written: HashMap<GroupId, GroupLog>,
     synced: HashMap<GroupId, GroupLog>,
+    /// Writes applied to `written` but not yet to `synced`, in order. A sync
+    /// replays them onto `synced` (cost proportional to what was written,
+    /// not to the log's size); a crash drops them.
+    unsynced: Vec<(GroupId, LogWrite)>,
     syncs: u64,
+}
+
+impl Inner {
+    fn make_durable(&mut self) {
+        for (group, w) in self.unsynced.drain(..) {
+            self.synced.entry(group).or_default().apply(&w);
+        }
+        self.syncs += 1;
+    }
 }
 
 /// An in-memory log store for tests and embedding. Thread-safe.
@@ -75,6 +88,7 @@ impl MemLogStore {
     /// Loses every write not yet synced, as a crash would.
     pub fn crash(&self) {
         let mut inner = self.lock();
+        inner.unsynced.clear();
         inner.written = inner.synced.clone();
     }
 
@@ -95,18 +109,17 @@ impl LogStore for MemLogStore {
     fn write(&self, group: GroupId, write: LogWrite) -> StorageResult<()> {
         let mut inner = self.lock();
         inner.written.entry(group).or_default().apply(&write);
-        if write.sync {
+        let sync = write.sync;
+        inner.unsynced.push((group, write));
+        if sync {
             // A sync makes every earlier write of every group durable.
-            inner.synced = inner.written.clone();
-            inner.syncs += 1;
+            inner.make_durable();
         }
         Ok(())
     }
 
     fn sync(&self) -> StorageResult<()> {
-        let mut inner = self.lock();
-        inner.synced = inner.written.clone();
-        inner.syncs += 1;
+        self.lock().make_durable();
         Ok(())
     }
 
