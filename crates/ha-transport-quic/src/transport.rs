@@ -572,12 +572,11 @@ impl QuicTransport {
             tasks.push(p.task);
         }
         let deadline = Instant::now() + self.shared.ms(drain_timeout_ms);
-        for t in &mut tasks {
-            if tokio::time::timeout_at(deadline, &mut *t).await.is_err() {
-                break;
-            }
-        }
+        wait_all(&mut tasks, deadline).await;
+        // Past the drain deadline: tell the rest to stop (they count what is
+        // left in their queues), give them a moment, then abort.
         self.shared.stop.send_replace(true);
+        wait_all(&mut tasks, Instant::now() + self.shared.ms(CLOSE_WAIT_MS)).await;
         for t in &tasks {
             t.abort();
         }
@@ -656,6 +655,18 @@ fn transport_config(
         tc.max_concurrent_bidi_streams(VarInt::from_u32(0));
     }
     Ok(tc)
+}
+
+/// Waits until every task has finished or `deadline` passes.
+async fn wait_all(tasks: &mut [JoinHandle<()>], deadline: Instant) {
+    for t in tasks.iter_mut() {
+        if t.is_finished() {
+            continue;
+        }
+        if tokio::time::timeout_at(deadline, &mut *t).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Whether a connection error is a TLS refusal (QUIC CRYPTO_ERROR range,
