@@ -725,9 +725,8 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
 
     fn finish(mut self) -> Result<Report, Failure> {
         // Operations still outstanding end with unknown outcome.
-        for c in 0..self.clients.len() {
-            if let Some((op, ..)) = self.clients[c].waiting.take() {
-                let _ = op;
+        for client in &mut self.clients {
+            if client.waiting.take().is_some() {
                 self.report.ops_unknown += 1;
             }
         }
