@@ -43,7 +43,10 @@ pub struct Config {
     /// leader's by more than `lease_drift_margin_ms`, and a node whose
     /// process is paused (GC, SIGSTOP, VM migration) resumes its clock
     /// accordingly. Requires `check_quorum` (followers' stickiness is what
-    /// makes the lease hold).
+    /// makes the lease hold). The protocol judges the lease by the last time
+    /// passed to `tick`, so a driver that enables lease reads must `tick`
+    /// with the current time before each `read_index` (after a pause in
+    /// particular).
     pub lease_read: bool,
     /// Safety margin subtracted from the lease for clock drift between nodes;
     /// see [`lease_read`](Self::lease_read).

@@ -2,7 +2,6 @@
 //! Ousterhout 2014, §5; Ongaro's thesis ch. 3, 4 and 6), run on the small
 //! in-test cluster of [`harness`].
 
-mod chaos;
 mod harness;
 
 use ha_core::consensus::{Consensus, MembershipChange, ProposeError, Recovered, Role};
@@ -1158,4 +1157,32 @@ fn follower_behind_the_compaction_point_catches_up_from_a_snapshot() {
     c.run_for(500, 10);
     assert_eq!(c.applied_data(f.0).len(), 21);
     c.check_logs();
+}
+
+#[test]
+fn joint_consensus_can_demote_a_voter_to_learner() {
+    let mut c = Cluster::new(3, test_config(), 58);
+    let l = c.elect();
+    c.run_for(100, 10);
+    let demoted = c.ids().into_iter().find(|i| *i != l).unwrap();
+    let mut target = Membership::new(c.ids().into_iter().filter(|i| *i != demoted));
+    target.learners.insert(demoted);
+    c.raft_mut(l.0)
+        .change_membership(MembershipChange::Replace(target.clone()))
+        .unwrap();
+    let joint = c.raft(l.0).membership().clone();
+    assert!(joint.is_joint());
+    assert!(
+        joint.validate().is_ok(),
+        "the joint config is structurally valid"
+    );
+    c.run_for(500, 10);
+    assert_eq!(c.raft(l.0).membership(), &target);
+    assert_eq!(c.raft(demoted.0).status().role, Role::Learner);
+    c.propose("x");
+    c.run_for(200, 10);
+    assert!(
+        c.applied_data(demoted.0)
+            .contains(&Bytes::from_static(b"x"))
+    );
 }
