@@ -82,10 +82,10 @@ impl Cluster {
                 n.raft.tick(now);
             }
             c.pump(&mut |_| {});
-            if let Some(l) = c.leader() {
-                if c.nodes[l].raft.commit_index() >= LogIndex(1) {
-                    return c;
-                }
+            if let Some(l) = c.leader()
+                && c.nodes[l].raft.commit_index() >= LogIndex(1)
+            {
+                return c;
             }
         }
         panic!("no leader elected");

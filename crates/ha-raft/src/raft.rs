@@ -1020,10 +1020,11 @@ impl Raft {
         }
         self.follow(from);
         let mut prev = req.prev;
+        let mut skip = 0;
         let mut entries: &[Entry] = &req.entries;
         if prev.index < self.commit {
             // Everything up to our commit index matches any leader's log.
-            let skip = usize::try_from(self.commit.0 - prev.index.0)
+            skip = usize::try_from(self.commit.0 - prev.index.0)
                 .unwrap_or(usize::MAX)
                 .min(entries.len());
             entries = &entries[skip..];
@@ -1071,21 +1072,22 @@ impl Raft {
                 }
             }
         }
-        for e in &entries[new_from..] {
+        let last_new = LogIndex(prev.index.0 + entries.len() as u64);
+        let (round, leader_commit) = (req.round, req.commit);
+        for e in req.entries.into_iter().skip(skip + new_from) {
             if let EntryPayload::Membership(m) = &e.payload {
                 self.configs.push((e.index(), m.clone()));
             }
-            self.log.push(e.clone());
+            self.log.push(e);
         }
-        let last_new = LogIndex(prev.index.0 + entries.len() as u64);
-        let c = req.commit.min(last_new);
+        let c = leader_commit.min(last_new);
         self.commit_to(c);
         let match_index = last_new.max(self.commit.min(self.log.last_index()));
         self.send_persisted(
             from,
             Message::AppendResponse(AppendResponse {
                 term: self.term,
-                round: req.round,
+                round,
                 outcome: AppendOutcome::Success { match_index },
             }),
         );
