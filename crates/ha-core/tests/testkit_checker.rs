@@ -329,3 +329,19 @@ fn counterexample_is_small_for_a_long_history() {
         other => panic!("not caught: {other:?}"),
     }
 }
+
+#[test]
+fn histories_roundtrip_through_the_codec() {
+    // A recorder in another process writes histories; the checker reads them.
+    let h = sequential_kv_history(
+        8,
+        &SequentialHistoryConfig {
+            unknown_percent: 10,
+            ..Default::default()
+        },
+    );
+    let bytes = ha_core::codec::encode(&h);
+    let back: KvHistory = ha_core::codec::decode(&bytes).unwrap_or_else(|e| panic!("decode: {e}"));
+    assert_eq!(back, h);
+    assert_eq!(verdict(&back), Ok(()));
+}

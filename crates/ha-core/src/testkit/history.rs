@@ -10,13 +10,15 @@
 use std::fmt;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::kv::{KvCommand, KvResponse, MemKv};
 use crate::testkit::rng::SimRng;
 
 /// One client operation: an invocation and, if the client learned it, its
-/// completion.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// completion. Serde-serialisable, so a recorder in another process can
+/// write histories to a file for checking.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation<I, O> {
     /// The client (process) that issued it. Informational: the checker uses
     /// only the times.

@@ -268,6 +268,11 @@ pub struct CheckConfig {
     /// [`CheckError::BudgetExhausted`] (keeps pathological histories from
     /// running forever).
     pub max_steps_per_partition: u64,
+    /// Approximate memory the memoization set of one partition may use
+    /// before the search gives up with [`CheckError::BudgetExhausted`]
+    /// (each entry holds a bitset of the partition's operations and a
+    /// model state).
+    pub memo_bytes_max: usize,
     /// Operations printed in a counter-example (the ones nearest the
     /// failure).
     pub max_counterexample_ops: usize,
@@ -279,6 +284,7 @@ impl Default for CheckConfig {
     fn default() -> Self {
         Self {
             max_steps_per_partition: 20_000_000,
+            memo_bytes_max: 512 << 20,
             max_counterexample_ops: 24,
             max_explained_states: 4,
         }
@@ -434,7 +440,7 @@ pub fn check<M: Model>(
     stats.partitions = partitions.len();
     for (key, ops) in &partitions {
         let view: Vec<View<'_, M>> = ops.iter().map(|&i| View::of(i, &history[i])).collect();
-        match search(model, &view, cfg.max_steps_per_partition, None) {
+        match search(model, &view, cfg, None) {
             Search::Ok(steps) => stats.steps += steps,
             Search::Exhausted(steps) => {
                 return Err(CheckError::BudgetExhausted {
@@ -521,12 +527,16 @@ impl Bits {
 
 const NONE: usize = usize::MAX;
 
+/// Estimated per-entry overhead of the memoization set (hash table slot,
+/// bitset allocation header), for [`CheckConfig::memo_bytes_max`].
+const MEMO_ENTRY_OVERHEAD_BYTES: usize = 48;
+
 /// The Wing & Gong / Lowe search over one partition, on an array-backed
 /// doubly-linked list of call and return events.
 fn search<M: Model>(
     model: &M,
     ops: &[View<'_, M>],
-    max_steps: u64,
+    cfg: &CheckConfig,
     track: Option<&Track>,
 ) -> Search<M::State> {
     let n = ops.len();
@@ -585,10 +595,13 @@ fn search<M: Model>(
     let mut stack: Vec<(usize, M::State)> = Vec::new();
     let mut rejected: Vec<(M::State, String)> = Vec::new();
     let mut steps = 0u64;
+    let mut memo_bytes = 0usize;
+    let memo_entry_bytes =
+        bits.0.len() * 8 + std::mem::size_of::<M::State>() + MEMO_ENTRY_OVERHEAD_BYTES;
     let mut cur = next[head];
     while next[head] != tail {
         steps += 1;
-        if steps > max_steps {
+        if steps > cfg.max_steps_per_partition || memo_bytes > cfg.memo_bytes_max {
             return Search::Exhausted(steps);
         }
         if cur == tail {
@@ -603,6 +616,7 @@ fn search<M: Model>(
                 Ok(new_state) => {
                     bits.set(op);
                     if cache.insert((bits.clone(), new_state.clone())) {
+                        memo_bytes += memo_entry_bytes;
                         let old = std::mem::replace(&mut state, new_state);
                         stack.push((cur, old));
                         lift(&mut next, &mut prev, cur, ret_of[op]);
@@ -678,10 +692,7 @@ fn counterexample<M: Model>(
     };
     let fails = |k: usize| {
         let (p, _) = prefix(k);
-        matches!(
-            search(model, &p, cfg.max_steps_per_partition, None),
-            Search::Failed(_)
-        )
+        matches!(search(model, &p, cfg, None), Search::Failed(_))
     };
     // The full history fails, so the last prefix fails; find the first.
     let (mut lo, mut hi) = (0usize, completions.len().saturating_sub(1));
@@ -709,7 +720,7 @@ fn counterexample<M: Model>(
         op: culprit_pos,
         max_states: cfg.max_explained_states,
     };
-    let rejected = match search(model, &p, cfg.max_steps_per_partition, Some(&track)) {
+    let rejected = match search(model, &p, cfg, Some(&track)) {
         Search::Failed(r) => r,
         _ => Vec::new(),
     };
@@ -801,6 +812,14 @@ mod tests {
             .collect();
         let cfg = CheckConfig {
             max_steps_per_partition: 10,
+            ..Default::default()
+        };
+        assert!(matches!(
+            check(&RegisterModel, &h, &cfg),
+            Err(CheckError::BudgetExhausted { .. })
+        ));
+        let cfg = CheckConfig {
+            memo_bytes_max: 1_000,
             ..Default::default()
         };
         assert!(matches!(
