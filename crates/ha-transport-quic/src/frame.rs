@@ -300,10 +300,10 @@ impl FrameDecoder {
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<WireFrame>, FrameError> {
         if buf.len() < FRAME_HEADER_BYTES {
             // Check what is there already so garbage fails fast.
-            if let Some(&v) = buf.first() {
-                if v != WIRE_VERSION {
-                    return Err(FrameError::BadVersion(v));
-                }
+            if let Some(&v) = buf.first()
+                && v != WIRE_VERSION
+            {
+                return Err(FrameError::BadVersion(v));
             }
             if let Some(&k) = buf.get(1) {
                 self.check_kind(k)?;

@@ -96,15 +96,15 @@ pub fn node_id_from_cert(cert: &CertificateDer<'_>) -> Result<NodeId, IdentityEr
         .ok_or_else(|| IdentityError::NoNodeId("no subjectAltName".into()))?;
     let mut found: Option<NodeId> = None;
     for name in &san.value.general_names {
-        if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-            if let Some(id) = parse_node_dns_name(dns) {
-                if found.is_some_and(|f| f != id) {
-                    return Err(IdentityError::NoNodeId(
-                        "certificate names several node ids".into(),
-                    ));
-                }
-                found = Some(id);
+        if let x509_parser::extensions::GeneralName::DNSName(dns) = name
+            && let Some(id) = parse_node_dns_name(dns)
+        {
+            if found.is_some_and(|f| f != id) {
+                return Err(IdentityError::NoNodeId(
+                    "certificate names several node ids".into(),
+                ));
             }
+            found = Some(id);
         }
     }
     found.ok_or_else(|| IdentityError::NoNodeId("no node-<id>.ha DNS name".into()))

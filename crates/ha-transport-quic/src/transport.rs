@@ -996,20 +996,17 @@ async fn snapshot_writer(
             shared.count(|c| &c.dropped_oversize, 1);
             continue;
         };
-        if !streams.contains_key(&group) {
-            let s = open_stream(shared, conn, StreamKind::Snapshot).await;
-            match s {
-                Ok(s) => {
-                    streams.insert(group, (s, Instant::now()));
-                }
-                Err(e) => {
-                    shared.count(|c| &c.dropped_disconnected, 1);
-                    return Err(e);
+        let (s, last) = match streams.entry(group) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                match open_stream(shared, conn, StreamKind::Snapshot).await {
+                    Ok(s) => v.insert((s, Instant::now())),
+                    Err(e) => {
+                        shared.count(|c| &c.dropped_disconnected, 1);
+                        return Err(e);
+                    }
                 }
             }
-        }
-        let Some((s, last)) = streams.get_mut(&group) else {
-            continue;
         };
         let mut chunks = [
             Bytes::copy_from_slice(&encode_header(WireKind::Snapshot, group, len)),

@@ -133,7 +133,7 @@ async fn three_nodes_exchange_100k_messages_in_per_peer_order() {
                 let m = recv(&mut rx).await;
                 let from = m.from.0 as usize;
                 assert!(
-                    from >= 1 && from <= 3 && from as u64 != me,
+                    (1..=3).contains(&from) && from as u64 != me,
                     "bad sender {from}"
                 );
                 let p = &m.frame.payload;
