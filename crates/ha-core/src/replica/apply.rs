@@ -5,12 +5,17 @@
 //! every batch and every query runs on the blocking pool: the state machine
 //! is moved into `spawn_blocking` and handed back when the call returns.
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::snapshot::{self, SnapshotJob};
 use super::{ReplicaError, Reply};
-use crate::state_machine::{Applied, StateMachine};
-use crate::types::{LogId, LogIndex, Membership};
+use crate::state_machine::{Applied, StateMachine, VecChunks};
+use crate::types::{LogId, LogIndex, Membership, SnapshotMeta};
 
 /// What the state machine gets for one entry.
 #[derive(Debug)]
@@ -40,6 +45,27 @@ pub(super) struct ApplyItem {
 /// A read of the state machine's state, run on the apply task.
 pub(super) type Query<S> = Box<dyn FnOnce(&S) + Send + 'static>;
 
+/// Work for the apply task, in the order the driver decided it.
+pub(super) enum ApplyMsg {
+    /// Committed entries.
+    Batch(Vec<ApplyItem>),
+    /// Replace the state with a snapshot staged from the leader.
+    Install {
+        meta: SnapshotMeta,
+        chunks: Vec<Bytes>,
+        done: oneshot::Sender<Result<(), ReplicaError>>,
+    },
+    /// Build a snapshot and stream it to a follower.
+    Send(SnapshotJob),
+}
+
+/// Snapshot counters shared by the apply task's streams and the driver.
+#[derive(Debug, Default)]
+pub(super) struct SnapshotCounters {
+    pub(super) sent: AtomicU64,
+    pub(super) send_failed: AtomicU64,
+}
+
 /// How the apply task ended.
 pub(super) struct ApplyExit<S> {
     pub(super) state_machine: Option<S>,
@@ -49,18 +75,116 @@ pub(super) struct ApplyExit<S> {
 /// Runs until `batches` closes (the driver is done) or the state machine
 /// fails. Publishes the applied index on `applied_tx` after every batch.
 pub(super) async fn run<S: StateMachine>(
+    sm: S,
+    batches: mpsc::UnboundedReceiver<ApplyMsg>,
+    queries: mpsc::Receiver<Query<S>>,
+    applied_tx: watch::Sender<LogIndex>,
+    counters: Arc<SnapshotCounters>,
+) -> ApplyExit<S> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut streams: Vec<JoinHandle<()>> = Vec::new();
+    let exit = run_inner(
+        sm,
+        batches,
+        queries,
+        applied_tx,
+        &counters,
+        &cancel,
+        &mut streams,
+    )
+    .await;
+    // Stop snapshot streams between chunks and wait for them: no task is
+    // left running once the replica has stopped.
+    cancel.store(true, Ordering::SeqCst);
+    for s in streams {
+        let _ = s.await;
+    }
+    exit
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_inner<S: StateMachine>(
     mut sm: S,
-    mut batches: mpsc::UnboundedReceiver<Vec<ApplyItem>>,
+    mut batches: mpsc::UnboundedReceiver<ApplyMsg>,
     mut queries: mpsc::Receiver<Query<S>>,
     applied_tx: watch::Sender<LogIndex>,
+    counters: &Arc<SnapshotCounters>,
+    cancel: &Arc<AtomicBool>,
+    streams: &mut Vec<JoinHandle<()>>,
 ) -> ApplyExit<S> {
     let mut queries_open = true;
     loop {
+        streams.retain(|s| !s.is_finished());
         tokio::select! {
             // Committed entries first: a query should see the newest state.
             biased;
-            batch = batches.recv() => {
-                let Some(batch) = batch else { break };
+            msg = batches.recv() => {
+                let batch = match msg {
+                    None => break,
+                    Some(ApplyMsg::Batch(batch)) => batch,
+                    Some(ApplyMsg::Install { meta, chunks, done }) => {
+                        let index = meta.last_log_id.index;
+                        let res = tokio::task::spawn_blocking(move || {
+                            let r = sm.install_snapshot(&meta, &mut VecChunks::new(chunks));
+                            (sm, r)
+                        })
+                        .await;
+                        match res {
+                            Ok((back, r)) => {
+                                sm = back;
+                                let r = r.map_err(|e| {
+                                    ReplicaError::StateMachine(format!("installing snapshot: {e}"))
+                                });
+                                if r.is_ok() {
+                                    applied_tx.send_replace(index);
+                                }
+                                let _ = done.send(r);
+                            }
+                            Err(join) => {
+                                let err = ReplicaError::StateMachine(format!(
+                                    "state machine panicked installing a snapshot: {join}"
+                                ));
+                                let _ = done.send(Err(err.clone()));
+                                return ApplyExit { state_machine: None, error: Some(err) };
+                            }
+                        }
+                        continue;
+                    }
+                    Some(ApplyMsg::Send(job)) => {
+                        let res = tokio::task::spawn_blocking(move || {
+                            let r = sm.snapshot();
+                            (sm, r)
+                        })
+                        .await;
+                        match res {
+                            Ok((back, r)) => {
+                                sm = back;
+                                match r {
+                                    Ok(source) => {
+                                        let counters = Arc::clone(counters);
+                                        let cancel = Arc::clone(cancel);
+                                        streams.push(tokio::task::spawn_blocking(move || {
+                                            snapshot::stream(job, source, &counters, &cancel)
+                                        }));
+                                    }
+                                    Err(e) => {
+                                        counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                                        tracing::warn!(to = %job.to, error = %e, "building a snapshot to send failed");
+                                    }
+                                }
+                            }
+                            Err(join) => {
+                                return ApplyExit {
+                                    state_machine: None,
+                                    error: Some(ReplicaError::StateMachine(format!(
+                                        "state machine panicked building a snapshot: {join}"
+                                    ))),
+                                };
+                            }
+                        }
+                        continue;
+                    }
+                };
                 let done = tokio::task::spawn_blocking(move || {
                     let out = apply_batch(&mut sm, batch);
                     (sm, out)

@@ -61,11 +61,19 @@
 //!
 //! ## Snapshots
 //!
-//! Snapshot transfer is not implemented yet: `Ready::send_snapshots` and
-//! inbound `FrameKind::Snapshot` frames are logged and counted in
-//! [`ReplicaStats::snapshot_transfers_unsupported`]. A protocol that asks
-//! to install a snapshot (`Ready::snapshot`) stops the replica with
-//! [`ReplicaError::Unsupported`] rather than letting it diverge.
+//! For each `Ready::send_snapshots` the apply task builds the state
+//! machine's snapshot and streams its chunks to the follower as
+//! `FrameKind::Snapshot` frames (format and limits in the `snapshot`
+//! submodule: `Begin{meta, header}`, `Chunk`s, `End{totals}`, each a codec
+//! frame). The receiving driver stages a transfer in memory (at most
+//! [`ReplicaConfig::max_snapshot_bytes`]); when it is complete it hands the
+//! header message to its protocol via `step`. When that protocol then emits
+//! `Ready::snapshot`, the driver installs the staged chunks into the state
+//! machine *before* the write that records the snapshot and resets the log,
+//! so a crash never leaves a log that starts after state the machine lacks.
+//! Proposals waiting at or below the snapshot's index are answered
+//! [`ReplicaError::OutcomeUnknown`]. A `Ready::snapshot` with no matching
+//! staged transfer stops the replica ([`ReplicaError::Protocol`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -73,22 +81,27 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::{JoinError, JoinHandle};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::codec;
-use crate::consensus::{Consensus, Outbound, ProposeError, ReadCtx, ReadState, Status};
+use crate::consensus::{
+    Consensus, Outbound, ProposeError, ReadCtx, ReadState, SnapshotSend, Status,
+};
 use crate::request::TaggedCommand;
 use crate::state_machine::StateMachine;
-use crate::storage::{LogStore, LogWrite, StorageResult};
+use crate::storage::{LogStore, LogWrite};
 use crate::transport::{Frame, FrameKind, Inbound, Transport};
 use crate::types::{Entry, EntryPayload, GroupId, LogIndex, NodeId};
 
 mod apply;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
-use apply::{ApplyItem, ApplyPayload, ApplyReply, Query};
+pub use snapshot::MAX_STAGING_SENDERS;
+
+use apply::{ApplyItem, ApplyMsg, ApplyPayload, ApplyReply, Query, SnapshotCounters};
 
 /// Room in the command queue for status requests beyond the proposal and
 /// read permits.
@@ -121,6 +134,9 @@ pub struct ReplicaConfig {
     /// Every this many ticks the driver forgets waiters whose caller gave up,
     /// freeing their slots. Default 16.
     pub prune_interval_ticks: u32,
+    /// Largest snapshot sent or received, in bytes of chunks; a receiver
+    /// stages at most this much per transfer in memory. Default 256 MiB.
+    pub max_snapshot_bytes: u64,
     /// First request sequence number; `None` draws a random base (see the
     /// [module docs](self)). Set it only in tests or from a persisted counter.
     pub seq_base: Option<u64>,
@@ -137,6 +153,7 @@ impl Default for ReplicaConfig {
             max_proposal_bytes: 1 << 20,
             max_apply_backlog_entries: 16384,
             prune_interval_ticks: 16,
+            max_snapshot_bytes: 256 << 20,
             seq_base: None,
         }
     }
@@ -166,6 +183,9 @@ impl ReplicaConfig {
         }
         if self.prune_interval_ticks == 0 {
             return bad("prune_interval_ticks must be >= 1");
+        }
+        if self.max_snapshot_bytes == 0 {
+            return bad("max_snapshot_bytes must be >= 1");
         }
         Ok(())
     }
@@ -210,10 +230,14 @@ pub enum ReplicaError {
     /// The state machine failed; the replica stopped.
     #[error("state machine failed: {0}")]
     StateMachine(String),
-    /// The protocol asked for something this driver cannot do yet; the
-    /// replica stopped.
-    #[error("unsupported by the replica driver: {0}")]
-    Unsupported(String),
+    /// A snapshot from the leader replaced the state before the proposal's
+    /// entry was applied locally: it may or may not be part of that state.
+    #[error("outcome unknown: a snapshot covered the proposal's index")]
+    OutcomeUnknown,
+    /// The protocol broke the driver contract (e.g. asked to install a
+    /// snapshot that was never staged); the replica stopped.
+    #[error("protocol contract violation: {0}")]
+    Protocol(String),
     /// The configuration is invalid, or the replica was started outside a
     /// tokio runtime.
     #[error("invalid replica config: {0}")]
@@ -247,9 +271,21 @@ pub struct ReplicaStats {
     pub frames_undecodable: u64,
     /// Inbound frames dropped because they named another group.
     pub frames_wrong_group: u64,
-    /// Snapshot sends and inbound snapshot frames ignored because snapshot
-    /// transfer is not implemented.
-    pub snapshot_transfers_unsupported: u64,
+    /// Snapshot sends the protocol asked for.
+    pub snapshot_sends_requested: u64,
+    /// Snapshot transfers streamed completely to a follower.
+    pub snapshots_sent: u64,
+    /// Snapshot sends that failed (building, reading or over the limit).
+    pub snapshot_sends_failed: u64,
+    /// Snapshot transfers received completely and handed to the protocol.
+    pub snapshots_received: u64,
+    /// Inbound snapshot frames rejected (undecodable, out of order, over the
+    /// limit); each discards its sender's transfer.
+    pub snapshot_frames_rejected: u64,
+    /// Snapshots installed into the state machine.
+    pub snapshots_installed: u64,
+    /// Proposals answered [`ReplicaError::OutcomeUnknown`].
+    pub proposals_unknown: u64,
     /// Linearizable reads answered.
     pub reads_served: u64,
     /// Waiters forgotten because their caller gave up.
@@ -490,7 +526,14 @@ impl<S: StateMachine> Replica<S> {
             max_inflight_reads: config.max_inflight_reads,
             max_proposal_bytes: config.max_proposal_bytes,
         });
-        let apply_task = tokio::spawn(apply::run(state_machine, apply_rx, query_rx, applied_tx));
+        let counters = Arc::new(SnapshotCounters::default());
+        let apply_task = tokio::spawn(apply::run(
+            state_machine,
+            apply_rx,
+            query_rx,
+            applied_tx,
+            Arc::clone(&counters),
+        ));
         let mut consensus = consensus;
         consensus.applied(applied0);
         let id = consensus.id();
@@ -513,6 +556,9 @@ impl<S: StateMachine> Replica<S> {
             stats: ReplicaStats::default(),
             fatal: None,
             ticks: 0,
+            receiver: snapshot::Receiver::new(config.max_snapshot_bytes),
+            counters,
+            next_transfer: splitmix64(seq_base),
             config,
             _sm: std::marker::PhantomData,
         };
@@ -578,8 +624,11 @@ struct InFlight<M> {
     persisted_messages: Vec<Outbound<M>>,
     committed: Vec<Entry>,
     reads: Vec<ReadState>,
-    snapshot_sends: usize,
+    send_snapshots: Vec<SnapshotSend<M>>,
 }
+
+/// The write of the Ready in flight (after installing its snapshot, if any).
+type PersistTask = JoinHandle<Result<(), ReplicaError>>;
 
 struct Driver<C: Consensus, S> {
     config: ReplicaConfig,
@@ -597,20 +646,25 @@ struct Driver<C: Consensus, S> {
     /// Safe reads waiting for the state machine to reach their index.
     reads_ready: BTreeMap<LogIndex, Vec<Reply<LogIndex>>>,
     in_flight: Option<InFlight<C::Message>>,
-    apply_tx: Option<mpsc::UnboundedSender<Vec<ApplyItem>>>,
+    apply_tx: Option<mpsc::UnboundedSender<ApplyMsg>>,
     applied: LogIndex,
     handed_to_apply: LogIndex,
     stats: ReplicaStats,
     fatal: Option<ReplicaError>,
     ticks: u64,
+    receiver: snapshot::Receiver,
+    counters: Arc<SnapshotCounters>,
+    next_transfer: u64,
     _sm: std::marker::PhantomData<fn() -> S>,
 }
 
-async fn wait_persist(
-    h: &mut Option<JoinHandle<StorageResult<()>>>,
-) -> Result<StorageResult<()>, JoinError> {
+async fn wait_persist(h: &mut Option<PersistTask>) -> Result<(), ReplicaError> {
     match h.as_mut() {
-        Some(h) => h.await,
+        Some(h) => h.await.unwrap_or_else(|join| {
+            Err(ReplicaError::Storage(format!(
+                "log write task failed: {join}"
+            )))
+        }),
         None => std::future::pending().await,
     }
 }
@@ -627,7 +681,7 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
         let period = std::time::Duration::from_millis(self.config.tick_interval_ms);
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut persist: Option<JoinHandle<StorageResult<()>>> = None;
+        let mut persist: Option<PersistTask> = None;
         let mut inbound_open = true;
         let mut commands_open = true;
         self.pump(&mut persist);
@@ -660,8 +714,8 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
         }
         // Stop taking requests; those already queued are answered below.
         cmd_rx.close();
-        if let Some(h) = persist.take() {
-            let res = h.await;
+        if persist.is_some() {
+            let res = wait_persist(&mut persist).await;
             self.on_persisted(res);
         }
         self.finish(cmd_rx, applied_rx, apply_task).await
@@ -717,10 +771,13 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
     }
 
     fn status(&self) -> ReplicaStatus {
+        let mut stats = self.stats;
+        stats.snapshots_sent = self.counters.sent.load(Ordering::Relaxed);
+        stats.snapshot_sends_failed = self.counters.send_failed.load(Ordering::Relaxed);
         ReplicaStatus {
             protocol: self.consensus.status(),
             applied: self.applied,
-            stats: self.stats,
+            stats,
         }
     }
 
@@ -733,7 +790,7 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
 
     /// Takes and carries out Readys until one needs a write (then it is in
     /// flight) or none is available.
-    fn pump(&mut self, persist: &mut Option<JoinHandle<StorageResult<()>>>) {
+    fn pump(&mut self, persist: &mut Option<PersistTask>) {
         while persist.is_none()
             && self.fatal.is_none()
             && self.handed_to_apply.0.saturating_sub(self.applied.0)
@@ -744,25 +801,26 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
             self.stats.readys += 1;
             let needs_persist = rd.needs_persist();
             self.send(std::mem::take(&mut rd.messages));
-            if let Some(meta) = &rd.snapshot {
-                self.fail(ReplicaError::Unsupported(format!(
-                    "installing snapshot {:?}: snapshot transfer is not implemented",
-                    meta.last_log_id
-                )));
-                return;
-            }
+            // Install a staged snapshot before the write that records it.
+            let installed = match &rd.snapshot {
+                None => None,
+                Some(meta) => match self.start_install(meta) {
+                    Ok(done) => Some(done),
+                    Err(e) => return self.fail(e),
+                },
+            };
             let flight = InFlight {
                 number: rd.number,
                 persisted_messages: rd.persisted_messages,
                 committed: rd.committed,
                 reads: rd.reads,
-                snapshot_sends: rd.send_snapshots.len(),
+                send_snapshots: rd.send_snapshots,
             };
             if needs_persist {
                 self.stats.persists += 1;
                 self.stats.persisted_entries += rd.entries.len() as u64;
                 let write = LogWrite {
-                    snapshot: None,
+                    snapshot: rd.snapshot,
                     truncate_from: rd.truncate_from,
                     entries: rd.entries,
                     hard_state: rd.hard_state,
@@ -771,8 +829,18 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
                 };
                 let store = Arc::clone(&self.store);
                 let group = self.config.group;
-                *persist = Some(tokio::task::spawn_blocking(move || {
-                    store.write(group, write)
+                *persist = Some(tokio::spawn(async move {
+                    if let Some(done) = installed {
+                        done.await.unwrap_or(Err(ReplicaError::StateMachine(
+                            "the apply task stopped during a snapshot install".into(),
+                        )))?;
+                    }
+                    tokio::task::spawn_blocking(move || store.write(group, write))
+                        .await
+                        .map_err(|join| {
+                            ReplicaError::Storage(format!("log store write panicked: {join}"))
+                        })?
+                        .map_err(|e| ReplicaError::Storage(e.to_string()))
                 }));
                 self.in_flight = Some(flight);
             } else {
@@ -781,17 +849,47 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
         }
     }
 
-    fn on_persisted(&mut self, res: Result<StorageResult<()>, JoinError>) {
+    fn on_persisted(&mut self, res: Result<(), ReplicaError>) {
         let Some(flight) = self.in_flight.take() else {
             return;
         };
         match res {
-            Ok(Ok(())) => self.complete(flight),
-            Ok(Err(e)) => self.fail(ReplicaError::Storage(e.to_string())),
-            Err(join) => self.fail(ReplicaError::Storage(format!(
-                "log store write panicked: {join}"
-            ))),
+            Ok(()) => self.complete(flight),
+            Err(e) => self.fail(e),
         }
+    }
+
+    /// Hands the staged snapshot `meta` to the apply task; the returned
+    /// receiver resolves once it is installed. Proposals at or below the
+    /// snapshot can no longer be matched to an entry.
+    fn start_install(
+        &mut self,
+        meta: &crate::types::SnapshotMeta,
+    ) -> Result<oneshot::Receiver<Result<(), ReplicaError>>, ReplicaError> {
+        let staged = self.receiver.take(meta).ok_or_else(|| {
+            ReplicaError::Protocol(format!(
+                "asked to install snapshot {:?}, which was not staged",
+                meta.last_log_id
+            ))
+        })?;
+        let index = meta.last_log_id.index;
+        let later = self.proposals.split_off(&index.next());
+        for (_, (_, reply)) in std::mem::replace(&mut self.proposals, later) {
+            self.stats.proposals_unknown += 1;
+            reply.send(Err(ReplicaError::OutcomeUnknown));
+        }
+        self.handed_to_apply = self.handed_to_apply.max(index);
+        let (done_tx, done_rx) = oneshot::channel();
+        let msg = ApplyMsg::Install {
+            meta: staged.meta,
+            chunks: staged.chunks,
+            done: done_tx,
+        };
+        if !self.to_apply(msg) {
+            return Err(ReplicaError::StateMachine("the apply task stopped".into()));
+        }
+        self.stats.snapshots_installed += 1;
+        Ok(done_rx)
     }
 
     /// Steps 3–6 of a Ready, once its write (if any) is durable.
@@ -801,15 +899,36 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
         for rs in flight.reads {
             self.read_safe(rs);
         }
-        if flight.snapshot_sends > 0 {
-            self.stats.snapshot_transfers_unsupported += flight.snapshot_sends as u64;
-            tracing::warn!(
-                group = %self.config.group,
-                count = flight.snapshot_sends,
-                "snapshot transfer unsupported: not sending snapshots the protocol asked for"
-            );
+        for send in flight.send_snapshots {
+            self.send_snapshot(send);
         }
         self.consensus.advance(flight.number);
+    }
+
+    /// Asks the apply task to build a snapshot and stream it to `send.to`.
+    fn send_snapshot(&mut self, send: SnapshotSend<C::Message>) {
+        self.stats.snapshot_sends_requested += 1;
+        self.next_transfer = self.next_transfer.wrapping_add(1);
+        let job = snapshot::SnapshotJob {
+            to: send.to,
+            group: self.config.group,
+            want: send.meta,
+            header: codec::encode(&send.header).into(),
+            transfer: self.next_transfer,
+            transport: Arc::clone(&self.transport),
+            max_bytes: self.config.max_snapshot_bytes,
+        };
+        if !self.to_apply(ApplyMsg::Send(job)) {
+            self.fail(ReplicaError::StateMachine("the apply task stopped".into()));
+        }
+    }
+
+    /// Queues work for the apply task; false if it has stopped.
+    fn to_apply(&self, msg: ApplyMsg) -> bool {
+        match &self.apply_tx {
+            Some(tx) => tx.send(msg).is_ok(),
+            None => false,
+        }
     }
 
     fn send(&mut self, messages: Vec<Outbound<C::Message>>) {
@@ -873,11 +992,7 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
             self.handed_to_apply = self.handed_to_apply.max(index);
         }
         self.stats.committed_entries += batch.len() as u64;
-        let sent = self
-            .apply_tx
-            .as_ref()
-            .is_some_and(|tx| tx.send(batch).is_ok());
-        if !sent {
+        if !self.to_apply(ApplyMsg::Batch(batch)) {
             self.fail(ReplicaError::StateMachine("the apply task stopped".into()));
         }
     }
@@ -971,10 +1086,25 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
                     tracing::debug!(%from, error = %e, "dropping undecodable frame");
                 }
             },
-            FrameKind::Snapshot => {
-                self.stats.snapshot_transfers_unsupported += 1;
-                tracing::warn!(%from, "snapshot transfer unsupported: dropping snapshot frame");
-            }
+            FrameKind::Snapshot => match self.receiver.on_frame(from, &frame.payload) {
+                snapshot::Received::Progress => {}
+                snapshot::Received::Failed(why) => {
+                    self.stats.snapshot_frames_rejected += 1;
+                    tracing::debug!(%from, why, "snapshot transfer discarded");
+                }
+                snapshot::Received::Complete { header } => {
+                    match codec::decode::<C::Message>(&header) {
+                        Ok(msg) => {
+                            self.stats.snapshots_received += 1;
+                            self.consensus.step(from, msg);
+                        }
+                        Err(e) => {
+                            self.stats.frames_undecodable += 1;
+                            tracing::debug!(%from, error = %e, "undecodable snapshot header");
+                        }
+                    }
+                }
+            },
         }
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use super::*;
 use crate::consensus::{MembershipChange, Ready, Role};
 use crate::state_machine::{Applied, ChunkSource, SnapshotSource, StateMachineError};
-use crate::storage::{MemLogStore, StorageError};
+use crate::storage::{MemLogStore, StorageError, StorageResult};
 use crate::types::{LogId, Membership, SnapshotMeta, Term};
 
 const ME: NodeId = NodeId(1);
@@ -342,11 +342,11 @@ impl Rig {
 
     /// Waits (bounded, without advancing time) until `f` holds.
     async fn until(&self, what: &str, mut f: impl FnMut(&Script) -> bool) {
-        for _ in 0..10_000 {
+        for i in 0..10_000 {
             if f(&lock(&self.script)) {
                 return;
             }
-            tokio::task::yield_now().await;
+            pause(i).await;
         }
         panic!("timed out waiting for: {what}");
     }
@@ -398,6 +398,17 @@ fn spawn_propose(
 ) -> tokio::task::JoinHandle<Result<Bytes, ReplicaError>> {
     let h = h.clone();
     tokio::spawn(async move { h.propose(Bytes::from_static(data)).await })
+}
+
+/// One step of a bounded wait: mostly yields; every 100th step sleeps 1 ms
+/// of (paused) time, which also waits for outstanding blocking-pool work
+/// (tokio does not auto-advance paused time while such work runs).
+async fn pause(i: u32) {
+    if i % 100 == 99 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    } else {
+        tokio::task::yield_now().await;
+    }
 }
 
 async fn settle() {
@@ -697,7 +708,7 @@ async fn undecodable_and_misrouted_frames_are_counted_and_ignored() {
     assert_eq!(st.stats.frames_received, 6);
     assert_eq!(st.stats.frames_undecodable, 3);
     assert_eq!(st.stats.frames_wrong_group, 1);
-    assert_eq!(st.stats.snapshot_transfers_unsupported, 1);
+    assert_eq!(st.stats.snapshot_frames_rejected, 1);
     assert_eq!(lock(&t.script).steps, vec![(PEER, TestMsg(7))]);
     t.shutdown().await.unwrap();
 }
@@ -848,17 +859,14 @@ async fn ticks_carry_monotonic_ms_since_start() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn unsupported_snapshot_install_stops_instead_of_diverging() {
+async fn installing_an_unstaged_snapshot_stops_instead_of_diverging() {
     let mut t = Rig::new(config());
     t.push(Ready {
         snapshot: Some(SnapshotMeta::default()),
         ..ready()
     });
     t.kick().await;
-    assert!(matches!(
-        t.shutdown().await,
-        Err(ReplicaError::Unsupported(_))
-    ));
+    assert!(matches!(t.shutdown().await, Err(ReplicaError::Protocol(_))));
 }
 
 #[test]
@@ -1091,5 +1099,177 @@ mod with_solo {
         }
         assert_eq!(undecodable, 1);
         replica.shutdown().await.unwrap();
+    }
+}
+
+mod snapshot_transfer {
+    use super::*;
+    use crate::consensus::SnapshotSend;
+    use crate::kv::{KvCommand, MemKv};
+    use crate::transport::{MemNetwork, MemNetworkConfig};
+
+    struct Node {
+        replica: Replica<MemKv>,
+        script: Arc<Mutex<Script>>,
+        store: Arc<MemLogStore>,
+    }
+
+    fn node(net: &MemNetwork, id: NodeId) -> Node {
+        let (transport, rx) = net.join(id).unwrap();
+        let script = Arc::new(Mutex::new(Script::default()));
+        let consensus = Scripted {
+            id,
+            script: Arc::clone(&script),
+            events: Arc::default(),
+        };
+        let store = Arc::new(MemLogStore::new());
+        let replica = Replica::start(
+            config(),
+            consensus,
+            Arc::clone(&store) as Arc<dyn LogStore>,
+            MemKv::default(),
+            Arc::new(transport),
+            rx,
+        )
+        .unwrap();
+        Node {
+            replica,
+            script,
+            store,
+        }
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        for i in 0..10_000 {
+            if f() {
+                return;
+            }
+            pause(i).await;
+        }
+        panic!("timed out waiting for: {what}");
+    }
+
+    /// The scripted protocol answers no reads, so wait on the applied index
+    /// (bounded; the status request also wakes the driver).
+    async fn wait_applied(h: &ReplicaHandle<MemKv>, index: u64) {
+        for i in 0..10_000 {
+            if h.status().await.unwrap().applied >= LogIndex(index) {
+                return;
+            }
+            pause(i).await;
+        }
+        panic!("never applied {index}");
+    }
+
+    fn put_entry(i: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(1, i),
+            payload: EntryPayload::Normal(
+                KvCommand::Put {
+                    key: Bytes::from(format!("k{i}")),
+                    value: Bytes::from(format!("v{i}")),
+                }
+                .encode(),
+            ),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn snapshot_streams_stages_and_installs_before_persisting() {
+        let net = MemNetwork::new(MemNetworkConfig::default()).unwrap();
+        let leader = node(&net, ME);
+        let follower = node(&net, PEER);
+        // The leader's state machine holds 3000 keys (3 MemKv chunks + header).
+        let entries: Vec<Entry> = (1..=3000).map(put_entry).collect();
+        lock(&leader.script).queued.push_back(Ready {
+            entries: entries.clone(),
+            committed: entries,
+            ..ready()
+        });
+        let lh = leader.replica.handle();
+        wait_applied(&lh, 3000).await;
+        assert_eq!(lh.query(|kv: &MemKv| kv.len()).await, Ok(3000));
+        let meta = SnapshotMeta {
+            last_log_id: LogId::new(1, 3000),
+            membership: Membership::default(),
+        };
+        lock(&leader.script).queued.push_back(Ready {
+            send_snapshots: vec![SnapshotSend {
+                to: PEER,
+                meta: meta.clone(),
+                header: TestMsg(77),
+            }],
+            ..ready()
+        });
+        lh.status().await.unwrap();
+        until("header delivered", || {
+            !lock(&follower.script).steps.is_empty()
+        })
+        .await;
+        assert_eq!(lock(&follower.script).steps, vec![(ME, TestMsg(77))]);
+        let fh = follower.replica.handle();
+        let st = fh.status().await.unwrap();
+        assert_eq!(st.stats.snapshots_received, 1);
+        assert_eq!(st.stats.snapshot_frames_rejected, 0);
+        assert_eq!(lh.status().await.unwrap().stats.snapshots_sent, 1);
+        // The follower's protocol now asks to install it.
+        lock(&follower.script).queued.push_back(Ready {
+            snapshot: Some(meta.clone()),
+            hard_state: Some(crate::types::HardState::default()),
+            ..ready()
+        });
+        fh.status().await.unwrap();
+        until("advance", || lock(&follower.script).advanced.len() == 1).await;
+        let (n, v) = fh
+            .query(|kv: &MemKv| (kv.len(), kv.get(b"k2999").cloned()))
+            .await
+            .unwrap();
+        assert_eq!((n, v), (3000, Some(Bytes::from_static(b"v2999"))));
+        assert_eq!(fh.status().await.unwrap().applied, LogIndex(3000));
+        assert_eq!(
+            follower.store.snapshot_meta(GroupId(7)).unwrap(),
+            Some(meta),
+            "the snapshot is recorded in the log store"
+        );
+        leader.replica.shutdown().await.unwrap();
+        follower.replica.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lost_chunk_fails_the_transfer_and_nothing_is_stepped() {
+        let net = MemNetwork::new(MemNetworkConfig {
+            inbound_queue_frames: 3,
+            ..MemNetworkConfig::default()
+        })
+        .unwrap();
+        let leader = node(&net, ME);
+        let follower = node(&net, PEER);
+        let entries: Vec<Entry> = (1..=3000).map(put_entry).collect();
+        lock(&leader.script).queued.push_back(Ready {
+            entries: entries.clone(),
+            committed: entries,
+            ..ready()
+        });
+        let lh = leader.replica.handle();
+        wait_applied(&lh, 3000).await;
+        // Cut the link while streaming: block, send, heal.
+        net.block(ME, PEER);
+        lock(&leader.script).queued.push_back(Ready {
+            send_snapshots: vec![SnapshotSend {
+                to: PEER,
+                meta: SnapshotMeta::default(),
+                header: TestMsg(1),
+            }],
+            ..ready()
+        });
+        lh.status().await.unwrap();
+        until("sent", || net.stats(ME).dropped_blocked >= 6).await;
+        net.heal();
+        // A transfer whose Begin was lost: the chunks that get through are
+        // rejected, and the protocol never hears of a snapshot.
+        settle().await;
+        assert!(lock(&follower.script).steps.is_empty());
+        leader.replica.shutdown().await.unwrap();
+        follower.replica.shutdown().await.unwrap();
     }
 }
