@@ -57,6 +57,10 @@ pub(super) enum ApplyMsg {
     },
     /// Build a snapshot and stream it to a follower.
     Send(SnapshotJob),
+    /// Build a snapshot and report what it covers (log compaction).
+    Build {
+        done: oneshot::Sender<Result<SnapshotMeta, ReplicaError>>,
+    },
 }
 
 /// Snapshot counters shared by the apply task's streams and the driver.
@@ -146,6 +150,30 @@ async fn run_inner<S: StateMachine>(
                                 ));
                                 let _ = done.send(Err(err.clone()));
                                 return ApplyExit { state_machine: None, error: Some(err) };
+                            }
+                        }
+                        continue;
+                    }
+                    Some(ApplyMsg::Build { done }) => {
+                        let res = tokio::task::spawn_blocking(move || {
+                            let r = sm.snapshot().map(|src| src.meta().clone());
+                            (sm, r)
+                        })
+                        .await;
+                        match res {
+                            Ok((back, r)) => {
+                                sm = back;
+                                let _ = done.send(r.map_err(|e| {
+                                    ReplicaError::StateMachine(format!("building a snapshot: {e}"))
+                                }));
+                            }
+                            Err(join) => {
+                                return ApplyExit {
+                                    state_machine: None,
+                                    error: Some(ReplicaError::StateMachine(format!(
+                                        "state machine panicked building a snapshot: {join}"
+                                    ))),
+                                };
                             }
                         }
                         continue;

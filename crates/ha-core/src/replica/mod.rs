@@ -137,6 +137,12 @@ pub struct ReplicaConfig {
     /// Largest snapshot sent or received, in bytes of chunks; a receiver
     /// stages at most this much per transfer in memory. Default 256 MiB.
     pub max_snapshot_bytes: u64,
+    /// Build a state-machine snapshot and report it to the protocol
+    /// (`snapshot_built`, which lets it purge its log) every this many
+    /// applied entries. `None` (default): never. Enable it only with a
+    /// **durable** state machine: after a purge the log can no longer
+    /// rebuild an in-memory one such as `MemKv`.
+    pub snapshot_every_entries: Option<u64>,
     /// First request sequence number; `None` draws a random base (see the
     /// [module docs](self)). Set it only in tests or from a persisted counter.
     pub seq_base: Option<u64>,
@@ -154,6 +160,7 @@ impl Default for ReplicaConfig {
             max_apply_backlog_entries: 16384,
             prune_interval_ticks: 16,
             max_snapshot_bytes: 256 << 20,
+            snapshot_every_entries: None,
             seq_base: None,
         }
     }
@@ -186,6 +193,9 @@ impl ReplicaConfig {
         }
         if self.max_snapshot_bytes == 0 {
             return bad("max_snapshot_bytes must be >= 1");
+        }
+        if self.snapshot_every_entries == Some(0) {
+            return bad("snapshot_every_entries must be >= 1 (or None)");
         }
         Ok(())
     }
@@ -286,6 +296,9 @@ pub struct ReplicaStats {
     pub snapshots_installed: u64,
     /// Proposals answered [`ReplicaError::OutcomeUnknown`].
     pub proposals_unknown: u64,
+    /// Local snapshots built and reported to the protocol
+    /// ([`ReplicaConfig::snapshot_every_entries`]).
+    pub snapshots_built: u64,
     /// Linearizable reads answered.
     pub reads_served: u64,
     /// Waiters forgotten because their caller gave up.
@@ -559,6 +572,7 @@ impl<S: StateMachine> Replica<S> {
             receiver: snapshot::Receiver::new(config.max_snapshot_bytes),
             counters,
             next_transfer: splitmix64(seq_base),
+            last_snapshot: applied0,
             config,
             _sm: std::marker::PhantomData,
         };
@@ -655,7 +669,19 @@ struct Driver<C: Consensus, S> {
     receiver: snapshot::Receiver,
     counters: Arc<SnapshotCounters>,
     next_transfer: u64,
+    /// Index covered by the last local snapshot (or where the driver started).
+    last_snapshot: LogIndex,
     _sm: std::marker::PhantomData<fn() -> S>,
+}
+
+/// A local snapshot being built by the apply task.
+type BuildTask = oneshot::Receiver<Result<crate::types::SnapshotMeta, ReplicaError>>;
+
+async fn wait_build(b: &mut Option<BuildTask>) -> Result<crate::types::SnapshotMeta, ReplicaError> {
+    match b.as_mut() {
+        Some(rx) => rx.await.unwrap_or(Err(ReplicaError::Shutdown)),
+        None => std::future::pending().await,
+    }
 }
 
 async fn wait_persist(h: &mut Option<PersistTask>) -> Result<(), ReplicaError> {
@@ -682,6 +708,7 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut persist: Option<PersistTask> = None;
+        let mut building: Option<BuildTask> = None;
         let mut inbound_open = true;
         let mut commands_open = true;
         self.pump(&mut persist);
@@ -692,10 +719,29 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
                     persist = None;
                     self.on_persisted(res);
                 }
+                built = wait_build(&mut building) => {
+                    building = None;
+                    match built {
+                        Ok(meta) => {
+                            self.stats.snapshots_built += 1;
+                            self.last_snapshot = self.last_snapshot.max(meta.last_log_id.index);
+                            self.consensus.snapshot_built(meta);
+                        }
+                        // A failed snapshot build is not fatal: the log
+                        // simply stays longer; try again later.
+                        Err(e) => {
+                            self.last_snapshot = self.applied;
+                            tracing::warn!(error = %e, "building a local snapshot failed");
+                        }
+                    }
+                }
                 changed = applied_rx.changed() => match changed {
                     Ok(()) => {
                         let idx = *applied_rx.borrow_and_update();
                         self.on_applied(idx);
+                        if building.is_none() {
+                            building = self.maybe_build_snapshot();
+                        }
                     }
                     // The apply task stopped; its exit says why.
                     Err(_) => break,
@@ -1007,6 +1053,17 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
         } else {
             self.reads_ready.entry(rs.index).or_default().push(reply);
         }
+    }
+
+    /// Asks the apply task for a snapshot when enough entries were applied
+    /// since the last one.
+    fn maybe_build_snapshot(&mut self) -> Option<BuildTask> {
+        let every = self.config.snapshot_every_entries?;
+        if self.applied.0.saturating_sub(self.last_snapshot.0) < every {
+            return None;
+        }
+        let (done, rx) = oneshot::channel();
+        self.to_apply(ApplyMsg::Build { done }).then_some(rx)
     }
 
     fn on_applied(&mut self, index: LogIndex) {

@@ -1074,6 +1074,48 @@ mod with_solo {
         replica.shutdown().await.unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn periodic_snapshots_let_solo_purge_the_log() {
+        let store = Arc::new(MemLogStore::new());
+        let net = MemNetwork::new(MemNetworkConfig::default()).unwrap();
+        let (transport, rx) = net.join(ME).unwrap();
+        let solo = Solo::new(SoloConfig::new(ME), Default::default()).unwrap();
+        let cfg = ReplicaConfig {
+            group: GroupId(3),
+            snapshot_every_entries: Some(10),
+            ..ReplicaConfig::default()
+        };
+        let replica = Replica::start(
+            cfg,
+            solo,
+            Arc::clone(&store) as Arc<dyn LogStore>,
+            MemKv::default(),
+            Arc::new(transport),
+            rx,
+        )
+        .unwrap();
+        let h = replica.handle();
+        for i in 0..25 {
+            h.propose(put(&format!("k{i}"), "v")).await.unwrap();
+        }
+        // Bounded wait for the asynchronous build + purge to land.
+        let mut lowest = 1;
+        for _ in 0..2000 {
+            lowest = store.bounds(GroupId(3)).unwrap().map_or(0, |(lo, _)| lo.0);
+            if lowest > 10 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            lowest > 10,
+            "log purged past the first snapshot, lowest {lowest}"
+        );
+        assert!(h.status().await.unwrap().stats.snapshots_built >= 1);
+        assert_eq!(h.query(|kv: &MemKv| kv.len()).await, Ok(25));
+        replica.shutdown().await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn solo_rejects_every_inbound_frame_as_undecodable() {
         let store = Arc::new(MemLogStore::new());
