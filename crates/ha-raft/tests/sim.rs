@@ -8,7 +8,8 @@
 //!
 //! The default run is sized for CI on two cores. More seeds:
 //! `HA_RAFT_SIM_SEEDS=10000 cargo test -p ha-raft --release --test sim`
-//! (the number is per scenario); a failing seed is printed with its trace
+//! (the number is per scenario; `HA_RAFT_SIM_BASE=n` shifts the seed
+//! range); a failing seed is printed with its trace
 //! (`HA_SIM_TRACE_DIR=dir` writes the whole trace to a file).
 
 use ha_core::Membership;
@@ -78,13 +79,18 @@ fn raft_invariants(view: &ha_core::testkit::ClusterView<'_, Raft>) -> Result<(),
 
 fn run(name: &str, cfg: Config, sim: &SimConfig, count: u64) {
     let harness = Harness::new(factory(cfg)).with_invariant("raft-local", raft_invariants);
-    let base = match name {
-        "3" => 0,
-        "5" => 1 << 32,
-        "membership" => 2 << 32,
-        "snapshots" => 3 << 32,
-        _ => 4 << 32,
-    };
+    let offset: u64 = std::env::var("HA_RAFT_SIM_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let base = offset
+        + match name {
+            "3" => 0,
+            "5" => 1 << 32,
+            "membership" => 2 << 32,
+            "snapshots" => 3 << 32,
+            _ => 4 << 32,
+        };
     match harness.run_seeds(base..base + count, sim) {
         Ok(s) => {
             assert_eq!(s.runs, count);
@@ -160,4 +166,20 @@ fn sim_snapshots_and_lease_reads() {
         ..raft_config()
     };
     run("snapshots", cfg, &sim, seeds(20));
+}
+
+#[test]
+fn sim_five_nodes_everything_at_once() {
+    let sim = SimConfig {
+        nodes: 5,
+        spare_nodes: 2,
+        snapshot_every_entries: Some(25),
+        nemesis: NemesisConfig {
+            membership_changes: true,
+            leader_transfers: true,
+            ..faults()
+        },
+        ..SimConfig::default()
+    };
+    run("everything", raft_config(), &sim, seeds(10));
 }

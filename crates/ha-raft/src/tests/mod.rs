@@ -1186,3 +1186,56 @@ fn joint_consensus_can_demote_a_voter_to_learner() {
             .contains(&Bytes::from_static(b"x"))
     );
 }
+
+#[test]
+fn wants_snapshot_after_the_configured_number_of_applied_entries() {
+    let cfg = Config {
+        snapshot_threshold_entries: 5,
+        ..test_config()
+    };
+    let mut c = Cluster::new(1, cfg, 63);
+    c.elect();
+    c.run_for(20, 10);
+    assert!(!c.raft(1).wants_snapshot());
+    for i in 0..5 {
+        c.propose(&format!("v{i}"));
+    }
+    c.run_for(20, 10);
+    assert!(c.raft(1).wants_snapshot());
+    c.snapshot(1);
+    assert!(!c.raft(1).wants_snapshot());
+}
+
+#[test]
+fn requests_to_a_node_without_a_leader_are_refused() {
+    let mut r = single(1, &[1, 2, 3]);
+    assert_eq!(
+        r.read_index(1),
+        Err(ProposeError::NotLeader { leader: None })
+    );
+    assert_eq!(
+        r.propose(Bytes::new()),
+        Err(ProposeError::NotLeader { leader: None })
+    );
+    assert_eq!(
+        r.change_membership(MembershipChange::AddLearner(NodeId(4))),
+        Err(ProposeError::NotLeader { leader: None })
+    );
+    assert_eq!(
+        r.transfer_leader(NodeId(2)),
+        Err(ProposeError::NotLeader { leader: None })
+    );
+    assert!(!r.has_ready(), "refusals change nothing");
+}
+
+#[test]
+fn a_follower_reports_the_leader_hint() {
+    let mut c = Cluster::new(3, test_config(), 64);
+    let l = c.elect();
+    c.run_for(50, 10);
+    let f = c.ids().into_iter().find(|i| *i != l).unwrap();
+    assert_eq!(
+        c.raft_mut(f.0).propose(Bytes::new()),
+        Err(ProposeError::NotLeader { leader: Some(l) })
+    );
+}
