@@ -14,6 +14,9 @@ use crate::types::{Entry, GroupId, HardState, LogIndex, SnapshotMeta};
 pub mod mem;
 pub use mem::MemLogStore;
 
+#[cfg(any(test, feature = "testkit"))]
+pub mod conformance;
+
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
 #[cfg(feature = "rocksdb")]
