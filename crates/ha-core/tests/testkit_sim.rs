@@ -9,6 +9,10 @@
 //!   proposal at once and write it to disk lazily on its next tick: it
 //!   acknowledges before any quorum (even itself) has the entry.
 //!
+//! * `Toy { follower_reads: true }` — followers answer `read_index` from
+//!   their own commit index instead of sending clients to the leader: stale
+//!   reads that no log invariant sees, only the history.
+//!
 //! The broken one must be caught within 1,000 seeds; the correct one must
 //! pass 10,000 seeds. A seed takes ~50 ms in an unoptimised test build on
 //! the shared 2-core machine, so the default run does 1,000 seeds (~1 min
@@ -56,6 +60,7 @@ struct Toy {
     id: NodeId,
     members: Membership,
     broken: bool,
+    follower_reads: bool,
     /// Entries after `base`.
     log: Vec<Entry>,
     /// Index covered by the latest snapshot (built or installed).
@@ -95,6 +100,7 @@ impl Toy {
             id,
             members: initial.clone(),
             broken,
+            follower_reads: false,
             log,
             base,
             install: None,
@@ -323,7 +329,7 @@ impl Consensus for Toy {
     }
 
     fn read_index(&mut self, ctx: ReadCtx) -> Result<(), ProposeError> {
-        if self.id != LEADER {
+        if self.id != LEADER && !self.follower_reads {
             return Err(ProposeError::NotLeader {
                 leader: Some(LEADER),
             });
@@ -455,6 +461,13 @@ fn correct(id: NodeId, initial: &Membership, rec: Recovered, _seed: u64) -> Toy 
     Toy::new(id, initial, rec, false)
 }
 
+fn stale_reader(id: NodeId, initial: &Membership, rec: Recovered, _seed: u64) -> Toy {
+    Toy {
+        follower_reads: true,
+        ..Toy::new(id, initial, rec, false)
+    }
+}
+
 fn broken(id: NodeId, initial: &Membership, rec: Recovered, _seed: u64) -> Toy {
     Toy::new(id, initial, rec, true)
 }
@@ -535,6 +548,24 @@ fn broken_toy_is_caught_within_1000_seeds() {
     assert!(matches!(f.kind, FailureKind::Invariant { .. }), "{f}");
     assert!(!f.trace.is_empty());
     assert!(f.to_string().contains(&format!("seed {}", f.seed)));
+}
+
+#[test]
+fn stale_follower_reads_are_caught_by_the_checker() {
+    let h = Harness::new(stale_reader);
+    let cfg = short_config();
+    let f = (0..1_000)
+        .find_map(|seed| h.run(seed, &cfg).err())
+        .expect("stale reads not caught within 1,000 seeds");
+    match &f.kind {
+        FailureKind::Linearizability(
+            ha_core::testkit::linearizability::CheckError::NotLinearizable(ce),
+        ) => {
+            // The counter-example names a read.
+            assert!(ce.to_string().contains("get "), "{ce}");
+        }
+        other => panic!("caught for the wrong reason: {other}\n{f}"),
+    }
 }
 
 #[test]

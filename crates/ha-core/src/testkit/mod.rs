@@ -16,10 +16,14 @@
 //! ```ignore
 //! use ha_core::testkit::{Harness, SimConfig};
 //!
+//! // (node id, initial configuration, what the node recovered, seed) -> protocol
 //! let harness = Harness::new(|id, initial: &Membership, recovered, seed| {
-//!     ha_raft::Raft::new(id, initial.clone(), recovered, seed)
-//! });
-//! harness.run_seeds(0..200, &SimConfig::default()).map_err(|f| f.to_string())?;
+//!     MyProtocol::new(id, my_config(), recovered, initial.clone(), seed)
+//! })
+//! .with_invariant("my-local-rule", |view| Ok(()));
+//! if let Err(failure) = harness.run_seeds(0..200, &SimConfig::default()) {
+//!     panic!("{failure}"); // seed, what broke, the tail of the trace
+//! }
 //! ```
 //!
 //! A failing run returns a [`Failure`] naming the seed, what broke and the
