@@ -376,6 +376,8 @@ impl Raft {
 
     fn reset_leader_state(&mut self) {
         self.progress.clear();
+        // Snapshot streams decided as leader are void once we are not.
+        self.snapshot_sends.clear();
         self.pending_reads.clear();
         self.reads_awaiting_commit.clear();
         self.transfer = None;
@@ -1598,7 +1600,7 @@ impl Consensus for Raft {
         }
         rd.reads = mem::take(&mut self.read_states);
         rd.send_snapshots = mem::take(&mut self.snapshot_sends);
-        if let Some(latest) = &self.snapshot {
+        if let Some(latest) = self.snapshot.as_ref().filter(|_| self.role == Role::Leader) {
             // The driver streams its latest snapshot: name that one in the
             // header, even if it was built after the send was decided.
             let now = self.now_ms;
