@@ -1239,3 +1239,47 @@ fn a_follower_reports_the_leader_hint() {
         Err(ProposeError::NotLeader { leader: Some(l) })
     );
 }
+
+#[test]
+fn a_deposed_leader_drops_the_snapshot_sends_it_decided() {
+    let cfg = Config {
+        snapshot_trailing_entries: 0,
+        ..test_config()
+    };
+    let mut c = Cluster::new(3, cfg, 65);
+    let l = c.elect();
+    c.run_for(100, 10);
+    let others: Vec<NodeId> = c.ids().into_iter().filter(|i| *i != l).collect();
+    c.isolate(others[0].0);
+    for i in 0..5 {
+        c.propose(&format!("v{i}"));
+    }
+    c.run_for(50, 10);
+    c.snapshot(l.0);
+    let term = c.raft(l.0).term();
+    let start = c.raft(l.0).log_start().index;
+    // The lagging follower's rejection makes the leader decide a snapshot…
+    c.raft_mut(l.0).step(
+        others[0],
+        Message::AppendResponse(AppendResponse {
+            term,
+            round: 0,
+            outcome: AppendOutcome::Conflict {
+                rejected_prev: start,
+                hint: LogId::default(),
+            },
+        }),
+    );
+    // …then a newer leader appears before the Ready is taken.
+    c.raft_mut(l.0).step(
+        others[1],
+        Message::Heartbeat {
+            term: Term(term.0 + 1),
+            commit: LogIndex(0),
+            round: 1,
+        },
+    );
+    assert_eq!(c.raft(l.0).role(), Role::Follower);
+    let rd = c.raft_mut(l.0).ready();
+    assert!(rd.send_snapshots.is_empty());
+}
