@@ -18,7 +18,7 @@
 //!   and one persist, heartbeats coalesced with replication.
 //! - **Durability**: term and vote reach the log store before any message
 //!   that depends on them ([`Ready::persisted_messages`]); a leader counts
-//!   itself toward commit only after its own [`advance`](Consensus::advance);
+//!   itself toward commit only after its own [`advance`](ha_core::consensus::Consensus::advance);
 //!   only current-term entries are committed by counting.
 //! - **Reads**: ReadIndex on the leader (one heartbeat round confirms
 //!   leadership) and on followers (forwarded to the leader); optional lease
@@ -27,7 +27,7 @@
 //! - **Membership**: learners, single-server changes, joint consensus for
 //!   arbitrary changes, removal of the leader. A configuration takes effect
 //!   when appended.
-//! - **Snapshots**: log compaction on [`snapshot_built`](Consensus::snapshot_built),
+//! - **Snapshots**: log compaction on [`snapshot_built`](ha_core::consensus::Consensus::snapshot_built),
 //!   snapshot streaming to followers whose entries were purged, install on
 //!   receipt.
 //!
