@@ -13,7 +13,9 @@
 //!    node balance and movement for shard placement. It prints a table and
 //!    writes `docs/bench/ha-ring-compare.csv` and `.svg`.
 //!
-//! `HA_RING_BENCH_QUICK=1` shrinks key counts and sizes for a smoke run.
+//! `HA_RING_BENCH_QUICK=1` shrinks key counts and sizes for a smoke run;
+//! `HA_RING_BENCH_ONLY=<substring>` keeps only matching algorithms (the CSV
+//! and SVG are then partial too).
 //!
 //! Comparison crates hash the `u64` key with their own hasher (that is how
 //! they are used); ha-ring takes the pre-hashed key as is. Both are what a
@@ -392,6 +394,11 @@ impl Algo for CrateRendezvous {
     }
 }
 
+/// `HA_RING_BENCH_ONLY=<substring>`: run only algorithms whose name contains it.
+fn selected(name: &str) -> bool {
+    std::env::var("HA_RING_BENCH_ONLY").map_or(true, |f| name.contains(&f))
+}
+
 fn ids_for(n: usize) -> Vec<u64> {
     (1..=n as u64).collect()
 }
@@ -399,7 +406,7 @@ fn ids_for(n: usize) -> Vec<u64> {
 // ---------------------------------------------------------------- criterion
 
 fn crit_one<A: Algo>(c: &mut Criterion, n: usize, probe: &[u64]) {
-    if n > A::MAX_NODES || (A::LINEAR && n > 1_000 && quick()) {
+    if !selected(A::NAME) || n > A::MAX_NODES || (A::LINEAR && n > 1_000 && quick()) {
         return;
     }
     let ids = ids_for(n);
@@ -529,7 +536,7 @@ fn pick_victims(ids: &[u64], count: usize, salt: u64) -> Vec<u64> {
 }
 
 fn report_one<A: Algo>(n: usize, all_keys: &[u64]) -> Option<Row> {
-    if n > A::MAX_NODES {
+    if !selected(A::NAME) || n > A::MAX_NODES {
         return None;
     }
     let ids = ids_for(n);
@@ -989,7 +996,10 @@ fn report() {
     let mut shard_csv = String::from(
         "scheme,n,shards,peak_mean,leader_peak_mean,leave_ratio,leave_collateral,join_ratio,join_collateral,build_ms\n",
     );
-    let shard_sizes: Vec<usize> = if quick() {
+    let filtered = std::env::var_os("HA_RING_BENCH_ONLY").is_some();
+    let shard_sizes: Vec<usize> = if filtered && !selected("shard") {
+        Vec::new()
+    } else if quick() {
         vec![10, 100]
     } else {
         vec![10, 100, 1_000]
@@ -1027,6 +1037,10 @@ fn report() {
         }
     }
 
+    if filtered {
+        eprintln!("HA_RING_BENCH_ONLY is set: not overwriting the CSV/SVG files");
+        return;
+    }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/bench");
     let write = |name: &str, body: &str| {
         let path = dir.join(name);

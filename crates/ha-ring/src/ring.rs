@@ -19,8 +19,9 @@ use crate::{NodeLocator, ReplicaLocator};
 
 /// Seed of the ring's point hash (an arbitrary fixed constant; "ring" in ASCII).
 pub const RING_DOMAIN: u64 = 0x7269_6E67;
-/// Most points (virtual nodes over all nodes) a ring may have: 4 Mi points
-/// use 48 MiB.
+/// Most points (virtual nodes over all nodes) a ring may have. A ring costs
+/// at most 24 bytes per point (16 point + up to 8 index), so 4 Mi points use
+/// at most 96 MiB.
 pub const MAX_RING_POINTS: u64 = 1 << 22;
 /// Largest `vnodes_per_weight`.
 pub const MAX_VNODES_PER_WEIGHT: u32 = 65_536;
@@ -28,6 +29,15 @@ pub const MAX_VNODES_PER_WEIGHT: u32 = 65_536;
 /// busiest of 100 equal nodes carries roughly 1.2–1.3× the mean key load;
 /// raise it for better balance at the cost of memory and build time.
 pub const DEFAULT_VNODES_PER_WEIGHT: u32 = 160;
+
+/// One point on the ring.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    /// Position on the circle.
+    hash: u64,
+    /// Dense index of the owning node.
+    owner: u32,
+}
 
 /// Ring parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +74,9 @@ impl Default for RingConfig {
 pub struct HashRing {
     cluster: Cluster,
     config: RingConfig,
-    /// Point positions, ascending.
-    hashes: Vec<u64>,
-    /// Dense node index owning each point.
-    owners: Vec<u32>,
+    /// Points by ascending position, each with its owner next to it so a
+    /// lookup and the start of a replica walk touch one cache line.
+    points: Vec<Point>,
     /// `index[j]` = first point with position `>= j << shift`.
     index: Vec<u32>,
     shift: u32,
@@ -104,15 +113,20 @@ impl HashRing {
             }
         }
         points.sort_unstable_by_key(|&(h, id, v, _)| (h, id, v));
-        let hashes: Vec<u64> = points.iter().map(|p| p.0).collect();
-        let owners: Vec<u32> = points.iter().map(|p| p.3).collect();
-        let bits = (64 - (hashes.len() as u64).leading_zeros()).clamp(1, 23);
+        let points: Vec<Point> = points
+            .iter()
+            .map(|p| Point {
+                hash: p.0,
+                owner: p.3,
+            })
+            .collect();
+        let bits = (64 - (points.len() as u64).leading_zeros()).clamp(1, 23);
         let shift = 64 - bits;
         let mut index = vec![0u32; 1usize << bits];
         let mut pos = 0usize;
         for (j, slot) in index.iter_mut().enumerate() {
             let start = (j as u64) << shift;
-            while pos < hashes.len() && hashes[pos] < start {
+            while pos < points.len() && points[pos].hash < start {
                 pos += 1;
             }
             *slot = pos as u32;
@@ -120,8 +134,7 @@ impl HashRing {
         Ok(Self {
             cluster,
             config,
-            hashes,
-            owners,
+            points,
             index,
             shift,
         })
@@ -139,20 +152,20 @@ impl HashRing {
 
     /// Number of points.
     pub fn points(&self) -> usize {
-        self.hashes.len()
+        self.points.len()
     }
 
     /// Heap bytes held by the ring's lookup structures (points and index).
     pub fn heap_bytes(&self) -> usize {
-        self.hashes.capacity() * 8 + self.owners.capacity() * 4 + self.index.capacity() * 4
+        self.points.capacity() * std::mem::size_of::<Point>() + self.index.capacity() * 4
     }
 
     /// Position of the first point at or after `key_hash` (wrapping).
     #[inline]
     pub(crate) fn successor(&self, key_hash: u64) -> usize {
         let mut pos = self.index[(key_hash >> self.shift) as usize] as usize;
-        let len = self.hashes.len();
-        while pos < len && self.hashes[pos] < key_hash {
+        let len = self.points.len();
+        while pos < len && self.points[pos].hash < key_hash {
             pos += 1;
         }
         if pos == len { 0 } else { pos }
@@ -161,19 +174,19 @@ impl HashRing {
     /// Dense node index of the owner of point `pos`.
     #[inline]
     pub(crate) fn owner_at(&self, pos: usize) -> usize {
-        self.owners[pos] as usize
+        self.points[pos].owner as usize
     }
 
     /// Walks the ring clockwise from `start`, yielding `(step, node index)`
     /// for every point once.
     pub(crate) fn walk(&self, start: usize) -> impl Iterator<Item = (u32, usize)> + '_ {
-        let len = self.owners.len();
-        let (tail, head) = self.owners.split_at(start);
+        let len = self.points.len();
+        let (tail, head) = self.points.split_at(start);
         head.iter()
             .chain(tail.iter())
             .take(len)
             .enumerate()
-            .map(|(i, &o)| (i as u32, o as usize))
+            .map(|(i, p)| (i as u32, p.owner as usize))
     }
 }
 
@@ -212,9 +225,9 @@ mod tests {
         let ring = HashRing::new(Cluster::uniform(37).unwrap(), RingConfig::default()).unwrap();
         for i in 0..20_000u64 {
             let h = fmix64(i);
-            let want = match ring.hashes.binary_search(&h) {
+            let want = match ring.points.binary_search_by_key(&h, |p| p.hash) {
                 Ok(p) => p,
-                Err(p) if p == ring.hashes.len() => 0,
+                Err(p) if p == ring.points.len() => 0,
                 Err(p) => p,
             };
             assert_eq!(ring.successor(h), want);
