@@ -10,9 +10,13 @@
 //!   frame, kept for the life of the connection): frames to one peer arrive
 //!   in the order `send` queued them, as long as the connection lives;
 //! * one unidirectional **snapshot stream per group being transferred**,
-//!   finished after `snapshot_stream_idle_ms` without a chunk. Snapshot
+//!   finished after `snapshot_stream_idle_ms` without a chunk (or, at the
+//!   peer's stream limit, when it is the least recently used). Snapshot
 //!   chunks have their own queue, writer and QUIC flow control, so they never
-//!   sit in front of protocol frames;
+//!   sit in front of protocol frames. A group's chunks keep their order
+//!   within one stream; a transfer that outlives its stream continues on a
+//!   new one, and chunks of the two may interleave (the contract allows
+//!   reordering; snapshot chunks should carry their offset);
 //! * one bidirectional stream per **request** ([`QuicTransport::request`]).
 //!
 //! # Overflow policy: drop newest
@@ -971,6 +975,10 @@ async fn snapshot_writer(
     let cfg = &shared.config;
     let idle = shared.ms(cfg.snapshot_stream_idle_ms);
     let mut streams: HashMap<GroupId, (SendStream, Instant)> = HashMap::new();
+    // Leave one stream of the peer's allowance for the protocol stream.
+    let max_streams = (cfg.max_uni_streams_per_peer as usize)
+        .saturating_sub(1)
+        .max(1);
     let mut tick = tokio::time::interval(idle / 2 + Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -996,6 +1004,18 @@ async fn snapshot_writer(
             shared.count(|c| &c.dropped_oversize, 1);
             continue;
         };
+        if !streams.contains_key(&group) && streams.len() >= max_streams {
+            // At the stream cap: finish the least recently used transfer
+            // stream (its next chunk opens a new one) rather than wait in
+            // open_uni while holding every stream open.
+            let lru = streams
+                .iter()
+                .min_by_key(|(_, (_, last))| *last)
+                .map(|(g, _)| *g);
+            if let Some((mut old, _)) = lru.and_then(|g| streams.remove(&g)) {
+                let _ = old.finish();
+            }
+        }
         let (s, last) = match streams.entry(group) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
