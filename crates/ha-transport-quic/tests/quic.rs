@@ -715,3 +715,40 @@ async fn shutdown_drains_queued_frames() {
     );
     b2.transport.shutdown(500).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_snapshot_transfers_than_streams_do_not_stall() {
+    let ca = DevCa::generate("cluster", Validity::days_from_now(1)).unwrap();
+    // Each side allows 3 uni streams: the protocol stream plus 2 transfers.
+    let mut nodes = cluster(&ca, 2, |c| c.max_uni_streams_per_peer = 3);
+    let b2 = nodes.pop().unwrap();
+    let b1 = nodes.pop().unwrap();
+    let mut rx2 = b2.inbound;
+    const GROUPS: u64 = 6;
+    const CHUNKS: u64 = 20;
+    for i in 0..CHUNKS {
+        for g in 0..GROUPS {
+            let chunk = Frame {
+                group: GroupId(g),
+                kind: FrameKind::Snapshot,
+                payload: Bytes::from(i.to_le_bytes().to_vec()),
+            };
+            b1.transport.send_wait(NodeId(2), chunk).await.unwrap();
+        }
+        b1.transport.send(NodeId(2), proto(0, "hb"));
+    }
+    let mut per_group = [0u64; GROUPS as usize];
+    let mut heartbeats = 0;
+    while per_group.iter().sum::<u64>() < GROUPS * CHUNKS || heartbeats < CHUNKS {
+        let m = recv(&mut rx2).await;
+        match m.frame.kind {
+            FrameKind::Snapshot => per_group[m.frame.group.0 as usize] += 1,
+            FrameKind::Protocol => heartbeats += 1,
+        }
+    }
+    assert_eq!(per_group, [CHUNKS; GROUPS as usize]);
+    assert_eq!(b2.transport.stats().frame_errors, 0);
+    for t in [&b1.transport, &b2.transport] {
+        t.shutdown(500).await;
+    }
+}
