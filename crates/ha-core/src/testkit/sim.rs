@@ -59,7 +59,7 @@ use crate::request::TaggedCommand;
 use crate::state_machine::{Applied, StateMachine, VecChunks};
 use crate::storage::{LogStore, LogWrite, MemLogStore};
 use crate::testkit::config::{Fault, PartitionSpec, SimConfig};
-use crate::testkit::history::{KvHistory, Operation, random_kv_command, show_command};
+use crate::testkit::history::{KvHistory, Operation, ShowBytes, random_kv_command, show_command};
 use crate::testkit::linearizability::{self, CheckError, CheckStats, KvModel};
 use crate::testkit::rng::SimRng;
 use crate::types::{
@@ -731,6 +731,14 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
             }
         }
         self.report.end_ms = self.now;
+        if self.cfg.checks.committed_durable
+            && let Err(k) = self.check_all_committed_durable()
+        {
+            return Err(self.fail(k));
+        }
+        if let Err(k) = self.check_convergence() {
+            return Err(self.fail(k));
+        }
         if self.cfg.checks.progress_after_heal && self.cfg.clients.count > 0 {
             let healed_at = self.chaos_end;
             let progressed = self
@@ -2083,6 +2091,42 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
                     m.all_voters().difference(&holders).collect::<Vec<_>>()
                 ),
             });
+        }
+        Ok(())
+    }
+
+    /// Replicas that applied up to the same index hold the same data
+    /// (catches a snapshot that installs different state than the log
+    /// would have produced).
+    fn check_convergence(&self) -> StepResult {
+        let mut by_index: BTreeMap<LogIndex, &Node<F::Protocol>> = BTreeMap::new();
+        for n in self.nodes.iter().filter(|n| n.up()) {
+            let idx = n.kv.last_applied().index;
+            match by_index.get(&idx) {
+                None => {
+                    by_index.insert(idx, n);
+                }
+                Some(first) => {
+                    if !first.kv.iter().eq(n.kv.iter()) {
+                        let diff = first
+                            .kv
+                            .iter()
+                            .zip(n.kv.iter())
+                            .find(|(a, b)| a != b)
+                            .map(|((k, _), _)| {
+                                format!(" (first difference at key {})", ShowBytes(k))
+                            })
+                            .unwrap_or_default();
+                        return Err(FailureKind::Invariant {
+                            name: "replica-convergence".into(),
+                            detail: format!(
+                                "{:?} and {:?} both applied up to {idx:?} but hold different data{diff}",
+                                first.id, n.id
+                            ),
+                        });
+                    }
+                }
+            }
         }
         Ok(())
     }
