@@ -597,6 +597,20 @@ async fn every_proposer_is_answered_exactly_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn dropping_the_replica_answers_every_waiter() {
+    let mut t = Rig::new(config());
+    let p = spawn_propose(&t.h, b"p");
+    t.until("proposal", |s| s.proposals.len() == 1).await;
+    let h = t.h.clone();
+    let r = tokio::spawn(async move { h.read_index().await });
+    t.until("read", |s| s.reads.len() == 1).await;
+    drop(t.replica.take());
+    assert_eq!(p.await.unwrap(), Err(ReplicaError::Shutdown));
+    assert_eq!(r.await.unwrap(), Err(ReplicaError::Shutdown));
+    assert_eq!(t.h.status().await, Err(ReplicaError::Shutdown));
+}
+
+#[tokio::test(start_paused = true)]
 async fn untagged_entries_are_applied_raw() {
     let mut t = Rig::new(config());
     let raw = Entry {
