@@ -232,6 +232,10 @@ pub struct Failure {
 /// Trace lines shown by `Display` for a failure.
 pub const FAILURE_DISPLAY_TRACE_LINES: usize = 60;
 
+/// Characters of each trace line shown by `Display` for a failure (the
+/// trace file has them whole).
+pub const FAILURE_DISPLAY_LINE_CHARS_MAX: usize = 400;
+
 impl Failure {
     /// Writes the whole trace to `dir/ha-sim-seed-<seed>.trace` and returns
     /// the path.
@@ -273,7 +277,10 @@ impl fmt::Display for Failure {
         let skip = self.trace.len().saturating_sub(FAILURE_DISPLAY_TRACE_LINES);
         writeln!(f, "last {} trace lines:", self.trace.len() - skip)?;
         for l in &self.trace[skip..] {
-            writeln!(f, "  {l}")?;
+            match l.char_indices().nth(FAILURE_DISPLAY_LINE_CHARS_MAX) {
+                Some((cut, _)) => writeln!(f, "  {} …", &l[..cut])?,
+                None => writeln!(f, "  {l}")?,
+            }
         }
         Ok(())
     }
