@@ -820,3 +820,36 @@ fn isolated_leader_stalls_writes_until_healed() {
     );
     assert!(r.ops_completed > 20, "{r:?}");
 }
+
+#[test]
+fn hostile_network_drops_duplicates_and_reorders_yet_the_correct_toy_passes() {
+    let cfg = SimConfig {
+        net: ha_core::testkit::NetConfig {
+            delay: Delay::LongTail {
+                min_ms: 1,
+                max_ms: 8,
+                tail_ppm: 50_000,
+                tail_max_ms: 120,
+            },
+            drop_ppm: 150_000,
+            duplicate_ppm: 150_000,
+            reorder_ppm: 200_000,
+            reorder_extra_max_ms: 60,
+            ..Default::default()
+        },
+        ..short_config()
+    };
+    let h = Harness::new(correct);
+    let (mut dropped, mut duplicated, mut completed) = (0, 0, 0);
+    for seed in 0..30 {
+        let r = h.run(seed, &cfg).unwrap_or_else(|f| panic!("{f}"));
+        dropped += r.messages_dropped;
+        duplicated += r.messages_duplicated;
+        completed += r.ops_completed;
+    }
+    assert!(
+        dropped > 100 && duplicated > 100,
+        "dropped {dropped}, duplicated {duplicated}"
+    );
+    assert!(completed > 300, "only {completed} operations completed");
+}

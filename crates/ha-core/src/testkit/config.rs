@@ -379,3 +379,32 @@ impl Default for SimConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_stay_in_their_ranges() {
+        let mut rng = SimRng::new(3);
+        let u = Delay::Uniform {
+            min_ms: 5,
+            max_ms: 9,
+        };
+        let t = Delay::LongTail {
+            min_ms: 1,
+            max_ms: 2,
+            tail_ppm: 500_000,
+            tail_max_ms: 100,
+        };
+        let mut tail_seen = false;
+        for _ in 0..1_000 {
+            assert!((5..=9).contains(&u.sample(&mut rng)));
+            let d = t.sample(&mut rng);
+            assert!((1..=100).contains(&d));
+            tail_seen |= d > 2;
+        }
+        assert!(tail_seen, "a 50% tail never showed in 1,000 draws");
+        assert_eq!(Delay::Constant(7).sample(&mut rng), 7);
+    }
+}
