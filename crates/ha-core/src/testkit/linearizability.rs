@@ -10,7 +10,7 @@
 //!   per-key objects (a KV map is), so each key is searched on its own.
 //!
 //! Operations with an unknown outcome (see
-//! [`Operation`](super::history::Operation)) may take effect at any point
+//! [`history::Operation`](super::history::Operation)) may take effect at any point
 //! after their invocation, or never: they are given an infinitely late
 //! completion, and their answer is not checked. Read-only operations with an
 //! unknown outcome cannot matter and are dropped first.
