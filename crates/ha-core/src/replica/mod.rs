@@ -86,13 +86,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::codec;
 use crate::consensus::{
-    Consensus, Outbound, ProposeError, ReadCtx, ReadState, SnapshotSend, Status,
+    Consensus, MembershipChange, Outbound, ProposeError, ReadCtx, ReadState, SnapshotSend, Status,
 };
 use crate::request::TaggedCommand;
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, LogWrite};
 use crate::transport::{Frame, FrameKind, Inbound, Transport};
-use crate::types::{Entry, EntryPayload, GroupId, LogIndex, NodeId};
+use crate::types::{Entry, EntryPayload, GroupId, LogId, LogIndex, NodeId};
 
 mod apply;
 mod snapshot;
@@ -359,6 +359,14 @@ impl<T> Reply<T> {
 }
 
 enum Command {
+    ChangeMembership {
+        change: MembershipChange,
+        reply: Reply<LogId>,
+    },
+    TransferLeader {
+        to: NodeId,
+        reply: Reply<()>,
+    },
     Propose {
         data: Bytes,
         reply: Reply<Bytes>,
@@ -479,6 +487,47 @@ impl<S: StateMachine> ReplicaHandle<S> {
         self.query(f).await
     }
 
+    /// Asks the protocol for a membership change and waits until the
+    /// change's entry is committed and applied; returns its id. Counts
+    /// against [`ReplicaConfig::max_pending_proposals`]. If another entry is
+    /// committed at its index the answer is [`ReplicaError::Dropped`].
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<LogId, ReplicaError> {
+        let permit = Permit::acquire(
+            &self.shared.pending_proposals,
+            self.shared.max_pending_proposals,
+        )
+        .ok_or_else(|| ReplicaError::Busy("max_pending_proposals reached".into()))?;
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply {
+            tx,
+            _permit: permit,
+        };
+        self.cmd_tx
+            .try_send(Command::ChangeMembership { change, reply })
+            .map_err(|e| queue_error(e, "command"))?;
+        rx.await.unwrap_or(Err(ReplicaError::Shutdown))
+    }
+
+    /// Asks the leader to hand leadership to `to`. Resolves once the
+    /// protocol accepted the request (not when the transfer completes: watch
+    /// [`status`](Self::status)).
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ReplicaError> {
+        let permit = Permit::acquire(
+            &self.shared.pending_proposals,
+            self.shared.max_pending_proposals,
+        )
+        .ok_or_else(|| ReplicaError::Busy("max_pending_proposals reached".into()))?;
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply {
+            tx,
+            _permit: permit,
+        };
+        self.cmd_tx
+            .try_send(Command::TransferLeader { to, reply })
+            .map_err(|e| queue_error(e, "command"))?;
+        rx.await.unwrap_or(Err(ReplicaError::Shutdown))
+    }
+
     /// The protocol's status and the driver's counters.
     pub async fn status(&self) -> Result<ReplicaStatus, ReplicaError> {
         let (tx, rx) = oneshot::channel();
@@ -560,6 +609,8 @@ impl<S: StateMachine> Replica<S> {
             next_seq: seq_base,
             next_read_ctx: 1,
             proposals: BTreeMap::new(),
+            changes: BTreeMap::new(),
+            changes_decided: BTreeMap::new(),
             reads_pending: HashMap::new(),
             reads_ready: BTreeMap::new(),
             in_flight: None,
@@ -655,6 +706,10 @@ struct Driver<C: Consensus, S> {
     next_read_ctx: ReadCtx,
     /// Proposals by the index the protocol gave them: (seq, reply).
     proposals: BTreeMap<LogIndex, (u64, Reply<Bytes>)>,
+    /// Membership changes by index, not yet committed: (id, reply).
+    changes: BTreeMap<LogIndex, (LogId, Reply<LogId>)>,
+    /// Membership changes decided, answered once applied.
+    changes_decided: BTreeMap<LogIndex, (Result<LogId, ReplicaError>, Reply<LogId>)>,
     /// Reads given to the protocol, not yet safe.
     reads_pending: HashMap<ReadCtx, Reply<LogIndex>>,
     /// Safe reads waiting for the state machine to reach their index.
@@ -778,12 +833,17 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
             match cmd {
                 Command::Propose { reply, .. } => reply.send(Err(err.clone())),
                 Command::Read { reply } => reply.send(Err(err.clone())),
+                Command::ChangeMembership { reply, .. } => reply.send(Err(err.clone())),
+                Command::TransferLeader { reply, .. } => reply.send(Err(err.clone())),
                 Command::Status { reply } => {
                     let _ = reply.send(self.status());
                 }
             }
         }
         for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            reply.send(Err(err.clone()));
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.changes) {
             reply.send(Err(err.clone()));
         }
         for (_, reply) in std::mem::take(&mut self.reads_pending) {
@@ -801,6 +861,13 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
             },
         };
         let applied = *applied_rx.borrow();
+        for (index, (result, reply)) in std::mem::take(&mut self.changes_decided) {
+            if index <= applied && exit.error.is_none() && self.fatal.is_none() {
+                reply.send(result);
+            } else {
+                reply.send(Err(err.clone()));
+            }
+        }
         for (index, replies) in std::mem::take(&mut self.reads_ready) {
             for reply in replies {
                 if index <= applied && exit.error.is_none() && self.fatal.is_none() {
@@ -924,6 +991,10 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
             self.stats.proposals_unknown += 1;
             reply.send(Err(ReplicaError::OutcomeUnknown));
         }
+        let later = self.changes.split_off(&index.next());
+        for (_, (_, reply)) in std::mem::replace(&mut self.changes, later) {
+            reply.send(Err(ReplicaError::OutcomeUnknown));
+        }
         self.handed_to_apply = self.handed_to_apply.max(index);
         let (done_tx, done_rx) = oneshot::channel();
         let msg = ApplyMsg::Install {
@@ -1006,6 +1077,22 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
                 self.stats.proposals_dropped += 1;
                 reply.send(Err(ReplicaError::Dropped));
             }
+            while let Some(first) = self.changes.first_entry() {
+                if *first.key() >= index {
+                    break;
+                }
+                let (_, reply) = first.remove();
+                reply.send(Err(ReplicaError::Dropped));
+            }
+            if let Some((id, reply)) = self.changes.remove(&index) {
+                let ours = e.log_id == id && matches!(e.payload, EntryPayload::Membership(_));
+                let result = if ours {
+                    Ok(id)
+                } else {
+                    Err(ReplicaError::Dropped)
+                };
+                self.changes_decided.insert(index, (result, reply));
+            }
             let mut tag = None;
             let payload = match e.payload {
                 EntryPayload::Blank => ApplyPayload::Blank,
@@ -1072,6 +1159,10 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
         }
         self.applied = index;
         self.consensus.applied(index);
+        let later = self.changes_decided.split_off(&index.next());
+        for (_, (result, reply)) in std::mem::replace(&mut self.changes_decided, later) {
+            reply.send(result);
+        }
         let later = self.reads_ready.split_off(&index.next());
         for (idx, replies) in std::mem::replace(&mut self.reads_ready, later) {
             for reply in replies {
@@ -1096,6 +1187,22 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Command::ChangeMembership { change, reply } => {
+                match self.consensus.change_membership(change) {
+                    Ok(id) if id.index <= self.handed_to_apply => {
+                        reply.send(Err(ReplicaError::Dropped))
+                    }
+                    Ok(id) => {
+                        if let Some((_, old)) = self.changes.insert(id.index, (id, reply)) {
+                            old.send(Err(ReplicaError::Dropped));
+                        }
+                    }
+                    Err(e) => reply.send(Err(refusal(e))),
+                }
+            }
+            Command::TransferLeader { to, reply } => {
+                reply.send(self.consensus.transfer_leader(to).map_err(refusal));
             }
         }
     }
@@ -1182,6 +1289,7 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
             + self.reads_pending.len()
             + self.reads_ready.values().map(Vec::len).sum::<usize>();
         self.proposals.retain(|_, (_, r)| !r.is_abandoned());
+        self.changes.retain(|_, (_, r)| !r.is_abandoned());
         self.reads_pending.retain(|_, r| !r.is_abandoned());
         self.reads_ready.retain(|_, v| {
             v.retain(|r| !r.is_abandoned());

@@ -1131,6 +1131,35 @@ mod with_solo {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn membership_changes_and_transfers_go_through_the_protocol() {
+        let store = Arc::new(MemLogStore::new());
+        let net = MemNetwork::new(MemNetworkConfig::default()).unwrap();
+        let replica = start(&store, &net);
+        let h = replica.handle();
+        let same = crate::types::Membership::new([ME]);
+        let id = h
+            .change_membership(MembershipChange::Replace(same.clone()))
+            .await
+            .unwrap();
+        assert_eq!(id, LogId::new(1, 1));
+        assert_eq!(
+            h.status().await.unwrap().applied,
+            LogIndex(1),
+            "answered once applied"
+        );
+        assert!(matches!(
+            h.change_membership(MembershipChange::AddVoter(PEER)).await,
+            Err(ReplicaError::Rejected(ProposeError::Invalid(_)))
+        ));
+        assert!(matches!(
+            h.transfer_leader(PEER).await,
+            Err(ReplicaError::Rejected(ProposeError::Invalid(_)))
+        ));
+        assert_eq!(h.transfer_leader(ME).await, Ok(()));
+        replica.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn solo_rejects_every_inbound_frame_as_undecodable() {
         let store = Arc::new(MemLogStore::new());
         let net = MemNetwork::new(MemNetworkConfig::default()).unwrap();
