@@ -196,10 +196,8 @@ impl Membership {
         if self.voters.is_empty() {
             return Err(MembershipError::NoVoters);
         }
-        if let Some(out) = &self.voters_outgoing {
-            if out.is_empty() {
-                return Err(MembershipError::NoVoters);
-            }
+        if self.voters_outgoing.as_ref().is_some_and(|out| out.is_empty()) {
+            return Err(MembershipError::NoVoters);
         }
         for n in self.all_nodes() {
             if n == NodeId(0) {
