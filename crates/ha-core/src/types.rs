@@ -196,7 +196,11 @@ impl Membership {
         if self.voters.is_empty() {
             return Err(MembershipError::NoVoters);
         }
-        if self.voters_outgoing.as_ref().is_some_and(|out| out.is_empty()) {
+        if self
+            .voters_outgoing
+            .as_ref()
+            .is_some_and(|out| out.is_empty())
+        {
             return Err(MembershipError::NoVoters);
         }
         for n in self.all_nodes() {
