@@ -845,7 +845,8 @@ fn svg_chart(rows: &[Row]) -> String {
             }
         }
         let tx = gx + group_w / 2.0;
-        let ty = top + plot_h + 12.0;
+        // Staggered horizontal labels (three rows) so long names never overlap.
+        let ty = top + plot_h + 16.0 + 15.0 * (gi % 3) as f64;
         let weight = if algo.starts_with("ha-ring") {
             "bold"
         } else {
@@ -853,7 +854,7 @@ fn svg_chart(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            r#"<text x="{tx:.1}" y="{ty:.1}" font-weight="{weight}" text-anchor="end" transform="rotate(-35 {tx:.1} {ty:.1})">{algo}</text>"#
+            r#"<text x="{tx:.1}" y="{ty:.1}" font-size="11" font-weight="{weight}" text-anchor="middle">{algo}</text>"#
         );
     }
     for (ni, n) in ns.iter().enumerate() {
