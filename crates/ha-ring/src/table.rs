@@ -156,6 +156,42 @@ impl ShardTable {
         })
     }
 
+    /// Restores a table saved with [`ShardTable::assignments`] and
+    /// [`ShardTable::members`] (e.g. read back from the metadata group), so
+    /// the next [`ShardTable::rebalance`] knows which nodes merely stayed.
+    /// Validates like [`ShardTable::from_assignments`]; also rejects a zero
+    /// or too-large weight and the reserved node id 0 in `members`.
+    pub fn restore(
+        replicas: usize,
+        shards: BTreeMap<GroupId, Vec<NodeId>>,
+        members: BTreeMap<NodeId, u32>,
+    ) -> Result<Self, RingError> {
+        for (&id, &w) in &members {
+            if id == NodeId(0) {
+                return Err(RingError::ReservedNodeId);
+            }
+            if w == 0 {
+                return Err(RingError::ZeroWeight(id));
+            }
+            if w > crate::cluster::MAX_WEIGHT {
+                return Err(RingError::WeightTooLarge {
+                    node: id,
+                    weight: w,
+                    max: crate::cluster::MAX_WEIGHT,
+                });
+            }
+        }
+        if members.len() > crate::cluster::MAX_NODES {
+            return Err(RingError::TooManyNodes {
+                count: members.len(),
+                max: crate::cluster::MAX_NODES,
+            });
+        }
+        let mut t = Self::from_assignments(replicas, shards)?;
+        t.members = members;
+        Ok(t)
+    }
+
     /// The replication factor.
     pub fn replication(&self) -> usize {
         self.replicas
@@ -591,6 +627,26 @@ mod tests {
         let p = t2.plan_to(&lighter);
         assert!(p.moves.iter().all(|m| m.from == NodeId(2)), "{p:?}");
         assert!(lighter.loads().values().all(|&l| l == 60));
+    }
+
+    #[test]
+    fn restored_table_rebalances_like_the_original() {
+        let c = Cluster::uniform(5).unwrap();
+        let t = ShardTable::new(&c, (1..=40).map(GroupId), 3).unwrap();
+        let back = ShardTable::restore(3, t.assignments().clone(), t.members().clone()).unwrap();
+        assert_eq!(back, t);
+        let smaller = c.without_node(NodeId(2)).unwrap();
+        assert_eq!(
+            back.rebalance(&smaller).unwrap(),
+            t.rebalance(&smaller).unwrap()
+        );
+        let bad = BTreeMap::from([(NodeId(1), 0u32)]);
+        assert_eq!(
+            ShardTable::restore(3, t.assignments().clone(), bad).unwrap_err(),
+            RingError::ZeroWeight(NodeId(1))
+        );
+        let reserved = BTreeMap::from([(NodeId(0), 1u32)]);
+        assert!(ShardTable::restore(3, t.assignments().clone(), reserved).is_err());
     }
 
     #[test]
