@@ -79,6 +79,18 @@ impl Rendezvous {
         self.weights[i] / neg_ln_unit(combine(key_hash, self.seeds[i]))
     }
 
+    /// A value ordered exactly like [`Rendezvous::score`] (ties included up
+    /// to float rounding), cheaper for equal weights: the 52-bit integer
+    /// score as `f64` (exact below 2^53).
+    #[inline]
+    pub(crate) fn rank_score(&self, key_hash: u64, i: usize) -> f64 {
+        if self.uniform {
+            self.int_score(key_hash, i) as f64
+        } else {
+            self.score(key_hash, i)
+        }
+    }
+
     #[inline]
     fn int_score(&self, key_hash: u64, i: usize) -> u64 {
         combine(key_hash, self.seeds[i]) >> 12

@@ -287,8 +287,8 @@ impl ShardTable {
                             > 1
                     })
                     .min_by(|a, b| {
-                        hrw.score(hashes[s], *a.1)
-                            .total_cmp(&hrw.score(hashes[s], *b.1))
+                        hrw.rank_score(hashes[s], *a.1)
+                            .total_cmp(&hrw.rank_score(hashes[s], *b.1))
                             .then(b.0.cmp(&a.0))
                     })
                     .map(|(pos, _)| pos);
@@ -311,10 +311,9 @@ impl ShardTable {
         // 3. Fill holes.
         for (s, row) in rows.iter_mut().enumerate() {
             while row.len() < r {
-                let (zones, racks): (BTreeSet<u32>, BTreeSet<u32>) = (
-                    row.iter().map(|&i| cluster.zone_at(i)).collect(),
-                    row.iter().map(|&i| cluster.rack_at(i)).collect(),
-                );
+                // At most MAX_REPLICAS entries: a Vec beats a set here.
+                let zones: Vec<u32> = row.iter().map(|&i| cluster.zone_at(i)).collect();
+                let racks: Vec<u32> = row.iter().map(|&i| cluster.rack_at(i)).collect();
                 let best = (0..n)
                     .filter(|i| !row.contains(i))
                     .map(|i| {
@@ -324,7 +323,7 @@ impl ShardTable {
                             loads[i] < ceil[i],
                             !racks.contains(&cluster.rack_at(i)),
                         );
-                        (key, hrw.score(hashes[s], i), i)
+                        (key, hrw.rank_score(hashes[s], i), i)
                     })
                     .max_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(b.2.cmp(&a.2)));
                 let Some((_, _, i)) = best else {
@@ -513,7 +512,7 @@ fn transfer(
         if spread(cluster, &after_row) < before {
             continue;
         }
-        let score = hrw.score(hashes[s], rcp);
+        let score = hrw.rank_score(hashes[s], rcp);
         if best.is_none_or(|(b, _, _)| score > b) {
             best = Some((score, s, pos));
         }
