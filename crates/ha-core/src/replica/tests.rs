@@ -611,6 +611,34 @@ async fn dropping_the_replica_answers_every_waiter() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reused_index_drops_the_older_proposal() {
+    let mut t = Rig::new(config());
+    let a = spawn_propose(&t.h, b"a");
+    t.until("a", |s| s.proposals.len() == 1).await;
+    // The protocol lost and regained leadership and truncated index 1: the
+    // next proposal gets index 1 again, so `a` can no longer commit there.
+    lock(&t.script).next_index = 0;
+    let b = spawn_propose(&t.h, b"b");
+    t.until("b", |s| s.proposals.len() == 2).await;
+    assert_eq!(a.await.unwrap(), Err(ReplicaError::Dropped));
+    let eb = t.proposal(1);
+    assert_eq!(eb.index(), LogIndex(1));
+    t.push(Ready {
+        entries: vec![eb.clone()],
+        committed: vec![eb],
+        ..ready()
+    });
+    t.kick().await;
+    assert_eq!(b.await.unwrap(), Ok(Bytes::from_static(b"ok:b")));
+    let st = t.h.status().await.unwrap();
+    assert_eq!(
+        (st.stats.proposals_committed, st.stats.proposals_dropped),
+        (1, 1)
+    );
+    t.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn untagged_entries_are_applied_raw() {
     let mut t = Rig::new(config());
     let raw = Entry {
