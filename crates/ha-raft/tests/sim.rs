@@ -6,7 +6,8 @@
 //! committed entries; at the end, linearizability of the KV history and
 //! progress once faults heal.
 //!
-//! The default run is sized for CI on two cores. More seeds:
+//! The default run (150 seeds, about 85 s of CPU in a debug build) is
+//! sized for CI on two cores. More seeds:
 //! `HA_RAFT_SIM_SEEDS=10000 cargo test -p ha-raft --release --test sim`
 //! (the number is per scenario; `HA_RAFT_SIM_BASE=n` shifts the seed
 //! range); a failing seed is printed with its trace
@@ -120,7 +121,7 @@ fn sim_three_nodes_with_partitions_crashes_and_pauses() {
         nemesis: faults(),
         ..SimConfig::default()
     };
-    run("3", raft_config(), &sim, seeds(40));
+    run("3", raft_config(), &sim, seeds(50));
 }
 
 #[test]
@@ -130,7 +131,7 @@ fn sim_five_nodes_with_partitions_crashes_and_pauses() {
         nemesis: faults(),
         ..SimConfig::default()
     };
-    run("5", raft_config(), &sim, seeds(20));
+    run("5", raft_config(), &sim, seeds(25));
 }
 
 #[test]
@@ -145,7 +146,7 @@ fn sim_membership_changes_and_leader_transfers() {
         },
         ..SimConfig::default()
     };
-    run("membership", raft_config(), &sim, seeds(30));
+    run("membership", raft_config(), &sim, seeds(40));
 }
 
 #[test]
@@ -165,7 +166,7 @@ fn sim_snapshots_and_lease_reads() {
         lease_drift_margin_ms: 20,
         ..raft_config()
     };
-    run("snapshots", cfg, &sim, seeds(20));
+    run("snapshots", cfg, &sim, seeds(25));
 }
 
 #[test]
