@@ -1016,8 +1016,15 @@ mod tests {
 
     /// Opens the store's DB directly, as a tool (or a disk fault) would.
     fn raw_db(path: &Path) -> DB {
-        let opts = Options::default();
-        DB::open_cf(&opts, path, [CF_LOG, CF_META, CF_SM]).expect("raw open")
+        // Uncompressed, as the store writes, so the test can find values
+        // in table files.
+        let cf_opts = || {
+            let mut o = Options::default();
+            o.set_compression_type(DBCompressionType::None);
+            o
+        };
+        let cfs = [CF_LOG, CF_META, CF_SM].map(|n| ColumnFamilyDescriptor::new(n, cf_opts()));
+        DB::open_cf_descriptors(&cf_opts(), path, cfs).expect("raw open")
     }
 
     fn raw_put(path: &Path, cf: &str, key: &[u8], value: &[u8]) {
@@ -1250,9 +1257,9 @@ mod tests {
         s.write(G, LogWrite::append(vec![ent(1, 1)]))
             .expect("append");
         drop(s);
-        // 12 bytes with group 1's prefix sorts inside group 1's key range.
-        let mut key = G.0.to_be_bytes().to_vec();
-        key.extend_from_slice(&[0, 0, 0, 9]);
+        // 17 bytes with group 1's prefix sorts between indexes 5 and 6.
+        let mut key = log_key(G, LogIndex(5)).to_vec();
+        key.push(0xaa);
         raw_put(dir.path(), CF_LOG, &key, &codec::encode(&ent(9, 1)));
         let s = open(&dir);
         let r = s.entries(G, LogIndex(0)..LogIndex(100));
@@ -1300,7 +1307,11 @@ mod tests {
                 }
             }
         }
-        assert!(flipped > 0, "no table file held the entries");
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("readdir")
+            .filter_map(|f| f.ok().map(|f| f.file_name()))
+            .collect();
+        assert!(flipped > 0, "no table file held the entries: {files:?}");
         match RocksLogStore::open(dir.path(), RocksOptions::default()) {
             // Refusing to open a corrupt DB is a clear error too.
             Err(e) => assert!(matches!(e, StorageError::Engine(_)), "{e:?}"),
