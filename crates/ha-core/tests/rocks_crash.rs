@@ -29,8 +29,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ha_core::storage::{LogStore, LogWrite, RocksLogStore, RocksOptions};
 use ha_core::{Entry, EntryPayload, GroupId, HardState, LogId, LogIndex, Term};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 /// Set in the child: the store directory.
 const CHILD_DIR_ENV: &str = "HA_CRASH_CHILD_DIR";
@@ -59,6 +57,17 @@ fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// Kill-timing randomness: SplitMix64 over a counter (no dependency, and a
+/// seed replays a run's timing).
+struct KillRng(u64);
+
+impl KillRng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(1);
+        mix(self.0) % n.max(1)
+    }
 }
 
 /// The payload of entry `index` written at `version` of group `g`: length and
@@ -311,7 +320,7 @@ fn rocks_log_store_survives_sigkill() {
                 .map_or(1, |d| d.as_nanos() as u64)
         });
     eprintln!("rocks crash test: {kills} kills, HA_CRASH_SEED={seed}");
-    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut rng = KillRng(seed);
     let exe = std::env::current_exe().expect("test binary path");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut models: Vec<Model> = (0..GROUPS).map(Model::new).collect();
@@ -340,15 +349,17 @@ fn rocks_log_store_survives_sigkill() {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let mut parts = line.split_whitespace();
-                let parsed = match parts.next() {
-                    Some("READY") => Some(Line::Ready),
-                    Some("SYNCED") => {
-                        let g = parts.next().and_then(|v| v.parse().ok());
-                        let v = parts.next().and_then(|v| v.parse().ok());
-                        g.zip(v).map(|(g, v)| Line::Synced(g, v))
-                    }
-                    _ => None,
+                // libtest prints "test crash_child ... " before the first
+                // line of the child, so markers are searched, not anchored.
+                let parsed = if line.ends_with("READY") {
+                    Some(Line::Ready)
+                } else if let Some(at) = line.find("SYNCED ") {
+                    let mut parts = line[at..].split_whitespace().skip(1);
+                    let g = parts.next().and_then(|v| v.parse().ok());
+                    let v = parts.next().and_then(|v| v.parse().ok());
+                    g.zip(v).map(|(g, v)| Line::Synced(g, v))
+                } else {
+                    None
                 };
                 if let Some(p) = parsed
                     && tx.send(p).is_err()
@@ -364,9 +375,9 @@ fn rocks_log_store_survives_sigkill() {
         });
 
         let mut lines: Vec<Line> = Vec::new();
-        if rng.random_bool(0.25) {
+        if rng.below(4) == 0 {
             // Kill anywhere from start-up through recovery into writing.
-            std::thread::sleep(Duration::from_millis(rng.random_range(0..60)));
+            std::thread::sleep(Duration::from_millis(rng.below(60)));
         } else {
             let deadline = Instant::now() + Duration::from_millis(READY_TIMEOUT_MS);
             loop {
@@ -382,7 +393,7 @@ fn rocks_log_store_survives_sigkill() {
                     }
                 }
             }
-            std::thread::sleep(Duration::from_millis(rng.random_range(0..40)));
+            std::thread::sleep(Duration::from_millis(rng.below(40)));
         }
         if let Ok(Some(status)) = child.try_wait()
             && !status.success()
