@@ -1,7 +1,9 @@
 //! `cargo xtask`: the workspace's chores.
 //!
-//! - `cargo xtask test` — format check, clippy with `-D warnings`, the
-//!   "ha-core builds without RocksDB" check, and every test of the workspace
+//! - `cargo xtask test` — format check, the dependency rules of the crate
+//!   map (ha-core without features builds no RocksDB and no tokio; ha-raft
+//!   pulls no tokio, quinn, RocksDB or OS entropy), clippy with
+//!   `-D warnings`, and every test of the workspace
 //!   (all features). This is the command `.ci/run` runs.
 //! - `cargo xtask test --quick` — the same without fmt/clippy.
 //! - `cargo xtask demo [ARGS]` — the runnable example until `ha-node` serves:
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
         Some("test") => setup().and_then(|()| test(&args[1..])),
         Some("demo") => setup().and_then(|()| demo(&args[1..])),
         Some("setup") => setup(),
+        Some("deps") => dependency_rules(),
         Some("-h") | Some("--help") | None => {
             print_help();
             Ok(())
@@ -48,8 +51,9 @@ fn print_help() {
     println!(
         "cargo xtask <command>\n\n\
          commands:\n  \
-         test [--quick]   fmt check, clippy -D warnings, no-RocksDB check, all tests\n                   (--quick: tests only)\n  \
+         test [--quick]   fmt check, dependency rules, clippy -D warnings, all tests\n                   (--quick: tests only)\n  \
          demo [ARGS]      durable single-node replicated KV on RocksDB (example kv_solo);\n                   ARGS go to the example, e.g. --dir ./ha-data --ops 20000 --clients 64\n  \
+         deps             check the dependency rules of the crate map\n  \
          setup            install the system packages the build needs (libclang)\n"
     );
 }
@@ -83,7 +87,7 @@ fn test(args: &[String]) -> Result<()> {
     let started = Instant::now();
     if !quick {
         run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
-        no_rocksdb_without_feature()?;
+        dependency_rules()?;
         run(
             "clippy",
             cargo().args([
@@ -108,34 +112,48 @@ fn test(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `ha-core` without features must not pull RocksDB's C++ build.
-fn no_rocksdb_without_feature() -> Result<()> {
-    let step = "ha-core without `rocksdb` has no librocksdb-sys";
-    eprintln!("xtask: ── {step}");
-    let out = cargo()
-        .args([
-            "tree",
-            "-p",
+/// Dependency rules the crate map promises (ARCHITECTURE.md), checked on
+/// the resolved normal + build dependency graph:
+/// - `ha-core` without features builds no RocksDB and no async runtime;
+/// - the protocol crates pull in no async runtime, network stack, storage
+///   engine or OS entropy.
+fn dependency_rules() -> Result<()> {
+    let rules: [(&str, &[&str], &[&str]); 2] = [
+        (
             "ha-core",
-            "--no-default-features",
-            "--edges",
-            "normal,build",
-            "--prefix",
-            "none",
-        ])
-        .output()
-        .context("cannot run cargo tree")?;
-    if !out.status.success() {
-        bail!(
-            "cargo tree failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            &["--no-default-features"],
+            &["librocksdb-sys", "tokio"],
+        ),
+        (
+            "ha-raft",
+            &[],
+            &["tokio", "quinn", "librocksdb-sys", "getrandom"],
+        ),
+    ];
+    for (package, flags, forbidden) in rules {
+        let step = format!("dependency rules for {package} {}", flags.join(" "));
+        eprintln!("xtask: ── {step}");
+        let out = cargo()
+            .args(["tree", "-p", package])
+            .args(flags)
+            .args(["--edges", "normal,build", "--prefix", "none"])
+            .output()
+            .context("cannot run cargo tree")?;
+        if !out.status.success() {
+            bail!(
+                "cargo tree failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let tree = String::from_utf8_lossy(&out.stdout);
+        for line in tree.lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if forbidden.contains(&name) {
+                bail!("{package} {} must not depend on `{line}`", flags.join(" "));
+            }
+        }
+        eprintln!("xtask: ── {step}: ok");
     }
-    let tree = String::from_utf8_lossy(&out.stdout);
-    if let Some(line) = tree.lines().find(|l| l.starts_with("librocksdb-sys")) {
-        bail!("ha-core --no-default-features depends on `{line}`");
-    }
-    eprintln!("xtask: ── {step}: ok");
     Ok(())
 }
 

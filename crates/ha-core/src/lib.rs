@@ -16,6 +16,7 @@ pub mod codec;
 pub mod consensus;
 pub mod kv;
 pub mod placement;
+#[cfg(feature = "driver")]
 pub mod replica;
 pub mod request;
 pub mod solo;

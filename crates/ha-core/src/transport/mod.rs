@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{GroupId, NodeId};
 
+#[cfg(feature = "driver")]
 pub mod mem;
+#[cfg(feature = "driver")]
 pub use mem::{MemNetwork, MemNetworkConfig, MemNetworkError, MemTransport};
 
 /// What a frame carries; transports may route kinds over different streams
