@@ -735,6 +735,32 @@ impl LogStore for RocksLogStore {
         Ok(read.entries)
     }
 
+    /// A point lookup (no iterator); also reaches index `u64::MAX`.
+    fn entry(&self, group: GroupId, index: LogIndex) -> StorageResult<Option<Entry>> {
+        self.check_open()?;
+        let Some(v) = self
+            .db
+            .get_pinned_cf(self.cf(CF_LOG)?, log_key(group, index))
+            .map_err(engine)?
+        else {
+            return Ok(None);
+        };
+        let entry: Entry = codec::decode(&v).map_err(|source| StorageError::Corrupt {
+            what: "log entry",
+            group,
+            index: Some(index),
+            source,
+        })?;
+        if entry.index() != index {
+            return Err(StorageError::Misplaced {
+                group,
+                key: index,
+                found: entry.index(),
+            });
+        }
+        Ok(Some(entry))
+    }
+
     fn bounds(&self, group: GroupId) -> StorageResult<Option<(LogIndex, LogIndex)>> {
         self.check_open()?;
         let mut ro = ReadOptions::default();
@@ -1399,6 +1425,7 @@ mod tests {
         s.write(G, LogWrite::append(vec![ent(1, 1), ent(u64::MAX, 1)]))
             .expect("append");
         assert_eq!(s.bounds(G).ok(), Some(Some((LogIndex(1), max))));
+        assert_eq!(s.entry(G, max).ok(), Some(Some(ent(u64::MAX, 1))));
         assert_eq!(s.entry(G, LogIndex(u64::MAX - 1)).ok(), Some(None));
         s.write(
             G,
