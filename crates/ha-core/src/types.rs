@@ -71,9 +71,11 @@ id_type!(
 );
 
 impl LogIndex {
-    /// The next index.
+    /// The next index, saturating at `u64::MAX` (a log never gets there:
+    /// it would take 2^64 entries; saturating keeps a hostile index from
+    /// a peer or a corrupt store from panicking range arithmetic).
     pub const fn next(self) -> Self {
-        Self(self.0 + 1)
+        Self(self.0.saturating_add(1))
     }
     /// The previous index, saturating at 0.
     pub const fn prev(self) -> Self {
@@ -336,6 +338,13 @@ mod tests {
         let m2 = Membership::new([NodeId(1), NodeId(2), NodeId(3), NodeId(4)]);
         // 4 voters need 3: values 5,3,9,1 -> sorted desc 9,5,3,1 -> 3
         assert_eq!(m2.quorum_min(|n| [0, 5, 3, 9, 1][n.0 as usize]), 3);
+    }
+
+    #[test]
+    fn next_saturates_instead_of_overflowing() {
+        assert_eq!(LogIndex(u64::MAX).next(), LogIndex(u64::MAX));
+        assert_eq!(LogIndex(7).next(), LogIndex(8));
+        assert_eq!(LogIndex(0).prev(), LogIndex(0));
     }
 
     #[test]
