@@ -8,6 +8,8 @@
 //! - `cargo xtask test --quick` — the same without fmt/clippy.
 //! - `cargo xtask demo [ARGS]` — the runnable example until `ha-node` serves:
 //!   a durable single-node replicated KV on RocksDB (see the README).
+//! - `cargo xtask sim --protocol raft --seeds N [--base B]` — the protocol's
+//!   simulator suite over N seeds per scenario (release build).
 //! - `cargo xtask setup` — only the system-package step the others run first.
 //!
 //! Every command first makes sure the system packages the build needs are
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         Some("demo") => setup().and_then(|()| demo(&args[1..])),
         Some("setup") => setup(),
         Some("deps") => dependency_rules(),
+        Some("sim") => sim(&args[1..]),
         Some("-h") | Some("--help") | None => {
             print_help();
             Ok(())
@@ -54,6 +57,7 @@ fn print_help() {
          test [--quick]   fmt check, dependency rules, clippy -D warnings, all tests\n                   (--quick: tests only)\n  \
          demo [ARGS]      durable single-node replicated KV on RocksDB (example kv_solo);\n                   ARGS go to the example, e.g. --dir ./ha-data --ops 20000 --clients 64\n  \
          deps             check the dependency rules of the crate map\n  \
+         sim [--protocol raft] [--seeds N] [--base B]\n                   run the deterministic simulator suite over more seeds\n                   (release build; prints the failing seed and its trace)\n  \
          setup            install the system packages the build needs (libclang)\n"
     );
 }
@@ -237,4 +241,53 @@ fn libclang_present() -> bool {
                 .any(|e| scan(&e.path().join("lib")))
         })
         .unwrap_or(false)
+}
+
+/// `cargo xtask sim`: the simulator suite of a protocol over more seeds.
+fn sim(args: &[String]) -> Result<()> {
+    let mut protocol = "raft".to_string();
+    let mut seeds: u64 = 1000;
+    let mut base: Option<u64> = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--protocol" => protocol = value("--protocol")?,
+            "--seeds" => {
+                seeds = value("--seeds")?
+                    .parse()
+                    .context("--seeds takes a whole number")?
+            }
+            "--base" => {
+                base = Some(
+                    value("--base")?
+                        .parse()
+                        .context("--base takes a whole number")?,
+                )
+            }
+            other => bail!("unknown option `{other}` for `cargo xtask sim`"),
+        }
+    }
+    if seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    let (package, test, seeds_var, base_var) = match protocol.as_str() {
+        "raft" => ("ha-raft", "sim", "HA_RAFT_SIM_SEEDS", "HA_RAFT_SIM_BASE"),
+        "paxos" => bail!("ha-paxos is not built yet (issue 10); only `raft` can be simulated"),
+        other => bail!("unknown protocol `{other}` (known: raft)"),
+    };
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "-p", package, "--test", test])
+        .env(seeds_var, seeds.to_string());
+    if let Some(b) = base {
+        cmd.env(base_var, b.to_string());
+    }
+    run(
+        &format!("sim {protocol}, {seeds} seeds per scenario"),
+        &mut cmd,
+    )
 }
