@@ -121,10 +121,7 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// The entry at `index`, if present.
     fn entry(&self, group: GroupId, index: LogIndex) -> StorageResult<Option<Entry>> {
-        Ok(self
-            .entries(group, index..index.next())?
-            .into_iter()
-            .next())
+        Ok(self.entries(group, index..index.next())?.into_iter().next())
     }
 
     /// Lowest and highest stored entry index, or `None` when the log is empty.
