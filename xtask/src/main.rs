@@ -3,7 +3,8 @@
 //! - `cargo xtask test` — format check, the dependency rules of the crate
 //!   map (ha-core without features builds no RocksDB and no tokio; ha-raft
 //!   pulls no tokio, quinn, RocksDB or OS entropy), clippy with
-//!   `-D warnings`, and every test of the workspace
+//!   `-D warnings`, every test of the workspace, and the test kit's
+//!   10,000-seed run of its correct toy protocol in a release build
 //!   (all features). This is the command `.ci/run` runs.
 //! - `cargo xtask test --quick` — the same without fmt/clippy.
 //! - `cargo xtask demo [ARGS]` — the runnable example until `ha-node` serves:
@@ -108,6 +109,25 @@ fn test(args: &[String]) -> Result<()> {
     run(
         "tests",
         cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]),
+    )?;
+    // The test kit's acceptance bar is 10,000 seeds of the correct toy
+    // protocol; that fits CI only in an optimised build (~35 s).
+    run(
+        "testkit: correct toy protocol over 10,000 seeds (release)",
+        cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "ha-core",
+                "--features",
+                "testkit",
+                "--test",
+                "testkit_sim",
+                "--",
+                "correct_toy",
+            ])
+            .env("HA_SIM_SEEDS", "10000"),
     )?;
     eprintln!(
         "xtask: all checks passed in {:.1}s",
