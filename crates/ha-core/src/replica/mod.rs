@@ -338,6 +338,15 @@ impl Drop for Permit {
 
 /// Where one request's answer goes; holds the request's slot until answered
 /// or dropped (a dropped reply reads as [`ReplicaError::Shutdown`]).
+/// Which bounded slot pool a handle call takes from.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// `max_pending_proposals`: proposals, membership changes, transfers.
+    Proposals,
+    /// `max_inflight_reads`.
+    Reads,
+}
+
 pub(crate) struct Reply<T> {
     tx: oneshot::Sender<Result<T, ReplicaError>>,
     _permit: Permit,
@@ -412,6 +421,39 @@ fn queue_error<T>(e: mpsc::error::TrySendError<T>, what: &str) -> ReplicaError {
 }
 
 impl<S: StateMachine> ReplicaHandle<S> {
+    /// Takes a slot of the bounded `limit` (`Busy` when none is free),
+    /// sends the command `make` builds around its reply, and waits for the
+    /// answer (`Shutdown` if the driver stops first).
+    async fn call<T>(
+        &self,
+        limit: Limit,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, ReplicaError> {
+        let (counter, max, what) = match limit {
+            Limit::Proposals => (
+                &self.shared.pending_proposals,
+                self.shared.max_pending_proposals,
+                "max_pending_proposals reached",
+            ),
+            Limit::Reads => (
+                &self.shared.inflight_reads,
+                self.shared.max_inflight_reads,
+                "max_inflight_reads reached",
+            ),
+        };
+        let permit =
+            Permit::acquire(counter, max).ok_or_else(|| ReplicaError::Busy(what.into()))?;
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply {
+            tx,
+            _permit: permit,
+        };
+        self.cmd_tx
+            .try_send(make(reply))
+            .map_err(|e| queue_error(e, "command"))?;
+        rx.await.unwrap_or(Err(ReplicaError::Shutdown))
+    }
+
     /// Proposes `data` and waits until it is committed and applied; returns
     /// the state machine's response.
     ///
@@ -425,37 +467,16 @@ impl<S: StateMachine> ReplicaHandle<S> {
                 max_bytes: self.shared.max_proposal_bytes,
             });
         }
-        let permit = Permit::acquire(
-            &self.shared.pending_proposals,
-            self.shared.max_pending_proposals,
-        )
-        .ok_or_else(|| ReplicaError::Busy("max_pending_proposals reached".into()))?;
-        let (tx, rx) = oneshot::channel();
-        let reply = Reply {
-            tx,
-            _permit: permit,
-        };
-        self.cmd_tx
-            .try_send(Command::Propose { data, reply })
-            .map_err(|e| queue_error(e, "command"))?;
-        rx.await.unwrap_or(Err(ReplicaError::Shutdown))
+        self.call(Limit::Proposals, |reply| Command::Propose { data, reply })
+            .await
     }
 
     /// Linearizable read barrier: resolves with an index once the state
     /// machine has applied it; state read afterwards reflects every write
     /// acknowledged before this call.
     pub async fn read_index(&self) -> Result<LogIndex, ReplicaError> {
-        let permit = Permit::acquire(&self.shared.inflight_reads, self.shared.max_inflight_reads)
-            .ok_or_else(|| ReplicaError::Busy("max_inflight_reads reached".into()))?;
-        let (tx, rx) = oneshot::channel();
-        let reply = Reply {
-            tx,
-            _permit: permit,
-        };
-        self.cmd_tx
-            .try_send(Command::Read { reply })
-            .map_err(|e| queue_error(e, "command"))?;
-        rx.await.unwrap_or(Err(ReplicaError::Shutdown))
+        self.call(Limit::Reads, |reply| Command::Read { reply })
+            .await
     }
 
     /// Runs `f` on the state machine, on the apply task, between batches.
@@ -492,40 +513,22 @@ impl<S: StateMachine> ReplicaHandle<S> {
     /// against [`ReplicaConfig::max_pending_proposals`]. If another entry is
     /// committed at its index the answer is [`ReplicaError::Dropped`].
     pub async fn change_membership(&self, change: MembershipChange) -> Result<LogId, ReplicaError> {
-        let permit = Permit::acquire(
-            &self.shared.pending_proposals,
-            self.shared.max_pending_proposals,
-        )
-        .ok_or_else(|| ReplicaError::Busy("max_pending_proposals reached".into()))?;
-        let (tx, rx) = oneshot::channel();
-        let reply = Reply {
-            tx,
-            _permit: permit,
-        };
-        self.cmd_tx
-            .try_send(Command::ChangeMembership { change, reply })
-            .map_err(|e| queue_error(e, "command"))?;
-        rx.await.unwrap_or(Err(ReplicaError::Shutdown))
+        self.call(Limit::Proposals, |reply| Command::ChangeMembership {
+            change,
+            reply,
+        })
+        .await
     }
 
     /// Asks the leader to hand leadership to `to`. Resolves once the
     /// protocol accepted the request (not when the transfer completes: watch
     /// [`status`](Self::status)).
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ReplicaError> {
-        let permit = Permit::acquire(
-            &self.shared.pending_proposals,
-            self.shared.max_pending_proposals,
-        )
-        .ok_or_else(|| ReplicaError::Busy("max_pending_proposals reached".into()))?;
-        let (tx, rx) = oneshot::channel();
-        let reply = Reply {
-            tx,
-            _permit: permit,
-        };
-        self.cmd_tx
-            .try_send(Command::TransferLeader { to, reply })
-            .map_err(|e| queue_error(e, "command"))?;
-        rx.await.unwrap_or(Err(ReplicaError::Shutdown))
+        self.call(Limit::Proposals, |reply| Command::TransferLeader {
+            to,
+            reply,
+        })
+        .await
     }
 
     /// The protocol's status and the driver's counters.
