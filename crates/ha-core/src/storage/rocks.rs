@@ -624,20 +624,7 @@ impl RocksLogStore {
                 });
             }
             bytes += value.len();
-            let entry: Entry = codec::decode(value).map_err(|source| StorageError::Corrupt {
-                what: "log entry",
-                group,
-                index: Some(index),
-                source,
-            })?;
-            if entry.index() != index {
-                return Err(StorageError::Misplaced {
-                    group,
-                    key: index,
-                    found: entry.index(),
-                });
-            }
-            out.push(entry);
+            out.push(decode_entry(group, index, value)?);
             it.next();
         }
         it.status().map_err(engine)?;
@@ -745,19 +732,7 @@ impl LogStore for RocksLogStore {
         else {
             return Ok(None);
         };
-        let entry: Entry = codec::decode(&v).map_err(|source| StorageError::Corrupt {
-            what: "log entry",
-            group,
-            index: Some(index),
-            source,
-        })?;
-        if entry.index() != index {
-            return Err(StorageError::Misplaced {
-                group,
-                key: index,
-                found: entry.index(),
-            });
-        }
+        let entry = decode_entry(group, index, &v)?;
         Ok(Some(entry))
     }
 
@@ -852,6 +827,25 @@ impl LogStore for RocksLogStore {
 /// The writer thread: takes every waiting request (within the batch limits),
 /// commits them as one batch and answers each. Ends when every sender is
 /// gone and the queue is empty.
+/// Decodes the log value stored under `(group, index)`: checksum and format
+/// errors are `Corrupt`, an entry claiming another index is `Misplaced`.
+fn decode_entry(group: GroupId, index: LogIndex, value: &[u8]) -> StorageResult<Entry> {
+    let entry: Entry = codec::decode(value).map_err(|source| StorageError::Corrupt {
+        what: "log entry",
+        group,
+        index: Some(index),
+        source,
+    })?;
+    if entry.index() != index {
+        return Err(StorageError::Misplaced {
+            group,
+            key: index,
+            found: entry.index(),
+        });
+    }
+    Ok(entry)
+}
+
 fn run_writer(db: &DB, rx: &Receiver<Request>, shared: &Shared, limits: (usize, usize)) {
     let (max_writes, max_bytes) = limits;
     let mut carried: Option<Request> = None;
