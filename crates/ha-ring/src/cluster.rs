@@ -321,16 +321,7 @@ impl Cluster {
 
     /// Checks a replication factor against this cluster.
     pub fn check_replicas(&self, replicas: usize) -> Result<(), RingError> {
-        if replicas == 0 {
-            return Err(RingError::ZeroReplicas);
-        }
-        if replicas > MAX_REPLICAS {
-            return Err(RingError::LimitExceeded {
-                what: "replication factor",
-                value: replicas as u64,
-                max: MAX_REPLICAS as u64,
-            });
-        }
+        check_replication_factor(replicas)?;
         if replicas > self.len() {
             return Err(RingError::NotEnoughNodes {
                 replicas,
@@ -425,6 +416,22 @@ where
     out.clear();
     out.extend(picked.iter().map(|&(_, n)| cluster.ids[n]));
     complete
+}
+
+/// Checks that a replication factor is in `1..=MAX_REPLICAS`, independent
+/// of any cluster's size.
+pub(crate) fn check_replication_factor(replicas: usize) -> Result<(), RingError> {
+    if replicas == 0 {
+        return Err(RingError::ZeroReplicas);
+    }
+    if replicas > MAX_REPLICAS {
+        return Err(RingError::LimitExceeded {
+            what: "replication factor",
+            value: replicas as u64,
+            max: MAX_REPLICAS as u64,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

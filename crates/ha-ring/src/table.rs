@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ha_core::{GroupId, NodeId};
 
-use crate::cluster::{Cluster, MAX_REPLICAS, RingError};
+use crate::cluster::{Cluster, RingError, check_replication_factor};
 use crate::hash::HashFn;
 use crate::movement::{MovePlan, plan};
 use crate::rendezvous::Rendezvous;
@@ -113,16 +113,7 @@ impl ShardTable {
         replicas: usize,
         shards: BTreeMap<GroupId, Vec<NodeId>>,
     ) -> Result<Self, RingError> {
-        if replicas == 0 {
-            return Err(RingError::ZeroReplicas);
-        }
-        if replicas > MAX_REPLICAS {
-            return Err(RingError::LimitExceeded {
-                what: "replication factor",
-                value: replicas as u64,
-                max: MAX_REPLICAS as u64,
-            });
-        }
+        check_replication_factor(replicas)?;
         if shards.is_empty() {
             return Err(RingError::InvalidParameter(
                 "a table needs at least one shard".into(),
