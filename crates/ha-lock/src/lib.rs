@@ -1,6 +1,10 @@
 //! # ha-lock
 //!
-//! The coordination state machine: MVCC keys, leases, fair locks with fencing tokens, optimistic CAS, elections, watches (issue 7: not built yet).
-//!
-//! This crate is an empty placeholder in the workspace so that the crate map
-//! and dependency direction are fixed from the start; it exports nothing yet.
+//! The coordination state machine: MVCC keys, leases, fair locks with
+//! fencing tokens, optimistic CAS, elections and watch events, as a
+//! deterministic `ha_core::StateMachine` (work in progress: the public API
+//! in [`api`] is fixed; the machine follows).
+
+#![forbid(unsafe_code)]
+
+pub mod api;
