@@ -2,9 +2,15 @@
 //!
 //! The coordination state machine: MVCC keys, leases, fair locks with
 //! fencing tokens, optimistic CAS, elections and watch events, as a
-//! deterministic `ha_core::StateMachine` (work in progress: the public API
-//! in [`api`] is fixed; the machine follows).
+//! deterministic `ha_core::StateMachine`.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod machine;
+mod store;
+
+pub use machine::{EventSink, LockMachine};
+
+#[cfg(test)]
+mod tests;
