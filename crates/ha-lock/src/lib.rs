@@ -7,9 +7,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod lessor;
 mod machine;
 mod store;
 
+pub use lessor::{DEFAULT_CHECKPOINT_BATCH, DEFAULT_MAX_EXPIRES_PER_TICK, Lessor};
 pub use machine::{EventSink, LockMachine};
 
 #[cfg(test)]
