@@ -9,6 +9,8 @@
 pub mod api;
 mod lessor;
 mod machine;
+#[cfg(feature = "rocksdb")]
+mod rocks;
 mod store;
 
 pub use lessor::{DEFAULT_CHECKPOINT_BATCH, DEFAULT_MAX_EXPIRES_PER_TICK, Lessor};
