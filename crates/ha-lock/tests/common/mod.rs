@@ -341,7 +341,10 @@ impl Work<'_> {
 }
 
 /// etcd's duplicate-key rule, written as sets: returns (puts, deletes).
-fn dup_check(ops: &[RequestOp]) -> Result<(BTreeSet<Bytes>, Vec<(Bytes, Bytes)>), LockError> {
+/// Puts and delete ranges of a branch.
+type Writes = (BTreeSet<Bytes>, Vec<(Bytes, Bytes)>);
+
+fn dup_check(ops: &[RequestOp]) -> Result<Writes, LockError> {
     let mut dels: Vec<(Bytes, Bytes)> = Vec::new();
     for op in ops {
         if let RequestOp::DeleteRange(d) = op {
@@ -457,7 +460,7 @@ impl Model {
         match order {
             SortOrder::None => {}
             SortOrder::Ascend => kvs.sort_by_key(|kv| target(kv)),
-            SortOrder::Descend => kvs.sort_by(|a, b| target(b).cmp(&target(a))),
+            SortOrder::Descend => kvs.sort_by_key(|kv| std::cmp::Reverse(target(kv))),
         }
         if r.limit > 0 {
             kvs.truncate(r.limit as usize);
