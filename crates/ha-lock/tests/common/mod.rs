@@ -607,3 +607,30 @@ pub fn all_keys() -> RangeRequest {
         ..Default::default()
     }
 }
+
+fn name() -> impl Strategy<Value = Bytes> {
+    proptest::sample::select(&["l1", "l2"][..]).prop_map(|n| Bytes::from_static(n.as_bytes()))
+}
+
+/// Every command kind, including locks, elections and machine-picked lease
+/// ids (for tests that compare two machines, not machine and model).
+pub fn any_command() -> impl Strategy<Value = Command> {
+    let lease = 1i64..4;
+    prop_oneof![
+        10 => command(),
+        2 => (0i64..4).prop_map(|_| Command::LeaseGrant(LeaseGrantRequest { id: 0, ttl_ms: 500 })),
+        3 => (name(), lease.clone()).prop_map(|(name, lease)| Command::Lock { name, lease }),
+        2 => (name(), lease.clone()).prop_map(|(name, lease)| Command::Unlock { key: owner_key(&name, lease) }),
+        2 => (name(), lease.clone(), value()).prop_map(|(name, lease, value)| Command::Campaign { name, lease, value }),
+        1 => (name(), lease.clone(), 0i64..20, value()).prop_map(|(name, lease, rev, value)| Command::Proclaim {
+            leader: LeaderKey { key: owner_key(&name, lease), name, rev, lease },
+            value,
+        }),
+        1 => (name(), lease, 0i64..20).prop_map(|(name, lease, rev)| Command::Resign {
+            leader: LeaderKey { key: owner_key(&name, lease), name, rev, lease },
+        }),
+        1 => proptest::collection::vec((1i64..4, 0i64..2000), 0..4).prop_map(|v| Command::LeaseCheckpoint(
+            v.into_iter().map(|(id, remaining_ms)| LeaseCheckpoint { id, remaining_ms }).collect()
+        )),
+    ]
+}
