@@ -73,6 +73,9 @@ proptest! {
     }
 }
 
+/// A raw key/value pair of the DB.
+type KvPair = (Box<[u8]>, Box<[u8]>);
+
 #[test]
 fn corrupt_state_on_disk_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,7 +96,7 @@ fn corrupt_state_on_disk_is_an_error_not_a_panic() {
     // flip a byte in every value of group 3
     let mut prefix = 3u64.to_be_bytes().to_vec();
     prefix.push(2);
-    let entries: Vec<(Box<[u8]>, Box<[u8]>)> = db
+    let entries: Vec<KvPair> = db
         .prefix_iterator_cf(cf, &prefix)
         .map(|r| r.unwrap())
         .take_while(|(k, _)| k.starts_with(&prefix))
