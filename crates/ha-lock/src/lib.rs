@@ -101,6 +101,9 @@
 //!   the value only while the given `LeaderKey` (key + create revision) is
 //!   the leader (`NotLeader` otherwise); `Resign` deletes the key if it is
 //!   still that campaign (idempotent).
+//! * **Optimistic locking**: compare-and-swap on `mod_revision` or
+//!   `version` in a Txn; [`optimistic::update`] is the client-side
+//!   read-modify-write loop with bounded retries and capped backoff.
 //! * **Events**: every change yields an [`api::Event`] (with `prev_kv`),
 //!   pushed to the [`LockMachine::set_event_sink`] after the apply and
 //!   readable later with [`LockMachine::events_since`].
@@ -141,6 +144,7 @@
 pub mod api;
 mod lessor;
 mod machine;
+pub mod optimistic;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 mod store;
