@@ -69,3 +69,36 @@ proptest! {
         prop_assert_eq!(apply(&mut other, idx, &next), apply(&mut m, idx, &next));
     }
 }
+
+/// Snapshot chunks after the header (which carries `last_applied`).
+fn state_chunks(m: &mut LockMachine) -> Vec<bytes::Bytes> {
+    let mut s = ha_core::state_machine::StateMachine::snapshot(m).unwrap();
+    let mut out = Vec::new();
+    while let Some(c) = s.next_chunk().unwrap() {
+        out.push(c);
+    }
+    out.remove(0);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    /// Every command that fails (locks, elections, leases, txns included)
+    /// leaves revision, compact revision, keys, history and leases as they
+    /// were — byte for byte in the snapshot.
+    #[test]
+    fn errors_change_nothing(cmds in proptest::collection::vec(any_command(), 1..60)) {
+        let mut m = LockMachine::in_memory(Limits { max_value_bytes: 1, ..Limits::default() }).unwrap();
+        for (i, c) in cmds.iter().enumerate() {
+            let before = state_chunks(&mut m);
+            let (rev, compact) = (m.current_revision(), m.compact_revision());
+            let a = apply(&mut m, i as u64 + 1, c);
+            if a.result.is_err() {
+                prop_assert_eq!(a.revision, rev);
+                prop_assert_eq!((m.current_revision(), m.compact_revision()), (rev, compact));
+                prop_assert_eq!(state_chunks(&mut m), before, "{:?} -> {:?}", c, a.result);
+            }
+        }
+    }
+}
