@@ -133,6 +133,30 @@ impl Lessor {
         );
     }
 
+    /// Reconciles with the replicated lease table (e.g.
+    /// [`LockMachine::leases`](crate::LockMachine::leases) after applying):
+    /// leases this lessor does not know yet (granted through an entry
+    /// another leader proposed) start from their replicated remaining TTL;
+    /// leases no longer in the table are forgotten. Known leases keep their
+    /// deadlines. Call it regularly on the leader (every tick is fine: it
+    /// is linear in the number of leases), so no lease is ever left without
+    /// a deadline.
+    pub fn sync(&mut self, now_ms: u64, leases: &[LeaseStatus]) {
+        if !self.leader {
+            return;
+        }
+        let mut known = BTreeMap::new();
+        for l in leases {
+            let timer = self.timers.remove(&l.id).unwrap_or(Timer {
+                ttl_ms: l.ttl_ms,
+                deadline_ms: now_ms.saturating_add(l.remaining_ms.max(0) as u64),
+                expire_proposed_ms: None,
+            });
+            known.insert(l.id, timer);
+        }
+        self.timers = known;
+    }
+
     /// A lease was revoked or expired (applied): stop tracking it.
     pub fn forget(&mut self, id: i64) {
         self.timers.remove(&id);
@@ -282,6 +306,32 @@ mod tests {
                     .iter()
                     .all(|c| !matches!(c, Command::LeaseExpire { .. }))
         );
+    }
+
+    #[test]
+    fn sync_adopts_unknown_leases_and_drops_gone_ones() {
+        let mut l = Lessor::new(1_000);
+        l.become_leader(0, &[]);
+        l.keep_alive(1, 1_000, 0);
+        l.keep_alive(2, 1_000, 0);
+        // lease 3 was granted by an entry of the previous leader; 2 is gone
+        let table = [
+            LeaseStatus {
+                id: 1,
+                ttl_ms: 1_000,
+                remaining_ms: 1_000,
+            },
+            LeaseStatus {
+                id: 3,
+                ttl_ms: 5_000,
+                remaining_ms: 700,
+            },
+        ];
+        l.sync(500, &table);
+        assert_eq!(l.remaining_ms(1, 500), Some(500), "known deadline kept");
+        assert_eq!(l.remaining_ms(2, 500), None);
+        assert_eq!(l.remaining_ms(3, 500), Some(700));
+        assert!(l.tick(1_200).contains(&Command::LeaseExpire { id: 3 }));
     }
 
     #[test]

@@ -747,8 +747,15 @@ fn lock_is_fifo_with_increasing_tokens() {
         panic!()
     };
     assert!(t.succeeded);
+    assert_eq!(h.m.lock_status(b"job", l2).unwrap(), b2);
     // the owner's lease expires: the next waiter (FIFO) owns the lock
     h.ok(Command::LeaseExpire { id: l1 });
+    assert_eq!(
+        h.m.lock_status(b"job", l1),
+        Err(LockError::LeaseNotFound { id: l1 })
+    );
+    let now = h.m.lock_status(b"job", l2).unwrap();
+    assert!(now.acquired && now.token > a.token);
     let owner = h.m.lock_owner(b"job").unwrap();
     assert_eq!(owner.key, b2.key);
     assert!(owner.create_revision > a.token, "tokens grow");
