@@ -358,4 +358,64 @@ mod tests {
             "next checkpoint only after the interval"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+
+        /// Across keep-alives, checkpoints and failovers at random times, a
+        /// lease is never expired before its client's view of it ends (last
+        /// applied keep-alive + TTL), and the replicated remaining TTL never
+        /// exceeds the granted TTL.
+        #[test]
+        fn expiry_is_never_early(steps in proptest::collection::vec((1u64..300, 0u8..10), 1..200)) {
+            const TTL: i64 = 1_000;
+            const CP: u64 = 100;
+            let mut sm = H::new();
+            let mut lessor = Lessor::new(CP);
+            let mut now = 0u64;
+            lessor.become_leader(now, &sm.m.leases());
+            let Response::LeaseGrant(g) = sm.ok(Command::LeaseGrant(LeaseGrantRequest { id: 0, ttl_ms: TTL })) else {
+                panic!()
+            };
+            lessor.keep_alive(g.id, TTL, now);
+            let mut client_deadline = now + TTL as u64;
+            for (dt, action) in steps {
+                now += dt;
+                match action {
+                    0 | 1 => {
+                        // keep-alive (only while the lease lives)
+                        if sm.apply(Command::LeaseKeepAlive { id: g.id }).result.is_ok() {
+                            lessor.keep_alive(g.id, TTL, now);
+                            client_deadline = now + TTL as u64;
+                        }
+                    }
+                    2 => {
+                        // failover: the new leader starts from the replicated state
+                        lessor.step_down();
+                        now += dt; // the election takes a while
+                        lessor = Lessor::new(CP);
+                        lessor.become_leader(now, &sm.m.leases());
+                    }
+                    _ => {}
+                }
+                for c in lessor.tick(now) {
+                    if let Command::LeaseExpire { id } = c {
+                        proptest::prop_assert!(now >= client_deadline, "expired at {} before the client's deadline {}", now, client_deadline);
+                        if sm.apply(Command::LeaseExpire { id }).result.is_ok() {
+                            lessor.forget(id);
+                        }
+                    } else {
+                        sm.ok(c);
+                    }
+                }
+                let alive = sm.m.lease_time_to_live(g.id, false).ttl_ms >= 0;
+                if !alive {
+                    break;
+                }
+                // replicated remaining never exceeds what the client was promised
+                let left = sm.m.lease_time_to_live(g.id, false).ttl_ms;
+                proptest::prop_assert!(left <= TTL);
+            }
+        }
+    }
 }
