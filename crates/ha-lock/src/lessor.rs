@@ -382,12 +382,10 @@ mod tests {
             for (dt, action) in steps {
                 now += dt;
                 match action {
-                    0 | 1 => {
-                        // keep-alive (only while the lease lives)
-                        if sm.apply(Command::LeaseKeepAlive { id: g.id }).result.is_ok() {
-                            lessor.keep_alive(g.id, TTL, now);
-                            client_deadline = now + TTL as u64;
-                        }
+                    // keep-alive (succeeds only while the lease lives)
+                    0 | 1 if sm.apply(Command::LeaseKeepAlive { id: g.id }).result.is_ok() => {
+                        lessor.keep_alive(g.id, TTL, now);
+                        client_deadline = now + TTL as u64;
                     }
                     2 => {
                         // failover: the new leader starts from the replicated state
