@@ -12,6 +12,18 @@
 //! checkpoint is forgotten on failover: a lease may outlive its TTL by at
 //! most one checkpoint interval plus the failover time, never by a full TTL.
 //!
+//! Wiring it into a node (leader side only):
+//!
+//! 1. On becoming leader, after applying every committed entry:
+//!    `become_leader(now_ms, &machine.leases())`.
+//! 2. When a `LeaseGrant` or `LeaseKeepAlive` this leader proposed is
+//!    applied: `keep_alive(id, ttl_ms, now_ms)`; when a `LeaseRevoke` or
+//!    `LeaseExpire` is applied: `forget(id)`.
+//! 3. Every tick: `sync(now_ms, &machine.leases())` (adopts leases granted
+//!    by entries an earlier leader proposed, drops revoked ones), then
+//!    propose every command `tick(now_ms)` returns.
+//! 4. On losing leadership: `step_down()`.
+//!
 //! ```
 //! use ha_lock::Lessor;
 //! use ha_lock::api::{Command, LeaseCheckpoint, LeaseStatus};
