@@ -1120,6 +1120,21 @@ impl Paxos {
             self.nack(from, p.ballot);
             return;
         }
+        if p.from <= self.log_start {
+            // The candidate has not learned slots we already compacted: it
+            // cannot lead. Tell it so without promising, and without
+            // resetting our timer, so that a current node takes over.
+            let behind = Promise {
+                ballot: p.ballot,
+                from: p.from,
+                entries: Vec::new(),
+                next: None,
+                commit: self.commit,
+                log_start: self.log_start,
+            };
+            self.send(from, Message::Promise(behind));
+            return;
+        }
         if p.ballot > self.promised {
             let sticky = self.role == Role::Leader || self.now_ms < self.sticky_until_ms;
             if sticky && !p.transfer {
