@@ -111,6 +111,9 @@ pub mod message;
 mod paxos;
 pub mod rng;
 
+#[cfg(test)]
+mod tests;
+
 pub use config::{Config, ConfigError};
 pub use message::Message;
 pub use paxos::{Paxos, PaxosError};

@@ -1427,6 +1427,12 @@ impl Paxos {
         Ok(m)
     }
 
+    /// Starts phase 1 now, as on a leader transfer (tests only).
+    #[cfg(test)]
+    pub(crate) fn campaign_for_test(&mut self) {
+        self.start_campaign(true);
+    }
+
     fn hard_state(&self) -> HardState {
         HardState {
             term: self.promised,
