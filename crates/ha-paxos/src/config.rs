@@ -30,6 +30,25 @@ pub struct Config {
     /// How long a candidate waits for phase 1 to complete before it gives
     /// up and waits for a new randomized timeout.
     pub prepare_timeout_ms: Millis,
+    /// Serve reads from a leader lease, without a heartbeat round.
+    ///
+    /// **Clock assumption**: the lease lasts
+    /// `election_timeout_min_ms - lease_drift_margin_ms` from the moment the
+    /// leader began the heartbeat round a quorum acknowledged. Every
+    /// acknowledging acceptor refuses other candidates for
+    /// `election_timeout_min_ms` after it heard from the leader
+    /// (stickiness), so no other ballot can complete phase 1 before the
+    /// lease ends — provided that over that span no node's clock runs
+    /// slower than the leader's by more than `lease_drift_margin_ms`, and
+    /// that a paused process (GC, SIGSTOP, VM migration) resumes its clock
+    /// accordingly. The protocol judges the lease by the last time passed
+    /// to `tick`, so a driver that enables lease reads must `tick` with the
+    /// current time before each `read_index`. A leader transfer ends the
+    /// lease at once.
+    pub lease_read: bool,
+    /// Safety margin subtracted from the lease for clock drift between
+    /// nodes; see [`lease_read`](Self::lease_read).
+    pub lease_drift_margin_ms: Millis,
     /// At most this many Accept messages with entries in flight (sent, not
     /// acknowledged) to one follower.
     pub max_inflight_msgs: usize,
@@ -85,6 +104,8 @@ impl Default for Config {
             heartbeat_interval_ms: 100,
             accept_retransmit_ms: 500,
             prepare_timeout_ms: 1_000,
+            lease_read: false,
+            lease_drift_margin_ms: 100,
             max_inflight_msgs: 256,
             max_inflight_bytes: 32 << 20,
             max_entries_per_msg: 4_096,
@@ -125,6 +146,16 @@ pub enum ConfigError {
     HeartbeatTooSlow {
         /// Configured heartbeat interval.
         heartbeat: Millis,
+        /// Configured election timeout minimum.
+        min: Millis,
+    },
+    /// The lease margin leaves no lease.
+    #[error(
+        "lease_drift_margin_ms ({margin}) must be smaller than election_timeout_min_ms ({min})"
+    )]
+    LeaseMargin {
+        /// Configured margin.
+        margin: Millis,
         /// Configured election timeout minimum.
         min: Millis,
     },
@@ -187,6 +218,12 @@ impl Config {
         if self.heartbeat_interval_ms.saturating_mul(2) > self.election_timeout_min_ms {
             return Err(ConfigError::HeartbeatTooSlow {
                 heartbeat: self.heartbeat_interval_ms,
+                min: self.election_timeout_min_ms,
+            });
+        }
+        if self.lease_read && self.lease_drift_margin_ms >= self.election_timeout_min_ms {
+            return Err(ConfigError::LeaseMargin {
+                margin: self.lease_drift_margin_ms,
                 min: self.election_timeout_min_ms,
             });
         }
@@ -268,6 +305,12 @@ mod tests {
             c.validate(),
             Err(ConfigError::HeartbeatTooSlow { .. })
         ));
+        let c = Config {
+            lease_read: true,
+            lease_drift_margin_ms: 1_000,
+            ..Config::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::LeaseMargin { .. })));
         let c = Config {
             max_entries_per_msg: 100,
             max_recv_entries_per_msg: 10,

@@ -59,7 +59,7 @@
 //! | `Ready.entries` | accepted slots, possibly out of order |
 //! | `Ready.persisted_messages` | promises and acknowledgements |
 //! | `Role::Candidate` | phase 1 in progress |
-//! | `read_index` | quorum read: a heartbeat round acknowledged by a quorum |
+//! | `read_index` | quorum read (a heartbeat round acknowledged by a quorum), or a leader lease ([`Config::lease_read`], with its clock assumption) |
 //! | `transfer_leader` | the target runs phase 1 at once, bypassing stickiness |
 //!
 //! Unlike Raft, two logs that hold an entry with the same `LogId` need not
@@ -116,4 +116,4 @@ mod tests;
 
 pub use config::{Config, ConfigError};
 pub use message::Message;
-pub use paxos::{Paxos, PaxosError};
+pub use paxos::{Paxos, PaxosError, ROUND_HISTORY_MAX};

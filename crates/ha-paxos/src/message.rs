@@ -204,6 +204,24 @@ pub struct Accepted {
 /// A Multi-Paxos peer message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
+    /// Would-be candidate → acceptor: "would you promise this ballot?"
+    /// Answering changes nothing. Only with a quorum of yes does the node
+    /// run phase 1, so a node that cannot win (cut off, or behind the
+    /// others' snapshots) never raises anyone's promise and never deposes a
+    /// healthy leader.
+    PrePrepare(Prepare),
+    /// Acceptor → would-be candidate: the answer to a `PrePrepare`.
+    PrePromise {
+        /// The ballot asked about.
+        ballot: Term,
+        /// Whether the acceptor would promise it now: the ballot is above
+        /// its promise, it has not heard from a live leader within the
+        /// stickiness window, and the asker is not behind its snapshot.
+        granted: bool,
+        /// The acceptor's promised ballot (a refused asker picks its next
+        /// ballot above it).
+        promised: Term,
+    },
     /// Candidate → acceptor: phase 1a.
     Prepare(Prepare),
     /// Acceptor → candidate: phase 1b.

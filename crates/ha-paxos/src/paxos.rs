@@ -20,6 +20,11 @@ use crate::message::{
 };
 use crate::rng::SplitMix64;
 
+/// How many heartbeat rounds' start times a leader remembers for the lease.
+/// Older rounds are dropped first; a round that fell off only means the
+/// lease is not extended by it.
+pub const ROUND_HISTORY_MAX: usize = 1_024;
+
 /// Why a [`Paxos`] node could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PaxosError {
@@ -171,6 +176,11 @@ pub struct Paxos {
 
     // Candidate state.
     campaign: Option<Campaign>,
+    /// Pre-phase-1 round: the ballot asked about and the answers.
+    pre: Option<(Term, BTreeMap<NodeId, bool>)>,
+    /// Highest ballot heard of (promised by someone); our next ballot goes
+    /// above it.
+    max_ballot_seen: Term,
 
     // Leader state.
     peers: BTreeMap<NodeId, Peer>,
@@ -180,6 +190,10 @@ pub struct Paxos {
     /// Own slots durably accepted in our ballot.
     stable_index: LogIndex,
     round: u64,
+    round_starts: VecDeque<(u64, Millis)>,
+    lease_round: u64,
+    lease_until_ms: Millis,
+    lease_disabled: bool,
     heartbeat_due_ms: Millis,
     quorum_check_due_ms: Millis,
     heartbeat_pending: bool,
@@ -296,11 +310,17 @@ impl Paxos {
             run: (Term(0), LogIndex(0)),
             durable_promised: promised,
             campaign: None,
+            pre: None,
+            max_ballot_seen: promised,
             peers: BTreeMap::new(),
             recovery_end: LogIndex(0),
             uncommitted_bytes: 0,
             stable_index: LogIndex(0),
             round: 0,
+            round_starts: VecDeque::new(),
+            lease_round: 0,
+            lease_until_ms: 0,
+            lease_disabled: false,
             heartbeat_due_ms: 0,
             quorum_check_due_ms: 0,
             heartbeat_pending: false,
@@ -446,9 +466,14 @@ impl Paxos {
         self.append_pending = false;
         self.uncommitted_bytes = 0;
         self.campaign = None;
+        self.pre = None;
+        self.round_starts.clear();
+        self.lease_round = 0;
+        self.lease_until_ms = 0;
     }
 
     fn raise_promise(&mut self, b: Term) {
+        self.max_ballot_seen = self.max_ballot_seen.max(b);
         if b > self.promised {
             self.promised = b;
         }
@@ -492,13 +517,92 @@ impl Paxos {
         out
     }
 
+    /// A ballot of ours above every ballot we promised or heard of.
+    fn next_ballot(&self) -> Term {
+        let top = self.promised.max(self.max_ballot_seen);
+        ballot(ballot_round(top).saturating_add(1), self.id)
+    }
+
+    /// Asks the voters whether they would promise our next ballot; runs
+    /// phase 1 only with a quorum of yes (see [`Message::PrePrepare`]).
+    fn start_pre_campaign(&mut self) {
+        if !self.is_voter() || self.role == Role::Leader {
+            return;
+        }
+        self.reset_leader_state();
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.reset_election_timer();
+        let b = self.next_ballot();
+        let mut answers = BTreeMap::new();
+        answers.insert(self.id, true);
+        self.pre = Some((b, answers));
+        let req = Prepare {
+            ballot: b,
+            from: self.commit.next(),
+            transfer: false,
+        };
+        let mut voters = self.committed_membership().all_voters();
+        voters.extend(self.membership().all_voters());
+        for v in voters {
+            if v != self.id {
+                self.send(v, Message::PrePrepare(req));
+            }
+        }
+        self.check_pre_campaign();
+    }
+
+    fn check_pre_campaign(&mut self) {
+        let Some((_, answers)) = &self.pre else {
+            return;
+        };
+        let m = self.committed_membership();
+        let won = m.is_quorum(|n| answers.get(&n) == Some(&true));
+        let lost = m.is_quorum(|n| answers.get(&n) == Some(&false));
+        if won {
+            self.start_campaign(false);
+        } else if lost {
+            self.become_follower(None);
+        }
+    }
+
+    fn on_pre_prepare(&mut self, from: NodeId, p: Prepare) {
+        let sticky = self.role == Role::Leader || self.now_ms < self.sticky_until_ms;
+        let granted = ballot_node(p.ballot) == from
+            && p.ballot > self.promised
+            && !sticky
+            && p.from > self.log_start;
+        self.send(
+            from,
+            Message::PrePromise {
+                ballot: p.ballot,
+                granted,
+                promised: self.promised,
+            },
+        );
+    }
+
+    fn on_pre_promise(&mut self, from: NodeId, b: Term, granted: bool, promised: Term) {
+        self.max_ballot_seen = self.max_ballot_seen.max(promised);
+        if self.role != Role::PreCandidate {
+            return;
+        }
+        let Some((mine, answers)) = self.pre.as_mut() else {
+            return;
+        };
+        if *mine != b {
+            return;
+        }
+        answers.insert(from, granted);
+        self.check_pre_campaign();
+    }
+
     fn start_campaign(&mut self, transfer: bool) {
         if !self.is_voter() || self.role == Role::Leader {
             return;
         }
         self.reset_leader_state();
-        let round = ballot_round(self.promised).saturating_add(1);
-        let b = ballot(round, self.id);
+        let b = self.next_ballot();
         self.promised = b;
         self.role = Role::Candidate;
         self.leader = None;
@@ -603,6 +707,7 @@ impl Paxos {
         self.reset_leader_state();
         self.role = Role::Leader;
         self.leader = Some(self.id);
+        self.lease_disabled = false;
         self.recovery_end = end;
         self.uncommitted_bytes = bytes;
         self.stable_index = self.commit;
@@ -636,7 +741,34 @@ impl Paxos {
 
     fn new_round(&mut self) {
         self.round += 1;
+        self.round_starts.push_back((self.round, self.now_ms));
+        while self.round_starts.len() > ROUND_HISTORY_MAX {
+            self.round_starts.pop_front();
+        }
         self.heartbeat_pending = true;
+    }
+
+    /// Whether this leader can serve reads from its lease right now (see
+    /// [`Config::lease_read`] for the clock assumption).
+    pub fn lease_valid(&self) -> bool {
+        self.cfg.lease_read
+            && self.role == Role::Leader
+            && !self.lease_disabled
+            && self.transfer.is_none()
+            && self.commit >= self.recovery_end
+            && self.now_ms < self.lease_until_ms
+    }
+
+    /// Tells `to` to run phase 1 now. The target may win at any moment,
+    /// so our lease is over.
+    fn send_timeout_now(&mut self, to: NodeId) {
+        self.lease_disabled = true;
+        self.send(
+            to,
+            Message::TimeoutNow {
+                ballot: self.promised,
+            },
+        );
     }
 
     // --------------------------------------------------------------- leader
@@ -890,12 +1022,7 @@ impl Paxos {
                     .map(|(n, _)| *n)
                     .next();
                 if let Some(b) = best {
-                    self.send(
-                        b,
-                        Message::TimeoutNow {
-                            ballot: self.promised,
-                        },
-                    );
+                    self.send_timeout_now(b);
                 }
                 self.become_follower(None);
             }
@@ -905,6 +1032,10 @@ impl Paxos {
     fn register_read(&mut self, origin: NodeId, ctx: ReadCtx) {
         if self.commit < self.recovery_end {
             self.reads_awaiting_recovery.push((origin, ctx));
+            return;
+        }
+        if self.lease_valid() {
+            self.release_read(origin, ctx, self.commit);
             return;
         }
         if !self.heartbeat_pending {
@@ -950,6 +1081,21 @@ impl Paxos {
             }
             self.pending_reads.pop_front();
             self.release_read(r.origin, r.ctx, r.index);
+        }
+        if self.cfg.lease_read && q > self.lease_round {
+            while let Some(&(r, _)) = self.round_starts.front() {
+                if r >= q {
+                    break;
+                }
+                self.round_starts.pop_front();
+            }
+            if let Some(&(r, start)) = self.round_starts.front()
+                && r == q
+            {
+                self.lease_round = q;
+                self.lease_until_ms =
+                    start + self.cfg.election_timeout_min_ms - self.cfg.lease_drift_margin_ms;
+            }
         }
     }
 
@@ -999,12 +1145,7 @@ impl Paxos {
             return;
         }
         if caught_up && self.transfer.is_some_and(|t| t.to == from) {
-            self.send(
-                from,
-                Message::TimeoutNow {
-                    ballot: self.promised,
-                },
-            );
+            self.send_timeout_now(from);
         }
         self.maybe_send_accept(from);
         self.update_reads();
@@ -1230,6 +1371,7 @@ impl Paxos {
     }
 
     fn on_nack(&mut self, from: NodeId, b: Term, promised: Term) {
+        self.max_ballot_seen = self.max_ballot_seen.max(promised);
         let mine = match self.role {
             Role::Leader => self.promised,
             Role::Candidate => self.campaign.as_ref().map_or(Term(0), |c| c.ballot),
@@ -1340,6 +1482,12 @@ impl Paxos {
 
     fn step_message(&mut self, from: NodeId, msg: Message) {
         match msg {
+            Message::PrePrepare(p) => self.on_pre_prepare(from, p),
+            Message::PrePromise {
+                ballot,
+                granted,
+                promised,
+            } => self.on_pre_promise(from, ballot, granted, promised),
             Message::Prepare(p) => self.on_prepare(from, p),
             Message::Promise(p) => self.on_promise(from, p),
             Message::Nack { ballot, promised } => self.on_nack(from, ballot, promised),
@@ -1467,7 +1615,7 @@ impl Consensus for Paxos {
             self.tick_leader();
         } else if now >= self.election_deadline_ms {
             if self.is_voter() {
-                self.start_campaign(false);
+                self.start_pre_campaign();
             } else {
                 self.reset_election_timer();
             }
@@ -1578,12 +1726,7 @@ impl Consensus for Paxos {
         let last = self.last_index();
         let caught_up = self.peers.get(&to).is_some_and(|p| p.matched >= last);
         if caught_up {
-            self.send(
-                to,
-                Message::TimeoutNow {
-                    ballot: self.promised,
-                },
-            );
+            self.send_timeout_now(to);
         } else {
             self.maybe_send_accept(to);
         }

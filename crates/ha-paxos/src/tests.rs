@@ -493,6 +493,24 @@ fn a_stale_leader_is_refused_and_steps_down() {
     assert!(c.px(old.0).propose(Bytes::from_static(b"late")).is_err());
 }
 
+/// A node cut off for many timeouts only asks (PrePrepare) and never
+/// raises its ballot, so when it returns the leader keeps its ballot.
+#[test]
+fn a_returning_node_does_not_depose_a_healthy_leader() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.elect(2_000);
+    let b = c.node(l.0).px.ballot();
+    let f = if l == NodeId(1) { NodeId(2) } else { NodeId(1) };
+    c.isolated.insert(f);
+    c.run_for(2_000);
+    assert_eq!(c.node(f.0).px.ballot(), b, "no ballot was raised while cut off");
+    c.isolated.remove(&f);
+    c.run_for(500);
+    assert_eq!(c.leaders(), vec![l]);
+    assert_eq!(c.node(l.0).px.ballot(), b);
+    c.commit(l, b"still leading");
+}
+
 #[test]
 fn malformed_accepts_change_nothing() {
     let mut c = Cluster::new(&[1, 2, 3]);
@@ -698,6 +716,44 @@ fn read_index_waits_for_a_quorum_round() {
     }
     c.run_for(100);
     assert!(c.node(f.0).reads.iter().any(|r| r.ctx == 8));
+}
+
+#[test]
+fn lease_reads_need_no_round_until_the_lease_ends() {
+    let cfg = Config {
+        lease_read: true,
+        lease_drift_margin_ms: 20,
+        ..test_config()
+    };
+    let mut c = Cluster::with_config(&[1, 2, 3], cfg);
+    let l = c.elect(2_000);
+    c.commit(l, b"w");
+    c.run_for(60); // a heartbeat round acknowledged by a quorum
+    assert!(c.node(l.0).px.lease_valid());
+    for n in [1u64, 2, 3] {
+        if NodeId(n) != l {
+            c.isolated.insert(NodeId(n));
+        }
+    }
+    if let Err(e) = c.px(l.0).read_index(1) {
+        panic!("{e}");
+    }
+    c.pump();
+    assert!(
+        c.node(l.0).reads.iter().any(|r| r.ctx == 1),
+        "served from the lease while the followers are unreachable"
+    );
+    // Past election_timeout_min_ms - margin without acknowledgements, the
+    // lease is gone and a read waits for a quorum round.
+    c.run_for(150);
+    assert!(!c.node(l.0).px.lease_valid());
+    if c.node(l.0).px.role() == Role::Leader {
+        if let Err(e) = c.px(l.0).read_index(2) {
+            panic!("{e}");
+        }
+        c.pump();
+        assert!(!c.node(l.0).reads.iter().any(|r| r.ctx == 2));
+    }
 }
 
 #[test]

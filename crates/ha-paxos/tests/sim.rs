@@ -172,7 +172,7 @@ fn sim_membership_changes_and_leader_transfers() {
 }
 
 #[test]
-fn sim_snapshots_and_catch_up() {
+fn sim_snapshots_and_lease_reads() {
     let sim = SimConfig {
         nodes: 3,
         spare_nodes: 1,
@@ -183,7 +183,12 @@ fn sim_snapshots_and_catch_up() {
         },
         ..SimConfig::default()
     };
-    run("snapshots", paxos_config(), &sim, seeds(25));
+    let cfg = Config {
+        lease_read: true,
+        lease_drift_margin_ms: 20,
+        ..paxos_config()
+    };
+    run("snapshots", cfg, &sim, seeds(25));
 }
 
 #[test]
