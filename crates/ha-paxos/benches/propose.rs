@@ -45,10 +45,14 @@ impl Node {
             return;
         };
         let pos = pos as usize;
-        if pos >= self.log.len() {
-            self.log.resize(pos + 1, None);
+        if pos < self.log.len() {
+            self.log[pos] = Some(e);
+        } else {
+            while self.log.len() < pos {
+                self.log.push_back(None);
+            }
+            self.log.push_back(Some(e));
         }
-        self.log[pos] = Some(e);
     }
 }
 

@@ -107,6 +107,7 @@
 //! [`Ready::persisted_messages`]: ha_core::consensus::Ready::persisted_messages
 
 pub mod config;
+mod log;
 pub mod message;
 mod paxos;
 pub mod rng;

@@ -15,6 +15,7 @@ use ha_core::{
 };
 
 use crate::config::{Config, ConfigError};
+use crate::log::SlotLog;
 use crate::message::{
     Accept, Accepted, BALLOT_NODE_MAX, Message, Prepare, Promise, ballot, ballot_node, ballot_round,
 };
@@ -149,7 +150,7 @@ pub struct Paxos {
     promised: Term,
     /// Accepted entries above the snapshot, each stamped with the ballot it
     /// was accepted in. May have gaps above `commit`.
-    log: BTreeMap<LogIndex, Entry>,
+    log: SlotLog,
     /// Every slot at or below this is in the snapshot.
     log_start: LogIndex,
     /// Every slot up to here is known chosen and held (or in the snapshot).
@@ -260,7 +261,7 @@ impl Paxos {
             _ => bootstrap.clone(),
         };
         let promised = hard_state.term;
-        let mut log = BTreeMap::new();
+        let mut log = SlotLog::new(log_start);
         let mut configs = BTreeMap::new();
         for e in entries {
             if e.index() <= log_start {
@@ -276,10 +277,10 @@ impl Paxos {
                 m.validate()?;
                 configs.insert(e.index(), m.clone());
             }
-            log.insert(e.index(), e);
+            log.insert(e);
         }
         let mut commit = log_start;
-        while commit < hard_state.commit && log.contains_key(&commit.next()) {
+        while commit < hard_state.commit && log.get(commit.next()).is_some() {
             commit = commit.next();
         }
         let mut rng = SplitMix64::new(seed ^ id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -381,9 +382,7 @@ impl Paxos {
     /// Highest slot held (accepted or chosen), or the snapshot index.
     pub fn last_index(&self) -> LogIndex {
         self.log
-            .keys()
-            .next_back()
-            .copied()
+            .last()
             .unwrap_or(self.log_start)
             .max(self.log_start)
     }
@@ -395,7 +394,7 @@ impl Paxos {
 
     /// The entry held at `slot`, stamped with the ballot it was accepted in.
     pub fn entry(&self, slot: LogIndex) -> Option<&Entry> {
-        self.log.get(&slot)
+        self.log.get(slot)
     }
 
     /// Whether the applied part of the log has grown past
@@ -438,12 +437,14 @@ impl Paxos {
             EntryPayload::Membership(m) => {
                 self.configs.insert(slot, m.clone());
             }
-            _ => {
+            _ if !self.configs.is_empty() => {
                 self.configs.remove(&slot);
             }
+            _ => {}
         }
         self.dirty.push(slot);
-        self.log.insert(slot, e);
+        self.log.insert(e);
+        debug_assert_eq!(self.log.start(), self.log_start);
     }
 
     // ---------------------------------------------------------------- roles
@@ -501,14 +502,17 @@ impl Paxos {
             let superseded = c
                 .reported
                 .get(slot)
-                .is_some_and(|r| self.log.get(slot).is_none_or(|own| r.term() > own.term()));
+                .is_some_and(|r| self.log.get(*slot).is_none_or(|own| r.term() > own.term()));
             if !superseded && !out.contains(m) {
                 out.push(m.clone());
             }
         }
         for (slot, e) in &c.reported {
             if let EntryPayload::Membership(m) = &e.payload {
-                let own_higher = self.log.get(slot).is_some_and(|own| own.term() >= e.term());
+                let own_higher = self
+                    .log
+                    .get(*slot)
+                    .is_some_and(|own| own.term() >= e.term());
                 if !own_higher && !out.contains(m) {
                     out.push(m.clone());
                 }
@@ -685,7 +689,7 @@ impl Paxos {
         let mut slot = self.commit.next();
         let mut bytes = 0usize;
         while slot <= end {
-            let own = self.log.get(&slot);
+            let own = self.log.get(slot);
             let rep = c.reported.get(&slot);
             let payload = match (own, rep) {
                 (Some(o), Some(r)) if r.term() > o.term() => r.payload.clone(),
@@ -839,7 +843,7 @@ impl Paxos {
             }
             let mut entries = Vec::new();
             let mut bytes = 0usize;
-            for (_, e) in self.log.range(next..=limit) {
+            for e in self.log.range(next, limit) {
                 let sz = e.size_bytes();
                 if entries.len() >= self.cfg.max_entries_per_msg
                     || (!entries.is_empty() && bytes + sz > self.cfg.max_bytes_per_msg)
@@ -999,8 +1003,8 @@ impl Paxos {
         }
         let freed: usize = self
             .log
-            .range(old.next()..=index)
-            .map(|(_, e)| e.size_bytes())
+            .range(old.next(), index)
+            .map(Entry::size_bytes)
             .sum();
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
         if old < self.recovery_end && index >= self.recovery_end {
@@ -1203,7 +1207,7 @@ impl Paxos {
         } else {
             self.commit
         };
-        while let Some(e) = self.log.get(&s.next()) {
+        while let Some(e) = self.log.get(s.next()) {
             if e.term() != b {
                 break;
             }
@@ -1218,7 +1222,7 @@ impl Paxos {
     fn learn_commit(&mut self, c: LogIndex, b: Term) {
         let mut s = self.commit;
         while s < c {
-            match self.log.get(&s.next()) {
+            match self.log.get(s.next()) {
                 Some(e) if e.term() == b => s = s.next(),
                 _ => break,
             }
@@ -1289,7 +1293,9 @@ impl Paxos {
         let mut bytes = 0usize;
         let mut next = None;
         let start = p.from.max(self.log_start.next());
-        for (slot, e) in self.log.range(start..) {
+        let last = self.last_index();
+        for e in self.log.range(start, last) {
+            let slot = &e.index();
             let sz = e.size_bytes();
             if entries.len() >= self.cfg.max_entries_per_msg
                 || (!entries.is_empty() && bytes + sz > self.cfg.max_bytes_per_msg)
@@ -1456,7 +1462,7 @@ impl Paxos {
         self.follow(b);
         let idx = meta.last_log_id.index;
         if idx > self.commit {
-            self.log = self.log.split_off(&idx.next());
+            self.log.compact_to(idx);
             self.configs = self.configs.split_off(&idx.next());
             self.base_membership = membership;
             self.log_start = idx;
@@ -1761,7 +1767,7 @@ impl Consensus for Paxos {
         dirty.dedup();
         rd.entries = dirty
             .into_iter()
-            .filter_map(|s| self.log.get(&s).cloned())
+            .filter_map(|s| self.log.get(s).cloned())
             .collect();
         let hs = self.hard_state();
         if hs != self.handed_hs {
@@ -1776,7 +1782,8 @@ impl Consensus for Paxos {
         }
         if self.commit > self.applied_handed {
             let mut bytes = 0usize;
-            for (slot, e) in self.log.range(self.applied_handed.next()..=self.commit) {
+            for e in self.log.range(self.applied_handed.next(), self.commit) {
+                let slot = &e.index();
                 let sz = e.size_bytes();
                 if *slot != self.applied_handed.next()
                     || (!rd.committed.is_empty() && bytes + sz > self.cfg.max_apply_bytes_per_ready)
@@ -1855,7 +1862,7 @@ impl Consensus for Paxos {
         {
             return;
         }
-        if self.log.get(&idx).map(Entry::term) != Some(meta.last_log_id.term) {
+        if self.log.get(idx).map(Entry::term) != Some(meta.last_log_id.term) {
             return; // not a snapshot of this log
         }
         self.snapshot = Some(meta);
@@ -1868,7 +1875,7 @@ impl Consensus for Paxos {
                 self.base_membership = m.clone();
             }
             self.configs = self.configs.split_off(&compact.next());
-            self.log = self.log.split_off(&compact.next());
+            self.log.compact_to(compact);
             self.log_start = compact;
             self.pending_purge = Some(compact);
         }

@@ -503,7 +503,11 @@ fn a_returning_node_does_not_depose_a_healthy_leader() {
     let f = if l == NodeId(1) { NodeId(2) } else { NodeId(1) };
     c.isolated.insert(f);
     c.run_for(2_000);
-    assert_eq!(c.node(f.0).px.ballot(), b, "no ballot was raised while cut off");
+    assert_eq!(
+        c.node(f.0).px.ballot(),
+        b,
+        "no ballot was raised while cut off"
+    );
     c.isolated.remove(&f);
     c.run_for(500);
     assert_eq!(c.leaders(), vec![l]);
