@@ -263,9 +263,24 @@ impl Paxos {
         let promised = hard_state.term;
         let mut log = SlotLog::new(log_start);
         let mut configs = BTreeMap::new();
+        let horizon = LogIndex(
+            hard_state
+                .commit
+                .max(log_start)
+                .0
+                .saturating_add(config.max_slots_ahead),
+        );
         for e in entries {
             if e.index() <= log_start {
                 continue; // trailing entries kept below the snapshot
+            }
+            if e.index() > horizon {
+                return Err(PaxosError::Recovered(format!(
+                    "slot {:?} lies more than max_slots_ahead ({}) beyond the commit point {:?}",
+                    e.index(),
+                    config.max_slots_ahead,
+                    hard_state.commit
+                )));
             }
             if e.term() > promised {
                 return Err(PaxosError::Recovered(format!(
@@ -663,7 +678,9 @@ impl Paxos {
         let won = configs
             .iter()
             .all(|m| m.is_quorum(|n| (n == id && self_ok) || c.complete.contains(&n)));
-        let lost = configs[0].is_quorum(|n| c.refused.contains(&n));
+        let lost = configs
+            .first()
+            .is_some_and(|m| m.is_quorum(|n| c.refused.contains(&n)));
         if won {
             self.become_leader();
         } else if lost {

@@ -921,6 +921,17 @@ fn recovery_rejects_impossible_state() {
     };
     let r = Paxos::new(NodeId(1), test_config(), rec, Membership::new(ids(&[1])), 1);
     assert!(matches!(r, Err(crate::PaxosError::Recovered(_))));
+    let far = Recovered {
+        hard_state: HardState {
+            term: b,
+            vote: None,
+            commit: LogIndex(0),
+        },
+        snapshot: None,
+        entries: vec![normal(b, 1 << 40, b"corrupt")],
+    };
+    let r = Paxos::new(NodeId(1), test_config(), far, Membership::new(ids(&[1])), 1);
+    assert!(matches!(r, Err(crate::PaxosError::Recovered(_))));
     let r = Paxos::new(
         NodeId(1 << 40),
         test_config(),
