@@ -1083,7 +1083,7 @@ impl Paxos {
     /// acknowledged: no other ballot could have chosen anything new before
     /// they were registered.
     fn update_reads(&mut self) {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || (self.pending_reads.is_empty() && !self.cfg.lease_read) {
             return;
         }
         let id = self.id;
