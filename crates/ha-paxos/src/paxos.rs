@@ -1780,12 +1780,16 @@ impl Consensus for Paxos {
         rd.persisted_messages = mem::take(&mut self.persisted_msgs);
         rd.snapshot = self.pending_install.take();
         let mut dirty = mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        rd.entries = dirty
-            .into_iter()
-            .filter_map(|s| self.log.get(s).cloned())
-            .collect();
+        if !dirty.is_sorted_by(|a, b| a < b) {
+            dirty.sort_unstable();
+            dirty.dedup();
+        }
+        rd.entries.reserve_exact(dirty.len());
+        for s in dirty {
+            if let Some(e) = self.log.get(s) {
+                rd.entries.push(e.clone());
+            }
+        }
         let hs = self.hard_state();
         if hs != self.handed_hs {
             if hs.term != self.handed_hs.term {
