@@ -3,9 +3,11 @@
 //! - `cargo xtask test` — format check, the dependency rules of the crate
 //!   map (ha-core without features builds no RocksDB and no tokio; ha-raft
 //!   pulls no tokio, quinn, RocksDB or OS entropy), clippy with
-//!   `-D warnings`, every test of the workspace, and the test kit's
-//!   10,000-seed run of its correct toy protocol in a release build
-//!   (all features). This is the command `.ci/run` runs.
+//!   `-D warnings`, every test of the workspace (protocol simulators at 20
+//!   seeds per scenario in that debug step), then in a release build the
+//!   test kit's 10,000-seed run of its correct toy protocol and 10,000
+//!   seeds of each protocol's simulator suite (raft, paxos). This is the
+//!   command `.ci/run` runs.
 //! - `cargo xtask test --quick` — the same without fmt/clippy.
 //! - `cargo xtask demo [ARGS]` — the runnable example until `ha-node` serves:
 //!   a durable single-node replicated KV on RocksDB (see the README).
@@ -13,8 +15,10 @@
 //!   simulator suite over N seeds per scenario (release build).
 //! - `cargo xtask setup` — only the system-package step the others run first.
 //!
-//! Every command first makes sure the system packages the build needs are
-//! present (libclang for RocksDB's bindgen), installing them with `apt-get`
+//! Every command first makes sure the system packages the build and tests
+//! need are present (libclang for RocksDB's bindgen, protoc for the
+//! etcd-client test dependency, etcdctl for the ha-node integration tests),
+//! installing them with `apt-get`
 //! when running as root on Debian/Ubuntu, so one command works on a fresh
 //! machine.
 //!
@@ -58,8 +62,8 @@ fn print_help() {
          test [--quick]   fmt check, dependency rules, clippy -D warnings, all tests\n                   (--quick: tests only)\n  \
          demo [ARGS]      durable single-node replicated KV on RocksDB (example kv_solo);\n                   ARGS go to the example, e.g. --dir ./ha-data --ops 20000 --clients 64\n  \
          deps             check the dependency rules of the crate map\n  \
-         sim [--protocol raft] [--seeds N] [--base B]\n                   run the deterministic simulator suite over more seeds\n                   (release build; prints the failing seed and its trace)\n  \
-         setup            install the system packages the build needs (libclang)\n"
+         sim [--protocol raft|paxos] [--seeds N] [--base B]\n                   run the deterministic simulator suite over more seeds\n                   (release build; prints the failing seed and its trace)\n  \
+         setup            install the system packages the build and tests need\n                   (libclang-dev, protobuf-compiler, etcd-client)\n"
     );
 }
 
@@ -84,6 +88,11 @@ fn run(step: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Seeds per simulator scenario in the debug test step.
+const DEBUG_SIM_SEEDS: &str = "20";
+/// Seeds per simulator scenario in the release step (5 scenarios: 10,000).
+const RELEASE_SIM_SEEDS_PER_SCENARIO: &str = "2000";
+
 fn test(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     if let Some(bad) = args.iter().find(|a| *a != "--quick") {
@@ -106,9 +115,14 @@ fn test(args: &[String]) -> Result<()> {
             ]),
         )?;
     }
+    // The debug step runs the protocol simulators over a few seeds (debug
+    // assertions on); the release steps below run the acceptance counts.
     run(
         "tests",
-        cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]),
+        cargo()
+            .args(["test", "--workspace", "--all-features", "--no-fail-fast"])
+            .env("HA_RAFT_SIM_SEEDS", DEBUG_SIM_SEEDS)
+            .env("HA_PAXOS_SIM_SEEDS", DEBUG_SIM_SEEDS),
     )?;
     // The test kit's acceptance bar is 10,000 seeds of the correct toy
     // protocol; that fits CI only in an optimised build (~35 s).
@@ -129,6 +143,24 @@ fn test(args: &[String]) -> Result<()> {
             ])
             .env("HA_SIM_SEEDS", "10000"),
     )?;
+    // Both protocols' simulator suites: five scenarios x 2,000 seeds =
+    // 10,000 seeds each (~15 ms of CPU per seed in release).
+    run(
+        "raft + paxos simulators over 10,000 seeds each (release)",
+        cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "ha-raft",
+                "-p",
+                "ha-paxos",
+                "--test",
+                "sim",
+            ])
+            .env("HA_RAFT_SIM_SEEDS", RELEASE_SIM_SEEDS_PER_SCENARIO)
+            .env("HA_PAXOS_SIM_SEEDS", RELEASE_SIM_SEEDS_PER_SCENARIO),
+    )?;
     eprintln!(
         "xtask: all checks passed in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -142,7 +174,7 @@ fn test(args: &[String]) -> Result<()> {
 /// - the protocol crates pull in no async runtime, network stack, storage
 ///   engine or OS entropy.
 fn dependency_rules() -> Result<()> {
-    let rules: [(&str, &[&str], &[&str]); 2] = [
+    let rules: [(&str, &[&str], &[&str]); 3] = [
         (
             "ha-core",
             &["--no-default-features"],
@@ -150,6 +182,11 @@ fn dependency_rules() -> Result<()> {
         ),
         (
             "ha-raft",
+            &[],
+            &["tokio", "quinn", "librocksdb-sys", "getrandom"],
+        ),
+        (
+            "ha-paxos",
             &[],
             &["tokio", "quinn", "librocksdb-sys", "getrandom"],
         ),
@@ -198,12 +235,52 @@ fn demo(args: &[String]) -> Result<()> {
     run("demo", &mut cmd)
 }
 
-/// Makes sure libclang (needed by bindgen when building RocksDB) is present.
+/// A system package the build or the tests need.
+struct Need {
+    /// Debian/Ubuntu package name.
+    package: &'static str,
+    /// Why it is needed (printed when it is missing).
+    why: &'static str,
+    /// Whether it is already usable.
+    present: fn() -> bool,
+}
+
+/// The system packages `cargo xtask test` needs.
+const NEEDS: &[Need] = &[
+    Need {
+        package: "libclang-dev",
+        why: "RocksDB's bindgen",
+        present: || std::env::var_os("LIBCLANG_PATH").is_some() || libclang_present(),
+    },
+    Need {
+        package: "protobuf-compiler",
+        why: "protoc, for the etcd-client crate the ha-node tests use (ha-node itself compiles its protos with protox)",
+        present: || std::env::var_os("PROTOC").is_some() || in_path("protoc"),
+    },
+    Need {
+        package: "etcd-client",
+        why: "etcdctl, which the ha-node integration tests drive",
+        present: || in_path("etcdctl"),
+    },
+];
+
+/// Whether an executable `name` is on `PATH`.
+fn in_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+}
+
+/// Makes sure the system packages in [`NEEDS`] are present, installing the
+/// missing ones with `apt-get` when running as root on Debian/Ubuntu.
 fn setup() -> Result<()> {
-    if std::env::var_os("LIBCLANG_PATH").is_some() || libclang_present() {
+    let missing: Vec<&Need> = NEEDS.iter().filter(|n| !(n.present)()).collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: libclang not found (RocksDB's bindgen needs it); installing libclang-dev");
+    for n in &missing {
+        eprintln!("xtask: missing {} ({})", n.package, n.why);
+    }
+    let packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
     let is_root = Command::new("id")
         .arg("-u")
         .output()
@@ -212,8 +289,9 @@ fn setup() -> Result<()> {
     let has_apt = std::path::Path::new("/usr/bin/apt-get").exists();
     if !(is_root && has_apt) {
         bail!(
-            "libclang is missing: install it (Debian/Ubuntu: `apt-get install libclang-dev`) \
-             or set LIBCLANG_PATH, then run this command again"
+            "missing system packages: install them (Debian/Ubuntu: `apt-get install {}`), \
+             then run this command again",
+            packages.join(" ")
         );
     }
     let apt = |args: &[&str]| {
@@ -222,12 +300,19 @@ fn setup() -> Result<()> {
         c
     };
     run("apt-get update", &mut apt(&["update", "-qq"]))?;
+    let mut install = vec!["install", "-y", "-qq"];
+    install.extend(&packages);
     run(
-        "apt-get install libclang-dev",
-        &mut apt(&["install", "-y", "-qq", "libclang-dev"]),
+        &format!("apt-get install {}", packages.join(" ")),
+        &mut apt(&install),
     )?;
-    if !libclang_present() {
-        bail!("libclang-dev was installed but no libclang shared library was found");
+    let still: Vec<&str> = NEEDS
+        .iter()
+        .filter(|n| !(n.present)())
+        .map(|n| n.package)
+        .collect();
+    if !still.is_empty() {
+        bail!("installed but still not usable: {}", still.join(" "));
     }
     Ok(())
 }
@@ -297,8 +382,8 @@ fn sim(args: &[String]) -> Result<()> {
     }
     let (package, test, seeds_var, base_var) = match protocol.as_str() {
         "raft" => ("ha-raft", "sim", "HA_RAFT_SIM_SEEDS", "HA_RAFT_SIM_BASE"),
-        "paxos" => bail!("ha-paxos is not built yet (issue 10); only `raft` can be simulated"),
-        other => bail!("unknown protocol `{other}` (known: raft)"),
+        "paxos" => ("ha-paxos", "sim", "HA_PAXOS_SIM_SEEDS", "HA_PAXOS_SIM_BASE"),
+        other => bail!("unknown protocol `{other}` (known: raft, paxos)"),
     };
     let mut cmd = cargo();
     cmd.args(["test", "--release", "-p", package, "--test", test])
