@@ -109,9 +109,11 @@ const SMALL_BUFFER_BYTES: usize = 64 << 10;
 /// Smallest receive buffer of a stream reader (see [`RecvBuffers`]); a
 /// buffer is enlarged to hold a whole frame when one is larger.
 const RECV_BUFFER_BYTES: usize = 64 << 10;
-/// Used receive buffers a stream reader keeps for reuse (at most this many
-/// × the largest frame received recently stay allocated per stream).
+/// Used receive buffers a stream reader keeps for reuse.
 const RECV_BUFFERS_PARKED_MAX: usize = 16;
+/// Bytes of used receive buffers a stream reader keeps for reuse (the sum
+/// of their allocation sizes); a buffer larger than this is never parked.
+const RECV_PARKED_BYTES_MAX: usize = 2 << 20;
 /// Copy buffers a protocol writer keeps for reuse (see [`CopyBuffers`]):
 /// at most this many × [`SMALL_BUFFER_BYTES`] (1 MiB) stay allocated per
 /// peer after a burst.
@@ -1341,19 +1343,27 @@ async fn read_preamble(
 /// runs out of room, it is parked, and the oldest parked buffer is reused
 /// once the consumer has dropped every frame of it (frames are consumed in
 /// order, so the oldest frees first). Room is made for the whole pending
-/// frame at once, so the decoder never reallocates mid-frame; at most
-/// [`RECV_BUFFERS_PARKED_MAX`] buffers stay parked.
+/// frame at once, so the decoder never reallocates mid-frame. At most
+/// [`RECV_BUFFERS_PARKED_MAX`] buffers and [`RECV_PARKED_BYTES_MAX`] bytes
+/// stay parked per stream.
 #[derive(Debug)]
 struct RecvBuffers {
     buf: BytesMut,
-    parked: std::collections::VecDeque<BytesMut>,
+    /// Allocation size of `buf` (its capacity when it was set up).
+    buf_alloc: usize,
+    /// Used buffers with their allocation sizes, oldest first.
+    parked: std::collections::VecDeque<(BytesMut, usize)>,
+    /// Sum of the parked allocation sizes, at most [`RECV_PARKED_BYTES_MAX`].
+    parked_bytes: usize,
 }
 
 impl RecvBuffers {
     fn new() -> Self {
         Self {
             buf: BytesMut::with_capacity(RECV_BUFFER_BYTES),
+            buf_alloc: RECV_BUFFER_BYTES,
             parked: std::collections::VecDeque::with_capacity(RECV_BUFFERS_PARKED_MAX),
+            parked_bytes: 0,
         }
     }
 
@@ -1384,21 +1394,41 @@ impl RecvBuffers {
             return;
         }
         let want = total.max(RECV_BUFFER_BYTES);
-        let reclaimed = self.parked.front_mut().is_some_and(|b| b.try_reclaim(want));
-        let mut next = if reclaimed {
-            self.parked.pop_front().unwrap_or_default()
-        } else {
-            if self.parked.len() >= RECV_BUFFERS_PARKED_MAX {
-                // Still referenced by frames: let them own it from now on.
-                self.parked.pop_front();
+        let reclaimed = self
+            .parked
+            .front_mut()
+            .is_some_and(|(b, _)| b.try_reclaim(want));
+        let (mut next, next_alloc) = match self.parked.pop_front() {
+            Some((b, alloc)) if reclaimed => {
+                self.parked_bytes -= alloc;
+                (b, alloc)
             }
-            BytesMut::with_capacity(want)
+            front => {
+                if let Some(front) = front {
+                    self.parked.push_front(front);
+                }
+                (BytesMut::with_capacity(want), want)
+            }
         };
-        next.reserve(want);
         next.extend_from_slice(&self.buf);
         let mut used = std::mem::replace(&mut self.buf, next);
+        let used_alloc = std::mem::replace(&mut self.buf_alloc, next_alloc);
         used.clear();
-        self.parked.push_back(used);
+        if used_alloc > RECV_PARKED_BYTES_MAX {
+            return;
+        }
+        // At a bound: the oldest goes (frames still referencing it keep its
+        // memory alive for as long as they need it).
+        while self.parked.len() >= RECV_BUFFERS_PARKED_MAX
+            || self.parked_bytes + used_alloc > RECV_PARKED_BYTES_MAX
+        {
+            match self.parked.pop_front() {
+                Some((_, alloc)) => self.parked_bytes -= alloc,
+                None => break,
+            }
+        }
+        self.parked_bytes += used_alloc;
+        self.parked.push_back((used, used_alloc));
     }
 }
 
@@ -1656,6 +1686,9 @@ mod tests {
                 got.push(f);
             }
             assert!(rbuf.parked.len() <= RECV_BUFFERS_PARKED_MAX);
+            let sum: usize = rbuf.parked.iter().map(|&(_, a)| a).sum();
+            assert_eq!(sum, rbuf.parked_bytes);
+            assert!(sum <= RECV_PARKED_BYTES_MAX);
         }
         assert!(rbuf.buf.is_empty());
         assert_eq!(got.len(), sizes.len());
@@ -1669,7 +1702,7 @@ mod tests {
         let held = rbuf
             .parked
             .iter_mut()
-            .map(|b| !b.try_reclaim(RECV_BUFFER_BYTES))
+            .map(|(b, _)| !b.try_reclaim(RECV_BUFFER_BYTES))
             .filter(|&stuck| stuck)
             .count();
         assert!(held >= 2, "{held}");
@@ -1679,13 +1712,13 @@ mod tests {
         assert!(
             rbuf.parked
                 .iter_mut()
-                .all(|b| b.try_reclaim(RECV_BUFFER_BYTES))
+                .all(|(b, _)| b.try_reclaim(RECV_BUFFER_BYTES))
         );
-        let oldest = rbuf.parked.front().map(|b| b.as_ptr());
+        let oldest = rbuf.parked.front().map(|(b, _)| b.as_ptr());
         let fill = vec![0u8; rbuf.buf.capacity() + 1];
         rbuf.append(&fill);
         assert_eq!(rbuf.buf.len(), fill.len());
-        let reused = rbuf.parked.iter().all(|b| Some(b.as_ptr()) != oldest);
+        let reused = rbuf.parked.iter().all(|(b, _)| Some(b.as_ptr()) != oldest);
         assert!(reused, "the oldest parked buffer was not reused");
     }
 
