@@ -13,8 +13,10 @@
 //!   simulator suite over N seeds per scenario (release build).
 //! - `cargo xtask setup` — only the system-package step the others run first.
 //!
-//! Every command first makes sure the system packages the build needs are
-//! present (libclang for RocksDB's bindgen), installing them with `apt-get`
+//! Every command first makes sure the system packages the build and tests
+//! need are present (libclang for RocksDB's bindgen, protoc for the
+//! etcd-client test dependency, etcdctl for the ha-node integration tests),
+//! installing them with `apt-get`
 //! when running as root on Debian/Ubuntu, so one command works on a fresh
 //! machine.
 //!
@@ -59,7 +61,7 @@ fn print_help() {
          demo [ARGS]      durable single-node replicated KV on RocksDB (example kv_solo);\n                   ARGS go to the example, e.g. --dir ./ha-data --ops 20000 --clients 64\n  \
          deps             check the dependency rules of the crate map\n  \
          sim [--protocol raft] [--seeds N] [--base B]\n                   run the deterministic simulator suite over more seeds\n                   (release build; prints the failing seed and its trace)\n  \
-         setup            install the system packages the build needs (libclang)\n"
+         setup            install the system packages the build and tests need\n                   (libclang-dev, protobuf-compiler, etcd-client)\n"
     );
 }
 
@@ -198,12 +200,52 @@ fn demo(args: &[String]) -> Result<()> {
     run("demo", &mut cmd)
 }
 
-/// Makes sure libclang (needed by bindgen when building RocksDB) is present.
+/// A system package the build or the tests need.
+struct Need {
+    /// Debian/Ubuntu package name.
+    package: &'static str,
+    /// Why it is needed (printed when it is missing).
+    why: &'static str,
+    /// Whether it is already usable.
+    present: fn() -> bool,
+}
+
+/// The system packages `cargo xtask test` needs.
+const NEEDS: &[Need] = &[
+    Need {
+        package: "libclang-dev",
+        why: "RocksDB's bindgen",
+        present: || std::env::var_os("LIBCLANG_PATH").is_some() || libclang_present(),
+    },
+    Need {
+        package: "protobuf-compiler",
+        why: "protoc, for the etcd-client crate the ha-node tests use (ha-node itself compiles its protos with protox)",
+        present: || std::env::var_os("PROTOC").is_some() || in_path("protoc"),
+    },
+    Need {
+        package: "etcd-client",
+        why: "etcdctl, which the ha-node integration tests drive",
+        present: || in_path("etcdctl"),
+    },
+];
+
+/// Whether an executable `name` is on `PATH`.
+fn in_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+}
+
+/// Makes sure the system packages in [`NEEDS`] are present, installing the
+/// missing ones with `apt-get` when running as root on Debian/Ubuntu.
 fn setup() -> Result<()> {
-    if std::env::var_os("LIBCLANG_PATH").is_some() || libclang_present() {
+    let missing: Vec<&Need> = NEEDS.iter().filter(|n| !(n.present)()).collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: libclang not found (RocksDB's bindgen needs it); installing libclang-dev");
+    for n in &missing {
+        eprintln!("xtask: missing {} ({})", n.package, n.why);
+    }
+    let packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
     let is_root = Command::new("id")
         .arg("-u")
         .output()
@@ -212,8 +254,9 @@ fn setup() -> Result<()> {
     let has_apt = std::path::Path::new("/usr/bin/apt-get").exists();
     if !(is_root && has_apt) {
         bail!(
-            "libclang is missing: install it (Debian/Ubuntu: `apt-get install libclang-dev`) \
-             or set LIBCLANG_PATH, then run this command again"
+            "missing system packages: install them (Debian/Ubuntu: `apt-get install {}`), \
+             then run this command again",
+            packages.join(" ")
         );
     }
     let apt = |args: &[&str]| {
@@ -222,12 +265,19 @@ fn setup() -> Result<()> {
         c
     };
     run("apt-get update", &mut apt(&["update", "-qq"]))?;
+    let mut install = vec!["install", "-y", "-qq"];
+    install.extend(&packages);
     run(
-        "apt-get install libclang-dev",
-        &mut apt(&["install", "-y", "-qq", "libclang-dev"]),
+        &format!("apt-get install {}", packages.join(" ")),
+        &mut apt(&install),
     )?;
-    if !libclang_present() {
-        bail!("libclang-dev was installed but no libclang shared library was found");
+    let still: Vec<&str> = NEEDS
+        .iter()
+        .filter(|n| !(n.present)())
+        .map(|n| n.package)
+        .collect();
+    if !still.is_empty() {
+        bail!("installed but still not usable: {}", still.join(" "));
     }
     Ok(())
 }
