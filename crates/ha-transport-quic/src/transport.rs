@@ -50,7 +50,7 @@
 //!   closes the whole connection with [`code::IDENTITY`] and counts
 //!   `identity_rejections`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -68,7 +68,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::config::{ConfigError, QuicConfig};
+use crate::config::{ConfigError, GSO_SAFE_UDP_PAYLOAD_BYTES, QuicConfig};
 use crate::frame::{
     FRAME_HEADER_BYTES, FrameDecoder, FrameError, PREAMBLE_BYTES, Preamble, StreamKind, WireKind,
     checked_len, encode_frame, encode_header,
@@ -272,7 +272,10 @@ struct Shared {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     counters: Counters,
-    peers: RwLock<HashMap<NodeId, PeerHandle>>,
+    /// Peers by id. A `BTreeMap`: a cluster has few peers, and an ordered
+    /// lookup of a `u64` is cheaper than hashing it with SipHash on every
+    /// `send`.
+    peers: RwLock<BTreeMap<NodeId, PeerHandle>>,
     inbound_tx: mpsc::Sender<Inbound>,
     request_tx: mpsc::Sender<IncomingRequest>,
     /// Set to abort every task without draining.
@@ -282,13 +285,13 @@ struct Shared {
 }
 
 impl Shared {
-    fn peers_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, PeerHandle>> {
+    fn peers_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NodeId, PeerHandle>> {
         // Every critical section leaves the map consistent; a poisoned lock
         // holds usable state.
         self.peers.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn peers_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, PeerHandle>> {
+    fn peers_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeId, PeerHandle>> {
         self.peers.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -336,12 +339,19 @@ impl QuicTransport {
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic_client));
         client_config.transport_config(Arc::new(transport_config(&config, false)?));
 
-        let endpoint = quinn::Endpoint::server(server_config, config.listen_addr).map_err(|e| {
-            TransportError::Bind {
-                addr: config.listen_addr,
-                source: e,
-            }
-        })?;
+        let bind_err = |source| TransportError::Bind {
+            addr: config.listen_addr,
+            source,
+        };
+        let socket = bind_udp(&config).map_err(bind_err)?;
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config
+            .max_udp_payload_size(config.max_udp_payload_bytes)
+            .map_err(|_| ConfigError("max_udp_payload_bytes out of range"))?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| bind_err(std::io::Error::other("no Tokio runtime")))?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
+            .map_err(bind_err)?;
 
         let (inbound_tx, inbound) = mpsc::channel(config.inbound_queue_frames);
         let (request_tx, requests) = mpsc::channel(config.request_queue);
@@ -353,7 +363,7 @@ impl QuicTransport {
             endpoint,
             client_config,
             counters: Counters::default(),
-            peers: RwLock::new(HashMap::new()),
+            peers: RwLock::new(BTreeMap::new()),
             inbound_tx,
             request_tx,
             stop,
@@ -455,20 +465,25 @@ impl QuicTransport {
                 max,
             });
         }
-        let tx = {
-            let peers = self.shared.peers_read();
-            let p = peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
-            match frame.kind {
-                FrameKind::Protocol => p.proto_tx.clone(),
-                FrameKind::Snapshot => p.snap_tx.clone(),
-            }
-        };
-        tx.send(OutFrame {
+        let out = OutFrame {
             group: frame.group,
             payload: frame.payload,
-        })
-        .await
-        .map_err(|_| SendError::Closed)
+        };
+        let (tx, out) = {
+            let peers = self.shared.peers_read();
+            let p = peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
+            let q = match frame.kind {
+                FrameKind::Protocol => &p.proto_tx,
+                FrameKind::Snapshot => &p.snap_tx,
+            };
+            // Fast path: room in the queue, no sender clone, no await.
+            match q.try_send(out) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(SendError::Closed),
+                Err(mpsc::error::TrySendError::Full(out)) => (q.clone(), out),
+            }
+        };
+        tx.send(out).await.map_err(|_| SendError::Closed)
     }
 
     /// Sends a request to `to` and waits at most `timeout_ms` for the
@@ -569,7 +584,9 @@ impl QuicTransport {
     /// count as `dropped_disconnected`.
     pub async fn shutdown(&self, drain_timeout_ms: u64) {
         self.shared.closing.store(true, Ordering::Release);
-        let handles: Vec<PeerHandle> = self.shared.peers_write().drain().map(|(_, p)| p).collect();
+        let handles: Vec<PeerHandle> = std::mem::take(&mut *self.shared.peers_write())
+            .into_values()
+            .collect();
         // Dropping the senders lets each peer task drain and finish.
         let mut tasks = Vec::with_capacity(handles.len());
         for p in handles {
@@ -601,7 +618,7 @@ impl Drop for QuicTransport {
         self.shared.closing.store(true, Ordering::Release);
         self.shared.stop.send_replace(true);
         self.accept_task.abort();
-        for (_, p) in self.shared.peers_write().drain() {
+        for p in std::mem::take(&mut *self.shared.peers_write()).into_values() {
             p.task.abort();
         }
         self.shared
@@ -650,6 +667,15 @@ fn transport_config(
     tc.stream_receive_window(window(cfg.stream_window_bytes)?);
     tc.receive_window(window(cfg.connection_window_bytes)?);
     tc.send_window(cfg.connection_window_bytes);
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(cfg.max_udp_payload_bytes);
+    tc.mtu_discovery_config(Some(mtud));
+    if cfg.max_udp_payload_bytes > GSO_SAFE_UDP_PAYLOAD_BYTES {
+        // A GSO batch would exceed the 64 KiB UDP limit; the kernel refuses
+        // it (EMSGSIZE) and quinn counts the packets as lost.
+        tc.enable_segmentation_offload(false);
+    }
+
     if inbound {
         tc.max_concurrent_uni_streams(VarInt::from_u32(cfg.max_uni_streams_per_peer));
         tc.max_concurrent_bidi_streams(VarInt::from_u32(cfg.max_inflight_requests_per_peer));
@@ -659,6 +685,43 @@ fn transport_config(
         tc.max_concurrent_bidi_streams(VarInt::from_u32(0));
     }
     Ok(tc)
+}
+
+/// Binds the UDP socket with the configured kernel buffer sizes. The
+/// kernel may grant less than asked (capped by `net.core.rmem_max` /
+/// `wmem_max`); that is logged, not an error.
+fn bind_udp(cfg: &QuicConfig) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = cfg.listen_addr;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let want = cfg.udp_socket_buffer_bytes;
+    for (what, set, get) in [
+        (
+            "SO_RCVBUF",
+            Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>,
+            Socket::recv_buffer_size as fn(&Socket) -> std::io::Result<usize>,
+        ),
+        (
+            "SO_SNDBUF",
+            Socket::set_send_buffer_size,
+            Socket::send_buffer_size,
+        ),
+    ] {
+        if let Err(e) = set(&socket, want) {
+            warn!(%addr, option = what, error = %e, "cannot size UDP socket buffer");
+            continue;
+        }
+        // Linux reports twice the usable size it granted.
+        match get(&socket) {
+            Ok(got) if got < want => debug!(
+                %addr, option = what, want, got,
+                "UDP socket buffer capped by the kernel (raise net.core.rmem_max/wmem_max)"
+            ),
+            _ => {}
+        }
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Waits until every task has finished or `deadline` passes.
@@ -1211,6 +1274,12 @@ async fn read_stream(shared: Arc<Shared>, conn: Connection, peer: NodeId, mut re
     };
     let decoder = FrameDecoder::for_stream(pre.kind, shared.config.max_frame_bytes);
     let mut buf = BytesMut::with_capacity(64 << 10);
+    // Delivered but not yet counted (counted once per read, not per frame).
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    let count = |frames: &mut u64, bytes: &mut u64| {
+        shared.count(|c| &c.frames_received, std::mem::take(frames));
+        shared.count(|c| &c.bytes_received, std::mem::take(bytes));
+    };
     loop {
         match recv.read_chunk(READ_CHUNK_BYTES_MAX, true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
@@ -1237,16 +1306,31 @@ async fn read_stream(shared: Arc<Shared>, conn: Connection, peer: NodeId, mut re
                             payload: f.payload,
                         },
                     };
-                    if shared.inbound_tx.send(inbound).await.is_err() {
+                    // Fast path without an await; wait (back-pressure)
+                    // only when the consumer's queue is full.
+                    let sent = match shared.inbound_tx.try_send(inbound) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                        Err(mpsc::error::TrySendError::Full(inbound)) => {
+                            count(&mut frames, &mut bytes);
+                            shared.inbound_tx.send(inbound).await.is_ok()
+                        }
+                    };
+                    if !sent {
+                        count(&mut frames, &mut bytes);
                         shared.count(|c| &c.dropped_inbound_closed, 1);
                         let _ = recv.stop(VarInt::from_u32(code::GONE));
                         return;
                     }
-                    shared.count(|c| &c.frames_received, 1);
-                    shared.count(|c| &c.bytes_received, n);
+                    frames += 1;
+                    bytes += n;
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    count(&mut frames, &mut bytes);
+                    break;
+                }
                 Err(e) => {
+                    count(&mut frames, &mut bytes);
                     frame_error(&shared, peer, &mut recv, &e);
                     return;
                 }
@@ -1360,6 +1444,40 @@ mod tests {
         for _ in 0..100 {
             assert!(b.next_delay().as_millis() <= 1000);
         }
+    }
+
+    #[test]
+    fn udp_payload_bound_sets_mtu_discovery_and_gso() {
+        let mut cfg = QuicConfig::new("127.0.0.1:0".parse().unwrap());
+        let tc = format!("{:?}", transport_config(&cfg, true).unwrap());
+        assert!(tc.contains("upper_bound: 6548"), "{tc}");
+        assert!(tc.contains("enable_segmentation_offload: true"), "{tc}");
+        // Above the GSO-safe size: discovery may go higher, GSO is off.
+        cfg.max_udp_payload_bytes = 8952;
+        let tc = format!("{:?}", transport_config(&cfg, false).unwrap());
+        assert!(tc.contains("upper_bound: 8952"), "{tc}");
+        assert!(tc.contains("enable_segmentation_offload: false"), "{tc}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn udp_socket_gets_the_configured_buffers() {
+        let mut cfg = QuicConfig::new("127.0.0.1:0".parse().unwrap());
+        cfg.udp_socket_buffer_bytes = 1 << 20;
+        let sock = bind_udp(&cfg).unwrap();
+        let read_max = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        let sr = socket2::SockRef::from(&sock);
+        // Linux grants min(asked, sysctl max) and reports twice that.
+        let rcv_cap = read_max("/proc/sys/net/core/rmem_max").min(1 << 20);
+        let snd_cap = read_max("/proc/sys/net/core/wmem_max").min(1 << 20);
+        assert!(sr.recv_buffer_size().unwrap() >= rcv_cap);
+        assert!(sr.send_buffer_size().unwrap() >= snd_cap);
+        assert!(sock.local_addr().unwrap().port() != 0);
     }
 
     #[test]
