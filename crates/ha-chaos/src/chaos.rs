@@ -40,6 +40,8 @@ pub const READY_TIMEOUT_MS: u64 = 30_000;
 pub const QUIET_MS: u64 = 2_000;
 /// How long a fault is held, ms.
 pub const FAULT_HOLD_MS: u64 = 4_000;
+/// How long a membership change keeps retrying a refused removal, ms.
+pub const MEMBERSHIP_RETRY_MS: u64 = 8_000;
 
 /// A kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -375,16 +377,31 @@ impl Nemesis<'_> {
                     .map(|k| (leader + 1 + self.rng.below(n as u64) as usize + k) % n)
                     .find(|&i| i != leader && self.cluster.state(i) == MemberState::Up)
                     .context("no follower to remove")?;
-                let mut c = connect_one(&self.urls[leader], 3_000).await?;
-                let list = c.member_list().await?;
                 let name = self.cluster.members()[follower].name.clone();
-                let id = list
-                    .members()
-                    .iter()
-                    .find(|m| m.name() == name)
-                    .map(|m| m.id())
-                    .with_context(|| format!("{name} not in the member list"))?;
-                c.member_remove(id).await?;
+                // etcd refuses a removal until every member has been
+                // connected for a while ("unhealthy cluster", e.g. right
+                // after a restart); retry within a bound.
+                let deadline = Instant::now() + Duration::from_millis(MEMBERSHIP_RETRY_MS);
+                let id = loop {
+                    let attempt: Result<u64> = async {
+                        let mut c = connect_one(&self.urls[self.leader().await], 3_000).await?;
+                        let list = c.member_list().await?;
+                        let id = list
+                            .members()
+                            .iter()
+                            .find(|m| m.name() == name)
+                            .map(|m| m.id())
+                            .with_context(|| format!("{name} not in the member list"))?;
+                        c.member_remove(id).await?;
+                        Ok(id)
+                    }
+                    .await;
+                    match attempt {
+                        Ok(id) => break id,
+                        Err(e) if Instant::now() >= deadline => return Err(e),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                };
                 self.cluster.kill9(follower)?;
                 self.cluster.mark_removed(follower);
                 Ok((
