@@ -624,7 +624,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<Verdict> {
     let mut nemesis = Nemesis {
         cluster: &mut cluster,
         lab: lab.as_ref(),
-        rng: SimRng::new(opts.seed ^ 0x6e65_6d65_7369_73),
+        rng: SimRng::new(opts.seed ^ 0x006e_656d_6573_6973),
         urls: urls.clone(),
         flip: false,
     };
