@@ -147,7 +147,9 @@ pub async fn register_client(
                 key: b(&key),
                 value: b(&value),
             };
-            let r = if broken == Broken::AckWithoutCommit && seq.is_multiple_of(ACK_WITHOUT_COMMIT_EVERY) {
+            let r = if broken == Broken::AckWithoutCommit
+                && seq.is_multiple_of(ACK_WITHOUT_COMMIT_EVERY)
+            {
                 // Acknowledged, never sent.
                 Ok(KvResponse::Written {
                     prev: last_seen.get(&key).cloned().flatten(),
@@ -274,11 +276,12 @@ pub async fn set_client(
         let key = format!("set/{id}/{seq:08}");
         let mut c = eps.clients[target].clone();
         let invoked = clock.now_ns();
-        let r = if broken == Broken::AckWithoutCommit && seq.is_multiple_of(ACK_WITHOUT_COMMIT_EVERY) {
-            Ok(())
-        } else {
-            timed(c.put(key.as_str(), "1", None)).await.map(drop)
-        };
+        let r =
+            if broken == Broken::AckWithoutCommit && seq.is_multiple_of(ACK_WITHOUT_COMMIT_EVERY) {
+                Ok(())
+            } else {
+                timed(c.put(key.as_str(), "1", None)).await.map(drop)
+            };
         let done = clock.now_ns();
         if let Ok(mut l) = log.lock() {
             let ok = r.is_ok();
