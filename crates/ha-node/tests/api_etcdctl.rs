@@ -151,7 +151,7 @@ impl Streaming {
 
     /// Whether a line is already waiting (without blocking).
     fn has_output(&self) -> bool {
-        matches!(self.lines.try_recv(), Ok(_))
+        self.lines.try_recv().is_ok()
     }
 }
 

@@ -141,9 +141,12 @@ pub trait Backend: Send + Sync + 'static {
         R: Send + 'static,
         F: FnOnce(&LockMachine) -> R + Send + 'static;
 
-    /// Live events as they are applied on this member: a bounded broadcast;
-    /// a receiver that falls behind gets `RecvError::Lagged` and must
-    /// recover from history (`LockMachine::events_since`).
+    /// Live events as they are applied on this member, in apply (revision)
+    /// order, one batch per command that produced events: a bounded
+    /// broadcast; a receiver that falls behind gets `RecvError::Lagged` and
+    /// recovers from history (`LockMachine::events_since`). A batch may be
+    /// sent before or after reads can observe its revision; watchers
+    /// de-duplicate by revision.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<EventBatch>>;
 
     /// Identity and current term for response headers.
