@@ -341,7 +341,10 @@ impl Work<'_> {
 }
 
 /// etcd's duplicate-key rule, written as sets: returns (puts, deletes).
-fn dup_check(ops: &[RequestOp]) -> Result<(BTreeSet<Bytes>, Vec<(Bytes, Bytes)>), LockError> {
+/// Puts and delete ranges of a branch.
+type Writes = (BTreeSet<Bytes>, Vec<(Bytes, Bytes)>);
+
+fn dup_check(ops: &[RequestOp]) -> Result<Writes, LockError> {
     let mut dels: Vec<(Bytes, Bytes)> = Vec::new();
     for op in ops {
         if let RequestOp::DeleteRange(d) = op {
@@ -457,7 +460,7 @@ impl Model {
         match order {
             SortOrder::None => {}
             SortOrder::Ascend => kvs.sort_by_key(|kv| target(kv)),
-            SortOrder::Descend => kvs.sort_by(|a, b| target(b).cmp(&target(a))),
+            SortOrder::Descend => kvs.sort_by_key(|kv| std::cmp::Reverse(target(kv))),
         }
         if r.limit > 0 {
             kvs.truncate(r.limit as usize);
@@ -603,4 +606,31 @@ pub fn all_keys() -> RangeRequest {
         range_end: Bytes::from_static(b"\0"),
         ..Default::default()
     }
+}
+
+fn name() -> impl Strategy<Value = Bytes> {
+    proptest::sample::select(&["l1", "l2"][..]).prop_map(|n| Bytes::from_static(n.as_bytes()))
+}
+
+/// Every command kind, including locks, elections and machine-picked lease
+/// ids (for tests that compare two machines, not machine and model).
+pub fn any_command() -> impl Strategy<Value = Command> {
+    let lease = 1i64..4;
+    prop_oneof![
+        10 => command(),
+        2 => (0i64..4).prop_map(|_| Command::LeaseGrant(LeaseGrantRequest { id: 0, ttl_ms: 500 })),
+        3 => (name(), lease.clone()).prop_map(|(name, lease)| Command::Lock { name, lease }),
+        2 => (name(), lease.clone()).prop_map(|(name, lease)| Command::Unlock { key: owner_key(&name, lease) }),
+        2 => (name(), lease.clone(), value()).prop_map(|(name, lease, value)| Command::Campaign { name, lease, value }),
+        1 => (name(), lease.clone(), 0i64..20, value()).prop_map(|(name, lease, rev, value)| Command::Proclaim {
+            leader: LeaderKey { key: owner_key(&name, lease), name, rev, lease },
+            value,
+        }),
+        1 => (name(), lease, 0i64..20).prop_map(|(name, lease, rev)| Command::Resign {
+            leader: LeaderKey { key: owner_key(&name, lease), name, rev, lease },
+        }),
+        1 => proptest::collection::vec((1i64..4, 0i64..2000), 0..4).prop_map(|v| Command::LeaseCheckpoint(
+            v.into_iter().map(|(id, remaining_ms)| LeaseCheckpoint { id, remaining_ms }).collect()
+        )),
+    ]
 }
