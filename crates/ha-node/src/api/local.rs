@@ -132,6 +132,10 @@ impl Inner {
     fn tick(&self) -> Result<(), BackendError> {
         let mut state = self.lock()?;
         let now_ms = self.now_ms();
+        // Reconcile with the lease table (as ha-lock's wiring asks), then
+        // apply what the lessor proposes.
+        let leases = state.machine.leases();
+        state.lessor.sync(now_ms, &leases);
         for cmd in state.lessor.tick(now_ms) {
             self.apply(&mut state, &cmd)?;
         }
