@@ -616,6 +616,18 @@ async fn bad_inputs_get_etcd_errors_and_change_nothing() {
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "etcdserver: key is not provided");
 
+        // Lock and campaign on a lease that does not exist.
+        let s = grpc_status(
+            c.lock("bad/lock", Some(LockOptions::new().with_lease(0x4242)))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "etcdserver: requested lease not found");
+        let s = grpc_status(c.campaign("bad/el", "v", 0x4243).await.unwrap_err());
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "etcdserver: requested lease not found");
+
         // Nothing changed: same revision, same value, no stray keys.
         let after = c
             .get("bad/", Some(GetOptions::new().with_prefix()))

@@ -20,6 +20,20 @@ pub struct EventBatch {
     pub events: Vec<Event>,
 }
 
+/// An event sink for [`LockMachine::set_event_sink`] that forwards every
+/// applied batch into `sender` (what [`Backend::subscribe`] hands out). A
+/// send without receivers is not an error: nobody watches.
+pub fn broadcast_sink(
+    sender: tokio::sync::broadcast::Sender<Arc<EventBatch>>,
+) -> ha_lock::EventSink {
+    Box::new(move |revision, events| {
+        let _ = sender.send(Arc::new(EventBatch {
+            revision,
+            events: events.to_vec(),
+        }));
+    })
+}
+
 /// Identity and term stamped into every response header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeaderInfo {

@@ -17,7 +17,9 @@ use ha_lock::api::{self as hl, Applied, Command};
 use ha_lock::{Lessor, LockMachine};
 use tokio::sync::broadcast;
 
-use super::backend::{Backend, BackendError, EventBatch, HeaderInfo, MemberInfo, StatusInfo};
+use super::backend::{
+    Backend, BackendError, EventBatch, HeaderInfo, MemberInfo, StatusInfo, broadcast_sink,
+};
 
 /// Settings of a [`LocalBackend`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,14 +180,7 @@ impl LocalBackend {
             tokio::runtime::Handle::try_current().map_err(|_| LocalBackendError::NoRuntime)?;
         let mut machine = LockMachine::in_memory(config.limits.clone())?;
         let (events, _) = broadcast::channel(config.event_queue_len);
-        let sink = events.clone();
-        machine.set_event_sink(Box::new(move |revision, evs| {
-            // No receiver is fine: nobody watches.
-            let _ = sink.send(Arc::new(EventBatch {
-                revision,
-                events: evs.to_vec(),
-            }));
-        }));
+        machine.set_event_sink(broadcast_sink(events.clone()));
         let mut lessor = Lessor::new(config.lease_checkpoint_interval_ms);
         lessor.become_leader(0, &machine.leases());
         let tick = Duration::from_millis(config.lease_tick_ms);

@@ -72,7 +72,9 @@ use ha_lock::api as hl;
 use tokio::sync::watch as signal;
 use tonic::Status;
 
-pub use backend::{Backend, BackendError, EventBatch, HeaderInfo, MemberInfo, StatusInfo};
+pub use backend::{
+    Backend, BackendError, EventBatch, HeaderInfo, MemberInfo, StatusInfo, broadcast_sink,
+};
 pub use local::{LocalBackend, LocalBackendConfig, LocalBackendError};
 
 use pb::etcdserverpb::ResponseHeader;
