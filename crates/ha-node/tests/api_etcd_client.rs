@@ -814,3 +814,24 @@ async fn progress_notify_reports_the_revision_seen() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams_with_server_stopped() {
+    bounded(async {
+        let server = TestServer::start().await;
+        let mut c = server.client().await;
+        let mut stream = c.watch("s/", None).await.unwrap();
+        assert!(stream.message().await.unwrap().unwrap().created());
+        let stopping = tokio::spawn(server.stop());
+        match stream.message().await {
+            Err(err) => {
+                let s = grpc_status(err);
+                assert_eq!(s.code(), Code::Unavailable);
+                assert_eq!(s.message(), "etcdserver: server stopped");
+            }
+            Ok(other) => panic!("expected the stream to end with server stopped, got {other:?}"),
+        }
+        stopping.await.unwrap();
+    })
+    .await;
+}
