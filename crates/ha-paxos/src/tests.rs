@@ -1024,6 +1024,52 @@ fn replace_changes_the_configuration_in_one_entry() {
     c.commit(l3, b"new configuration only");
 }
 
+/// Installing a snapshot drops only the slots it covers: a value accepted
+/// above it is acceptor state a later phase 1 may need, and stays.
+#[test]
+fn a_snapshot_install_keeps_accepted_slots_above_it() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.elect(2_000);
+    let b = c.node(l.0).px.ballot();
+    let f = if l == NodeId(3) { 2 } else { 3 };
+    c.px(f).step(
+        l,
+        Message::Accept(Accept {
+            ballot: b,
+            entries: vec![normal(b, 50, b"ahead")],
+            commit: LogIndex(0),
+            round: 0,
+        }),
+    );
+    c.px(f).step(
+        l,
+        Message::InstallSnapshot {
+            ballot: b,
+            meta: SnapshotMeta {
+                last_log_id: LogId {
+                    term: b,
+                    index: LogIndex(10),
+                },
+                membership: Membership::default(),
+            },
+        },
+    );
+    let px = &c.node(f).px;
+    assert_eq!(px.commit_index(), LogIndex(10));
+    assert_eq!(px.log_start(), LogIndex(10));
+    assert_eq!(
+        px.entry(LogIndex(50)).map(|e| e.payload.clone()),
+        Some(EntryPayload::Normal(Bytes::from_static(b"ahead")))
+    );
+    let rd = c.px(f).ready();
+    assert_eq!(rd.snapshot.map(|m| m.last_log_id.index), Some(LogIndex(10)));
+    assert!(rd.entries.iter().any(|e| e.index() == LogIndex(50)));
+    assert_eq!(
+        rd.truncate_from, None,
+        "nothing above the snapshot is truncated"
+    );
+}
+
 #[test]
 fn recovery_rejects_impossible_state() {
     let b = ballot(1, NodeId(1));
