@@ -1,0 +1,267 @@
+//! The RocksDB state store (feature `rocksdb`).
+//!
+//! The machine keeps its working state in memory (like etcd's in-memory
+//! tree index) and makes it durable in column family `sm` of the node's one
+//! RocksDB (shared with `RocksLogStore`, so one WAL and one process-wide
+//! write path serve log and state). Sharing the DB, not owning a second
+//! one, keeps a single WAL to fsync and one set of RocksDB background
+//! threads per node.
+//!
+//! # Layout (column family `sm`)
+//!
+//! | key | value |
+//! |---|---|
+//! | group (u64 BE) ‖ `1` | codec frame of [`Meta`]: last applied, membership, revision, compact revision |
+//! | group (u64 BE) ‖ `2` ‖ main (u64 BE) ‖ sub (u64 BE) | codec frame of a record (key + value or tombstone) |
+//! | group (u64 BE) ‖ `3` ‖ lease id (u64 BE) | codec frame of a lease (TTL, remaining) |
+//!
+//! Every apply is **one** `WriteBatch`: the records it added, the records
+//! compaction removed, the leases it touched and the meta with
+//! `last_applied` — so the durable state is always the state after some
+//! whole entry, never between two. Recovery reads the group's meta,
+//! records and leases and rebuilds the index and lease key sets, checking
+//! every checksum and invariant (`StateMachineError::Storage` otherwise).
+
+use std::sync::Arc;
+
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+use ha_core::codec;
+use ha_core::state_machine::StateMachineError;
+use ha_core::storage::rocks::CF_SM;
+use ha_core::types::{GroupId, LogId, Membership};
+
+use crate::store::{Journal, LeaseRecord, Record, Rev, State};
+
+const TAG_META: u8 = 1;
+const TAG_RECORD: u8 = 2;
+const TAG_LEASE: u8 = 3;
+
+/// The durable meta of one group's state machine.
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    last_applied: LogId,
+    membership: Membership,
+    revision: i64,
+    compact_revision: i64,
+}
+
+/// What [`RocksState::open`] recovered.
+pub(crate) struct Loaded {
+    pub state: State,
+    pub last_applied: LogId,
+    pub membership: Membership,
+}
+
+/// A group's handle on column family `sm`.
+pub(crate) struct RocksState {
+    db: Arc<DB>,
+    group: GroupId,
+}
+
+fn storage(e: impl std::fmt::Display) -> StateMachineError {
+    StateMachineError::Storage(e.to_string())
+}
+
+impl RocksState {
+    fn prefix(&self, tag: u8) -> Vec<u8> {
+        let mut k = Vec::with_capacity(25);
+        k.extend_from_slice(&self.group.get().to_be_bytes());
+        k.push(tag);
+        k
+    }
+
+    fn record_key(&self, rev: Rev) -> Vec<u8> {
+        let mut k = self.prefix(TAG_RECORD);
+        k.extend_from_slice(&(rev.main as u64).to_be_bytes());
+        k.extend_from_slice(&(rev.sub as u64).to_be_bytes());
+        k
+    }
+
+    fn lease_key(&self, id: i64) -> Vec<u8> {
+        let mut k = self.prefix(TAG_LEASE);
+        k.extend_from_slice(&(id as u64).to_be_bytes());
+        k
+    }
+
+    /// Opens `group`'s state in `db` (which must have the `sm` family) and
+    /// loads it (empty if the group has none).
+    pub fn open(db: Arc<DB>, group: GroupId) -> Result<(Self, Loaded), StateMachineError> {
+        if db.cf_handle(CF_SM).is_none() {
+            return Err(storage(format!("column family {CF_SM} missing")));
+        }
+        let me = RocksState { db, group };
+        let loaded = me.load()?;
+        Ok((me, loaded))
+    }
+
+    fn scan(
+        &self,
+        tag: u8,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StateMachineError>,
+    ) -> Result<(), StateMachineError> {
+        let cf = self
+            .db
+            .cf_handle(CF_SM)
+            .ok_or_else(|| storage("sm family missing"))?;
+        let prefix = self.prefix(tag);
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, v) = item.map_err(storage)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            f(&k[prefix.len()..], &v)?;
+        }
+        Ok(())
+    }
+
+    fn load(&self) -> Result<Loaded, StateMachineError> {
+        let cf = self
+            .db
+            .cf_handle(CF_SM)
+            .ok_or_else(|| storage("sm family missing"))?;
+        let Some(meta_bytes) = self.db.get_cf(cf, self.prefix(TAG_META)).map_err(storage)? else {
+            return Ok(Loaded {
+                state: State::default(),
+                last_applied: LogId::default(),
+                membership: Membership::default(),
+            });
+        };
+        let meta: Meta =
+            codec::decode(&meta_bytes).map_err(|e| storage(format!("sm meta: {e}")))?;
+        let mut records = std::collections::BTreeMap::new();
+        self.scan(TAG_RECORD, |k, v| {
+            if k.len() != 16 {
+                return Err(storage(format!("sm record key of {} bytes", k.len())));
+            }
+            let mut main = [0u8; 8];
+            let mut sub = [0u8; 8];
+            main.copy_from_slice(&k[..8]);
+            sub.copy_from_slice(&k[8..]);
+            let rev = Rev {
+                main: u64::from_be_bytes(main) as i64,
+                sub: u64::from_be_bytes(sub) as i64,
+            };
+            let rec: Record =
+                codec::decode(v).map_err(|e| storage(format!("sm record {rev:?}: {e}")))?;
+            records.insert(rev, rec);
+            Ok(())
+        })?;
+        let mut leases = Vec::new();
+        self.scan(TAG_LEASE, |k, v| {
+            let l: LeaseRecord = codec::decode(v).map_err(|e| storage(format!("sm lease: {e}")))?;
+            if k.len() != 8 || k != (l.id as u64).to_be_bytes() {
+                return Err(storage(format!(
+                    "sm lease {} stored under a wrong key",
+                    l.id
+                )));
+            }
+            leases.push(l);
+            Ok(())
+        })?;
+        let state = State::rebuild(meta.revision, meta.compact_revision, records, leases)
+            .map_err(|e| storage(format!("sm state: {e}")))?;
+        Ok(Loaded {
+            state,
+            last_applied: meta.last_applied,
+            membership: meta.membership,
+        })
+    }
+
+    fn put_meta(
+        &self,
+        wb: &mut WriteBatch,
+        state: &State,
+        last_applied: LogId,
+        membership: &Membership,
+    ) -> Result<(), StateMachineError> {
+        let cf = self
+            .db
+            .cf_handle(CF_SM)
+            .ok_or_else(|| storage("sm family missing"))?;
+        let meta = Meta {
+            last_applied,
+            membership: membership.clone(),
+            revision: state.revision,
+            compact_revision: state.compact_revision,
+        };
+        wb.put_cf(cf, self.prefix(TAG_META), codec::encode(&meta));
+        Ok(())
+    }
+
+    /// Writes the changes of one apply (from `journal`) and the new meta
+    /// as one batch.
+    pub fn write_apply(
+        &self,
+        state: &State,
+        journal: &Journal,
+        last_applied: LogId,
+        membership: &Membership,
+    ) -> Result<(), StateMachineError> {
+        let cf = self
+            .db
+            .cf_handle(CF_SM)
+            .ok_or_else(|| storage("sm family missing"))?;
+        let mut wb = WriteBatch::default();
+        for rev in &journal.removed_records {
+            wb.delete_cf(cf, self.record_key(*rev));
+        }
+        for rev in &journal.put_records {
+            if let Some(rec) = state.records.get(rev) {
+                wb.put_cf(cf, self.record_key(*rev), codec::encode(rec));
+            }
+        }
+        for id in &journal.leases {
+            match state.leases.get(id) {
+                Some(l) => wb.put_cf(
+                    cf,
+                    self.lease_key(*id),
+                    codec::encode(&LeaseRecord {
+                        id: *id,
+                        ttl_ms: l.ttl_ms,
+                        remaining_ms: l.remaining_ms,
+                    }),
+                ),
+                None => wb.delete_cf(cf, self.lease_key(*id)),
+            }
+        }
+        self.put_meta(&mut wb, state, last_applied, membership)?;
+        self.db.write(wb).map_err(storage)
+    }
+
+    /// Replaces the group's whole state (snapshot install), synced.
+    pub fn write_all(
+        &self,
+        state: &State,
+        last_applied: LogId,
+        membership: &Membership,
+    ) -> Result<(), StateMachineError> {
+        let cf = self
+            .db
+            .cf_handle(CF_SM)
+            .ok_or_else(|| storage("sm family missing"))?;
+        let mut wb = WriteBatch::default();
+        let from = self.prefix(0);
+        let to = self.prefix(u8::MAX);
+        wb.delete_range_cf(cf, from, to);
+        for (rev, rec) in &state.records {
+            wb.put_cf(cf, self.record_key(*rev), codec::encode(rec));
+        }
+        for l in state.lease_records() {
+            wb.put_cf(cf, self.lease_key(l.id), codec::encode(&l));
+        }
+        self.put_meta(&mut wb, state, last_applied, membership)?;
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo).map_err(storage)
+    }
+
+    /// Makes every write so far durable across power loss.
+    pub fn sync(&self) -> Result<(), StateMachineError> {
+        self.db.flush_wal(true).map_err(storage)
+    }
+}
