@@ -282,8 +282,19 @@ fn kill_ns_processes(ns: &str) {
     }
 }
 
+/// Whether `pid` is a live (not zombie) `ha-chaos` process. A pid reused
+/// by another program counts as dead; an unreaped zombie counts as dead.
 fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')'.
+    let Some((head, tail)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let state = tail.trim_start().chars().next().unwrap_or('X');
+    let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+    !matches!(state, 'Z' | 'X') && comm.starts_with("ha-chaos")
 }
 
 /// The owner pid encoded in one of our names, if the name is ours.
@@ -390,6 +401,14 @@ mod tests {
         assert_eq!(owner_of("eth0"), None);
         assert_eq!(owner_of("docker0"), None);
         assert_eq!(owner_of("ha-chaos-x-n1"), None);
+    }
+
+    #[test]
+    fn only_live_ha_chaos_processes_count_as_owners() {
+        // This test binary is not called ha-chaos*: a pid reused by another
+        // program must not protect leftovers.
+        assert!(!pid_alive(std::process::id()));
+        assert!(!pid_alive(u32::MAX));
     }
 
     #[test]
