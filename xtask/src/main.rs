@@ -3,9 +3,11 @@
 //! - `cargo xtask test` — format check, the dependency rules of the crate
 //!   map (ha-core without features builds no RocksDB and no tokio; ha-raft
 //!   pulls no tokio, quinn, RocksDB or OS entropy), clippy with
-//!   `-D warnings`, every test of the workspace, and the test kit's
-//!   10,000-seed run of its correct toy protocol in a release build
-//!   (all features). This is the command `.ci/run` runs.
+//!   `-D warnings`, every test of the workspace (protocol simulators at 20
+//!   seeds per scenario in that debug step), then in a release build the
+//!   test kit's 10,000-seed run of its correct toy protocol and 10,000
+//!   seeds of each protocol's simulator suite (raft, paxos). This is the
+//!   command `.ci/run` runs.
 //! - `cargo xtask test --quick` — the same without fmt/clippy.
 //! - `cargo xtask demo [ARGS]` — the runnable example until `ha-node` serves:
 //!   a durable single-node replicated KV on RocksDB (see the README).
@@ -69,7 +71,7 @@ fn print_help() {
          test [--quick]   fmt check, dependency rules, clippy -D warnings, all tests\n                   (--quick: tests only)\n  \
          demo [ARGS]      durable single-node replicated KV on RocksDB (example kv_solo);\n                   ARGS go to the example, e.g. --dir ./ha-data --ops 20000 --clients 64\n  \
          deps             check the dependency rules of the crate map\n  \
-         sim [--protocol raft] [--seeds N] [--base B]\n                   run the deterministic simulator suite over more seeds\n                   (release build; prints the failing seed and its trace)\n  \
+         sim [--protocol raft|paxos] [--seeds N] [--base B]\n                   run the deterministic simulator suite over more seeds\n                   (release build; prints the failing seed and its trace)\n  \
          cluster [--nodes 3] [--consensus raft|paxos] [--server ha-node|etcd]\n                   local cluster with live status until Ctrl-C\n  \
          bench [failover] [--systems ha-node/raft,ha-node/paxos,etcd] [--clients 1,16,64,256]\n                   [--duration-ms 2000] [--workloads put,range-lin,range-ser,txn,lock]\n                   load generator over the etcd v3 API (release); CSV, SVG, Markdown\n  \
          chaos [--duration 60s] [--seed 1] [--consensus raft|paxos] [--nemesis kill,pause,...]\n                   [--server ha-node|etcd] [--broken ack-without-commit]\n                   faults + checked workloads; verdict and HTML report\n                   (`cargo xtask <cluster|bench|chaos> --help` for all options)\n  \
@@ -98,6 +100,11 @@ fn run(step: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Seeds per simulator scenario in the debug test step.
+const DEBUG_SIM_SEEDS: &str = "20";
+/// Seeds per simulator scenario in the release step (5 scenarios: 10,000).
+const RELEASE_SIM_SEEDS_PER_SCENARIO: &str = "2000";
+
 fn test(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     if let Some(bad) = args.iter().find(|a| *a != "--quick") {
@@ -120,9 +127,14 @@ fn test(args: &[String]) -> Result<()> {
             ]),
         )?;
     }
+    // The debug step runs the protocol simulators over a few seeds (debug
+    // assertions on); the release steps below run the acceptance counts.
     run(
         "tests",
-        cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]),
+        cargo()
+            .args(["test", "--workspace", "--all-features", "--no-fail-fast"])
+            .env("HA_RAFT_SIM_SEEDS", DEBUG_SIM_SEEDS)
+            .env("HA_PAXOS_SIM_SEEDS", DEBUG_SIM_SEEDS),
     )?;
     // The test kit's acceptance bar is 10,000 seeds of the correct toy
     // protocol; that fits CI only in an optimised build (~35 s).
@@ -143,6 +155,24 @@ fn test(args: &[String]) -> Result<()> {
             ])
             .env("HA_SIM_SEEDS", "10000"),
     )?;
+    // Both protocols' simulator suites: five scenarios x 2,000 seeds =
+    // 10,000 seeds each (~15 ms of CPU per seed in release).
+    run(
+        "raft + paxos simulators over 10,000 seeds each (release)",
+        cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "ha-raft",
+                "-p",
+                "ha-paxos",
+                "--test",
+                "sim",
+            ])
+            .env("HA_RAFT_SIM_SEEDS", RELEASE_SIM_SEEDS_PER_SCENARIO)
+            .env("HA_PAXOS_SIM_SEEDS", RELEASE_SIM_SEEDS_PER_SCENARIO),
+    )?;
     chaos_scenario()?;
     eprintln!(
         "xtask: all checks passed in {:.1}s",
@@ -157,7 +187,7 @@ fn test(args: &[String]) -> Result<()> {
 /// - the protocol crates pull in no async runtime, network stack, storage
 ///   engine or OS entropy.
 fn dependency_rules() -> Result<()> {
-    let rules: [(&str, &[&str], &[&str]); 2] = [
+    let rules: [(&str, &[&str], &[&str]); 3] = [
         (
             "ha-core",
             &["--no-default-features"],
@@ -165,6 +195,11 @@ fn dependency_rules() -> Result<()> {
         ),
         (
             "ha-raft",
+            &[],
+            &["tokio", "quinn", "librocksdb-sys", "getrandom"],
+        ),
+        (
+            "ha-paxos",
             &[],
             &["tokio", "quinn", "librocksdb-sys", "getrandom"],
         ),
@@ -375,8 +410,8 @@ fn sim(args: &[String]) -> Result<()> {
     }
     let (package, test, seeds_var, base_var) = match protocol.as_str() {
         "raft" => ("ha-raft", "sim", "HA_RAFT_SIM_SEEDS", "HA_RAFT_SIM_BASE"),
-        "paxos" => bail!("ha-paxos is not built yet (issue 10); only `raft` can be simulated"),
-        other => bail!("unknown protocol `{other}` (known: raft)"),
+        "paxos" => ("ha-paxos", "sim", "HA_PAXOS_SIM_SEEDS", "HA_PAXOS_SIM_BASE"),
+        other => bail!("unknown protocol `{other}` (known: raft, paxos)"),
     };
     let mut cmd = cargo();
     cmd.args(["test", "--release", "-p", package, "--test", test])

@@ -766,6 +766,19 @@ pub struct Limits {
     pub max_txn_depth: usize,
     /// Target size of one snapshot chunk in bytes [1 MiB].
     pub snapshot_chunk_bytes: usize,
+    /// Most revisions of history kept [1 000 000; 0 = keep all]: when the
+    /// store revision is more than `history_retention_revisions` plus a
+    /// tenth of it above the compact revision, the machine compacts
+    /// itself to `revision - history_retention_revisions` in the same
+    /// apply (deterministic: every replica does it at the same index).
+    /// Bounds the memory and disk the history takes without relying on
+    /// clients to call Compact.
+    #[serde(default = "default_history_retention_revisions")]
+    pub history_retention_revisions: i64,
+}
+
+fn default_history_retention_revisions() -> i64 {
+    1_000_000
 }
 
 impl Default for Limits {
@@ -783,6 +796,7 @@ impl Default for Limits {
             max_range_keys: 100_000,
             max_txn_depth: 8,
             snapshot_chunk_bytes: 1 << 20,
+            history_retention_revisions: default_history_retention_revisions(),
         }
     }
 }
@@ -814,6 +828,9 @@ impl Limits {
             return Err(LimitsError::Inconsistent(
                 "max_lease_ttl_ms < min_lease_ttl_ms",
             ));
+        }
+        if self.history_retention_revisions < 0 {
+            return Err(LimitsError::Inconsistent("history_retention_revisions < 0"));
         }
         if self.max_request_bytes < self.max_key_bytes {
             return Err(LimitsError::Inconsistent(

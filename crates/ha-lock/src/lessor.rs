@@ -12,6 +12,18 @@
 //! checkpoint is forgotten on failover: a lease may outlive its TTL by at
 //! most one checkpoint interval plus the failover time, never by a full TTL.
 //!
+//! Wiring it into a node (leader side only):
+//!
+//! 1. On becoming leader, after applying every committed entry:
+//!    `become_leader(now_ms, &machine.leases())`.
+//! 2. When a `LeaseGrant` or `LeaseKeepAlive` this leader proposed is
+//!    applied: `keep_alive(id, ttl_ms, now_ms)`; when a `LeaseRevoke` or
+//!    `LeaseExpire` is applied: `forget(id)`.
+//! 3. Every tick: `sync(now_ms, &machine.leases())` (adopts leases granted
+//!    by entries an earlier leader proposed, drops revoked ones), then
+//!    propose every command `tick(now_ms)` returns.
+//! 4. On losing leadership: `step_down()`.
+//!
 //! ```
 //! use ha_lock::Lessor;
 //! use ha_lock::api::{Command, LeaseCheckpoint, LeaseStatus};
@@ -357,5 +369,63 @@ mod tests {
             l.tick(150).is_empty(),
             "next checkpoint only after the interval"
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+
+        /// Across keep-alives, checkpoints and failovers at random times, a
+        /// lease is never expired before its client's view of it ends (last
+        /// applied keep-alive + TTL), and the replicated remaining TTL never
+        /// exceeds the granted TTL.
+        #[test]
+        fn expiry_is_never_early(steps in proptest::collection::vec((1u64..300, 0u8..10), 1..200)) {
+            const TTL: i64 = 1_000;
+            const CP: u64 = 100;
+            let mut sm = H::new();
+            let mut lessor = Lessor::new(CP);
+            let mut now = 0u64;
+            lessor.become_leader(now, &sm.m.leases());
+            let Response::LeaseGrant(g) = sm.ok(Command::LeaseGrant(LeaseGrantRequest { id: 0, ttl_ms: TTL })) else {
+                panic!()
+            };
+            lessor.keep_alive(g.id, TTL, now);
+            let mut client_deadline = now + TTL as u64;
+            for (dt, action) in steps {
+                now += dt;
+                match action {
+                    // keep-alive (succeeds only while the lease lives)
+                    0 | 1 if sm.apply(Command::LeaseKeepAlive { id: g.id }).result.is_ok() => {
+                        lessor.keep_alive(g.id, TTL, now);
+                        client_deadline = now + TTL as u64;
+                    }
+                    2 => {
+                        // failover: the new leader starts from the replicated state
+                        lessor.step_down();
+                        now += dt; // the election takes a while
+                        lessor = Lessor::new(CP);
+                        lessor.become_leader(now, &sm.m.leases());
+                    }
+                    _ => {}
+                }
+                for c in lessor.tick(now) {
+                    if let Command::LeaseExpire { id } = c {
+                        proptest::prop_assert!(now >= client_deadline, "expired at {} before the client's deadline {}", now, client_deadline);
+                        if sm.apply(Command::LeaseExpire { id }).result.is_ok() {
+                            lessor.forget(id);
+                        }
+                    } else {
+                        sm.ok(c);
+                    }
+                }
+                let alive = sm.m.lease_time_to_live(g.id, false).ttl_ms >= 0;
+                if !alive {
+                    break;
+                }
+                // replicated remaining never exceeds what the client was promised
+                let left = sm.m.lease_time_to_live(g.id, false).ttl_ms;
+                proptest::prop_assert!(left <= TTL);
+            }
+        }
     }
 }

@@ -116,7 +116,10 @@
 //! (128) and nesting depth (8), leases alive (100 000), leases per
 //! checkpoint command (1000), keys one range returns / one delete or
 //! compare touches / one lease holds (100 000), lease TTL range, snapshot
-//! chunk size (1 MiB). [`Lessor`] bounds expiries per tick and leases per
+//! chunk size (1 MiB), and history kept (1 000 000 revisions: the machine
+//! compacts itself, at the same index on every replica, when the window
+//! grows 10 % past it). All replicas of a group must run with equal limits
+//! (they decide results). [`Lessor`] bounds expiries per tick and leases per
 //! checkpoint.
 //!
 //! ## Invariants

@@ -842,3 +842,37 @@ fn election_campaign_proclaim_resign() {
         value: b("n2b"),
     });
 }
+
+#[test]
+fn history_is_bounded_by_auto_compaction() {
+    let mut h = H::with(Limits {
+        history_retention_revisions: 10,
+        ..Limits::default()
+    });
+    for i in 0..100 {
+        h.put("k", &i.to_string());
+        let (rev, compact) = (h.m.current_revision(), h.m.compact_revision());
+        assert!(rev - compact <= 11, "rev {rev} compact {compact}");
+    }
+    // compacts to revision - 10 whenever the window exceeds 11: at 100 -> 90
+    assert_eq!(h.m.compact_revision(), 90);
+    assert!(matches!(
+        h.m.range(&RangeRequest {
+            revision: 89,
+            ..all()
+        }),
+        Err(LockError::Compacted { .. })
+    ));
+    assert_eq!(
+        h.m.range(&RangeRequest {
+            revision: 90,
+            ..all()
+        })
+        .unwrap()
+        .kvs[0]
+            .value,
+        b("89")
+    );
+    // only the retained window of history is stored
+    assert_eq!(h.m.events_since(91, b"\0", b"\0", 1000).unwrap().len(), 10);
+}

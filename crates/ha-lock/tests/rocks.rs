@@ -14,8 +14,11 @@ use ha_lock::api::*;
 use proptest::prelude::*;
 
 fn limits() -> Limits {
+    // a small history window, so auto-compaction (and its record deletes
+    // in the WriteBatch) runs often
     Limits {
         snapshot_chunk_bytes: 256,
+        history_retention_revisions: 5,
         ..Limits::default()
     }
 }

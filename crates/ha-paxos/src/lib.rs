@@ -43,11 +43,27 @@
 //!   slot; one whose slots the leader compacted gets a snapshot through the
 //!   driver's snapshot path.
 //! - **Stable leader, duel avoidance.** Leader-failure timeouts are drawn
-//!   from the seed; an acceptor that heard from a live leader within
-//!   `election_timeout_min_ms` refuses other candidates (stickiness, which
-//!   also keeps a node returning from a partition from deposing a healthy
-//!   leader); a refused candidate backs off for a new random timeout; a
-//!   leader that cannot reach a quorum for a timeout steps down.
+//!   from the seed. Before phase 1 a node asks the voters whether they
+//!   *would* promise its next ballot (`PrePrepare`, which changes nothing);
+//!   an acceptor says no while it hears from a live leader (stickiness) or
+//!   when the asker is behind its snapshot. Only with a quorum of yes does
+//!   the node pick a ballot above every ballot it has heard of and run
+//!   phase 1, so a node returning from a partition, or one too far behind
+//!   to lead, never raises anyone's promise or deposes a healthy leader;
+//!   duelling candidates lose a round to a higher ballot, learn it from the
+//!   refusal and retry after a fresh random timeout. A leader that cannot
+//!   reach a quorum within `election_timeout_min_ms` steps down.
+//! - **Snapshots and catch-up.** When the driver reports a snapshot
+//!   ([`snapshot_built`](ha_core::consensus::Consensus::snapshot_built)),
+//!   slots up to it (minus [`Config::snapshot_trailing_entries`]) are
+//!   purged; a member whose next slot is gone gets the snapshot through
+//!   [`Ready::send_snapshots`](ha_core::consensus::Ready::send_snapshots),
+//!   keeping its accepted slots above it.
+//! - **Limits.** Every queue, batch and window is a named [`Config`] value:
+//!   in-flight Accepts and bytes per member, entries and bytes per message,
+//!   how far ahead of its commit point an acceptor holds slots, how many
+//!   slots a phase 1 may recover, uncommitted bytes, pending reads, bytes
+//!   applied per Ready.
 //!
 //! ## Mapping onto the `Consensus` contract
 //!
@@ -58,6 +74,7 @@
 //! | `Entry.log_id.term` | ballot the value was accepted in |
 //! | `Ready.entries` | accepted slots, possibly out of order |
 //! | `Ready.persisted_messages` | promises and acknowledgements |
+//! | `Role::PreCandidate` | asking whether voters would promise (`PrePrepare`) |
 //! | `Role::Candidate` | phase 1 in progress |
 //! | `read_index` | quorum read (a heartbeat round acknowledged by a quorum), or a leader lease ([`Config::lease_read`], with its clock assumption) |
 //! | `transfer_leader` | the target runs phase 1 at once, bypassing stickiness |

@@ -263,9 +263,24 @@ impl Paxos {
         let promised = hard_state.term;
         let mut log = SlotLog::new(log_start);
         let mut configs = BTreeMap::new();
+        let horizon = LogIndex(
+            hard_state
+                .commit
+                .max(log_start)
+                .0
+                .saturating_add(config.max_slots_ahead),
+        );
         for e in entries {
             if e.index() <= log_start {
                 continue; // trailing entries kept below the snapshot
+            }
+            if e.index() > horizon {
+                return Err(PaxosError::Recovered(format!(
+                    "slot {:?} lies more than max_slots_ahead ({}) beyond the commit point {:?}",
+                    e.index(),
+                    config.max_slots_ahead,
+                    hard_state.commit
+                )));
             }
             if e.term() > promised {
                 return Err(PaxosError::Recovered(format!(
@@ -663,7 +678,9 @@ impl Paxos {
         let won = configs
             .iter()
             .all(|m| m.is_quorum(|n| (n == id && self_ok) || c.complete.contains(&n)));
-        let lost = configs[0].is_quorum(|n| c.refused.contains(&n));
+        let lost = configs
+            .first()
+            .is_some_and(|m| m.is_quorum(|n| c.refused.contains(&n)));
         if won {
             self.become_leader();
         } else if lost {
@@ -1066,7 +1083,7 @@ impl Paxos {
     /// acknowledged: no other ballot could have chosen anything new before
     /// they were registered.
     fn update_reads(&mut self) {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || (self.pending_reads.is_empty() && !self.cfg.lease_read) {
             return;
         }
         let id = self.id;
@@ -1763,12 +1780,16 @@ impl Consensus for Paxos {
         rd.persisted_messages = mem::take(&mut self.persisted_msgs);
         rd.snapshot = self.pending_install.take();
         let mut dirty = mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        rd.entries = dirty
-            .into_iter()
-            .filter_map(|s| self.log.get(s).cloned())
-            .collect();
+        if !dirty.is_sorted_by(|a, b| a < b) {
+            dirty.sort_unstable();
+            dirty.dedup();
+        }
+        rd.entries.reserve_exact(dirty.len());
+        for s in dirty {
+            if let Some(e) = self.log.get(s) {
+                rd.entries.push(e.clone());
+            }
+        }
         let hs = self.hard_state();
         if hs != self.handed_hs {
             if hs.term != self.handed_hs.term {

@@ -907,6 +907,82 @@ fn membership_changes_take_effect_once_chosen() {
     c.commit(leaders[0], b"without the old leader");
 }
 
+/// Node 2 accepted (in an earlier ballot) a configuration entry that
+/// replaces {1,2,3} with {2,4,5}. A phase 1 that adopts it must also hear
+/// from a quorum of {2,4,5}: slots after it may have been chosen by that
+/// quorum alone. With nodes 4 and 5 cut off node 1 cannot lead, even with
+/// promises from a quorum of {1,2,3}; once node 4 answers, it can.
+#[test]
+fn phase_one_needs_a_quorum_of_every_adopted_configuration() {
+    let old = ballot(1, NodeId(2));
+    let bootstrap = Membership::new(ids(&[1, 2, 3]));
+    let target = Membership::new(ids(&[2, 4, 5]));
+    let mut c = Cluster::with_config(&[], test_config());
+    c.bootstrap = bootstrap.clone();
+    let hs = HardState {
+        term: old,
+        vote: None,
+        commit: LogIndex(0),
+    };
+    c.add_node(
+        NodeId(1),
+        Recovered {
+            hard_state: hs,
+            ..Recovered::default()
+        },
+        bootstrap.clone(),
+    );
+    c.add_node(
+        NodeId(2),
+        Recovered {
+            hard_state: hs,
+            snapshot: None,
+            entries: vec![Entry {
+                log_id: LogId {
+                    term: old,
+                    index: LogIndex(1),
+                },
+                payload: EntryPayload::Membership(target.clone()),
+            }],
+        },
+        bootstrap.clone(),
+    );
+    c.add_node(NodeId(3), Recovered::default(), bootstrap.clone());
+    for n in [4, 5] {
+        c.add_node(NodeId(n), Recovered::default(), Membership::default());
+    }
+    c.isolated.extend([NodeId(4), NodeId(5)]);
+    for _ in 0..3 {
+        c.px(1).campaign_for_test();
+        c.pump();
+    }
+    assert!(
+        c.leaders().is_empty(),
+        "a quorum of the old configuration alone must not suffice"
+    );
+    c.isolated.remove(&NodeId(4));
+    c.px(1).campaign_for_test();
+    c.pump();
+    // Node 1 completed phase 1: it re-proposed the configuration in its own
+    // ballot and got it chosen (by quorums of both configurations) — after
+    // which it is no longer a voter, so it handed over and stepped down.
+    let slot1 = c.node(1).px.entry(LogIndex(1)).cloned();
+    let Some(slot1) = slot1 else {
+        panic!("node 1 lacks slot 1");
+    };
+    assert_eq!(crate::message::ballot_node(slot1.term()), NodeId(1));
+    assert!(slot1.term() > old);
+    assert_eq!(slot1.payload, EntryPayload::Membership(target.clone()));
+    assert!(c.node(1).px.commit_index() >= LogIndex(1));
+    assert_eq!(c.node(1).px.committed_membership(), &target);
+    assert_ne!(c.node(1).px.role(), Role::Leader);
+    let l = c.elect(3_000);
+    assert!(
+        target.voters.contains(&l),
+        "the new leader {l:?} is in {{2,4,5}}"
+    );
+}
+
 #[test]
 fn recovery_rejects_impossible_state() {
     let b = ballot(1, NodeId(1));
@@ -920,6 +996,17 @@ fn recovery_rejects_impossible_state() {
         entries: vec![normal(b, 1, b"x")],
     };
     let r = Paxos::new(NodeId(1), test_config(), rec, Membership::new(ids(&[1])), 1);
+    assert!(matches!(r, Err(crate::PaxosError::Recovered(_))));
+    let far = Recovered {
+        hard_state: HardState {
+            term: b,
+            vote: None,
+            commit: LogIndex(0),
+        },
+        snapshot: None,
+        entries: vec![normal(b, 1 << 40, b"corrupt")],
+    };
+    let r = Paxos::new(NodeId(1), test_config(), far, Membership::new(ids(&[1])), 1);
     assert!(matches!(r, Err(crate::PaxosError::Recovered(_))));
     let r = Paxos::new(
         NodeId(1 << 40),
