@@ -619,7 +619,11 @@ pub async fn run(opts: &ChaosOptions) -> Result<Verdict> {
     };
     let cycle_ms = QUIET_MS + FAULT_HOLD_MS;
     let rounds = (opts.duration_ms / cycle_ms).max(1) as usize;
-    let plan = schedule(&mix, opts.seed, rounds);
+    let mut plan: std::collections::VecDeque<NemesisKind> =
+        schedule(&mix, opts.seed, rounds).into();
+    // A fault that could not be applied (e.g. a removal refused while the
+    // cluster is unhealthy) is tried once more one slot later.
+    let mut retried: Vec<NemesisKind> = Vec::new();
     let mut faults = Vec::new();
     let mut nemesis = Nemesis {
         cluster: &mut cluster,
@@ -641,7 +645,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<Verdict> {
             }
         }
     };
-    for kind in plan {
+    while let Some(kind) = plan.pop_front() {
         let quiet_end = Instant::now() + Duration::from_millis(QUIET_MS);
         if quiet_end + Duration::from_millis(FAULT_HOLD_MS) > stop_at {
             break;
@@ -672,13 +676,19 @@ pub async fn run(opts: &ChaosOptions) -> Result<Verdict> {
                     applied: true,
                 });
             }
-            Err(e) => faults.push(FaultEvent {
-                kind,
-                detail: format!("not applied: {e:#}"),
-                start_ns,
-                end_ns: clock.now_ns(),
-                applied: false,
-            }),
+            Err(e) => {
+                faults.push(FaultEvent {
+                    kind,
+                    detail: format!("not applied: {e:#}"),
+                    start_ns,
+                    end_ns: clock.now_ns(),
+                    applied: false,
+                });
+                if !retried.contains(&kind) {
+                    retried.push(kind);
+                    plan.insert(plan.len().min(1), kind);
+                }
+            }
         }
     }
     sleep_until(stop_at, "quiet".into()).await;
