@@ -19,9 +19,10 @@
 //! 2. When a `LeaseGrant` or `LeaseKeepAlive` this leader proposed is
 //!    applied: `keep_alive(id, ttl_ms, now_ms)`; when a `LeaseRevoke` or
 //!    `LeaseExpire` is applied: `forget(id)`.
-//! 3. Every tick: `sync(now_ms, &machine.leases())` (adopts leases granted
-//!    by entries an earlier leader proposed, drops revoked ones), then
-//!    propose every command `tick(now_ms)` returns.
+//! 3. Every tick: propose every command `tick(now_ms)` returns; at least
+//!    once per checkpoint interval first `sync(now_ms, &machine.leases())`
+//!    (adopts leases granted by entries an earlier leader proposed, drops
+//!    revoked ones).
 //! 4. On losing leadership: `step_down()`.
 //!
 //! ```
@@ -150,23 +151,33 @@ impl Lessor {
     /// leases this lessor does not know yet (granted through an entry
     /// another leader proposed) start from their replicated remaining TTL;
     /// leases no longer in the table are forgotten. Known leases keep their
-    /// deadlines. Call it regularly on the leader (every tick is fine: it
-    /// is linear in the number of leases), so no lease is ever left without
-    /// a deadline.
+    /// deadlines. Call it regularly on the leader — at least once per
+    /// checkpoint interval; it costs O(leases · log leases) — so no lease is
+    /// ever left without a deadline.
     pub fn sync(&mut self, now_ms: u64, leases: &[LeaseStatus]) {
         if !self.leader {
             return;
         }
-        let mut known = BTreeMap::new();
-        for l in leases {
-            let timer = self.timers.remove(&l.id).unwrap_or(Timer {
+        // `leases` is in id order (as `LockMachine::leases` returns it);
+        // look ids up by binary search, and fall back to a sort otherwise.
+        let sorted = leases.windows(2).all(|w| w[0].id < w[1].id);
+        let mut owned;
+        let table: &[LeaseStatus] = if sorted {
+            leases
+        } else {
+            owned = leases.to_vec();
+            owned.sort_by_key(|l| l.id);
+            &owned
+        };
+        self.timers
+            .retain(|id, _| table.binary_search_by_key(id, |l| l.id).is_ok());
+        for l in table {
+            self.timers.entry(l.id).or_insert(Timer {
                 ttl_ms: l.ttl_ms,
                 deadline_ms: now_ms.saturating_add(l.remaining_ms.max(0) as u64),
                 expire_proposed_ms: None,
             });
-            known.insert(l.id, timer);
         }
-        self.timers = known;
     }
 
     /// A lease was revoked or expired (applied): stop tracking it.
@@ -344,6 +355,14 @@ mod tests {
         assert_eq!(l.remaining_ms(2, 500), None);
         assert_eq!(l.remaining_ms(3, 500), Some(700));
         assert!(l.tick(1_200).contains(&Command::LeaseExpire { id: 3 }));
+        // an unsorted table works too
+        let mut rev = table.to_vec();
+        rev.reverse();
+        l.sync(1_300, &rev);
+        assert_eq!(l.remaining_ms(1, 1_300), Some(0), "kept, deadline 1 000");
+        assert!(l.remaining_ms(3, 1_300).is_some());
+        l.sync(1_300, &rev[..1]);
+        assert_eq!(l.remaining_ms(1, 1_300), None, "dropped: not in the table");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use etcd_client::{
     Compare, CompareOp, DeleteOptions, EventType, GetOptions, LockOptions, PutOptions,
     ResignOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
+use ha_node::api::{ApiConfig, Backend};
 use tokio::time::timeout;
 use tonic::Code;
 
@@ -615,6 +616,18 @@ async fn bad_inputs_get_etcd_errors_and_change_nothing() {
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "etcdserver: key is not provided");
 
+        // Lock and campaign on a lease that does not exist.
+        let s = grpc_status(
+            c.lock("bad/lock", Some(LockOptions::new().with_lease(0x4242)))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "etcdserver: requested lease not found");
+        let s = grpc_status(c.campaign("bad/el", "v", 0x4243).await.unwrap_err());
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "etcdserver: requested lease not found");
+
         // Nothing changed: same revision, same value, no stray keys.
         let after = c
             .get("bad/", Some(GetOptions::new().with_prefix()))
@@ -640,6 +653,185 @@ async fn fresh_store_revision_is_one_as_etcd() {
         let first = c.put("k", "v", None).await.unwrap();
         assert_eq!(first.header().unwrap().revision(), 2);
         server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_watch_recovers_from_history_without_gap_or_duplicate() {
+    bounded(async {
+        // A one-batch live queue and a two-response outbound queue: a burst
+        // of writes overflows them, so the stream must catch up from history.
+        let server = TestServer::start_with_backend(
+            ApiConfig {
+                watch_queue_len: 2,
+                watch_history_batch_events: 7,
+                ..ApiConfig::default()
+            },
+            ha_node::api::LocalBackendConfig {
+                event_queue_len: 1,
+                ..TestServer::backend_config()
+            },
+        )
+        .await;
+        let mut c = server.client().await;
+        let mut stream = c
+            .watch("lag/", Some(WatchOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        assert!(stream.message().await.unwrap().unwrap().created());
+        const WRITES: i64 = 300;
+        let mut first_rev = 0;
+        for i in 0..WRITES {
+            let put = ha_lock::api::PutRequest {
+                key: format!("lag/{}", i % 10).into(),
+                value: format!("{i}").into(),
+                ..Default::default()
+            };
+            let applied = server
+                .backend
+                .write(ha_lock::api::Command::Put(put))
+                .await
+                .unwrap();
+            assert!(applied.result.is_ok());
+            if i == 0 {
+                first_rev = applied.revision;
+            }
+            // Unrelated writes interleave.
+            let other = ha_lock::api::PutRequest {
+                key: "elsewhere".into(),
+                value: "x".into(),
+                ..Default::default()
+            };
+            server
+                .backend
+                .write(ha_lock::api::Command::Put(other))
+                .await
+                .unwrap();
+        }
+        let mut revs = Vec::new();
+        while revs.len() < WRITES as usize {
+            let resp = stream.message().await.unwrap().unwrap();
+            assert!(!resp.canceled(), "cancelled: {}", resp.cancel_reason());
+            for ev in resp.events() {
+                let kv = ev.kv().unwrap();
+                assert!(kv.key().starts_with(b"lag/"));
+                revs.push(kv.mod_revision());
+            }
+        }
+        let expected: Vec<i64> = (0..WRITES).map(|i| first_rev + 2 * i).collect();
+        assert_eq!(revs, expected, "every event once, in order");
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_waiter_that_goes_away_withdraws_its_key() {
+    bounded(async {
+        let server = TestServer::start().await;
+        let mut c1 = server.client().await;
+        let mut c2 = server.client().await;
+        let l1 = c1.lease_grant(30, None).await.unwrap().id();
+        let l2 = c2.lease_grant(30, None).await.unwrap().id();
+        let owner = c1
+            .lock("gone", Some(LockOptions::new().with_lease(l1)))
+            .await
+            .unwrap();
+        let waiter = tokio::spawn(async move {
+            let _ = c2
+                .lock("gone", Some(LockOptions::new().with_lease(l2)))
+                .await;
+        });
+        // The waiter's key appears, then the waiter gives up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = c1
+                .get("gone/", Some(GetOptions::new().with_prefix()))
+                .await
+                .unwrap();
+            if r.kvs().len() == 2 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waiter key never appeared"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        waiter.abort();
+        loop {
+            let r = c1
+                .get("gone/", Some(GetOptions::new().with_prefix()))
+                .await
+                .unwrap();
+            if r.kvs().len() == 1 {
+                assert_eq!(r.kvs()[0].key(), owner.key());
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waiter key never withdrawn"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_notify_reports_the_revision_seen() {
+    bounded(async {
+        let server = TestServer::start_with(ApiConfig {
+            watch_progress_interval_ms: 100,
+            ..ApiConfig::default()
+        })
+        .await;
+        let mut c = server.client().await;
+        let rev = c
+            .put("p/k", "1", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        let mut stream = c
+            .watch(
+                "p/",
+                Some(WatchOptions::new().with_prefix().with_progress_notify()),
+            )
+            .await
+            .unwrap();
+        let created = stream.message().await.unwrap().unwrap();
+        assert!(created.created());
+        let notify = stream.message().await.unwrap().unwrap();
+        assert!(notify.events().is_empty());
+        assert!(!notify.canceled());
+        assert_eq!(notify.watch_id(), created.watch_id());
+        assert_eq!(notify.header().unwrap().revision(), rev);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams_with_server_stopped() {
+    bounded(async {
+        let server = TestServer::start().await;
+        let mut c = server.client().await;
+        let mut stream = c.watch("s/", None).await.unwrap();
+        assert!(stream.message().await.unwrap().unwrap().created());
+        let stopping = tokio::spawn(server.stop());
+        match stream.message().await {
+            Err(err) => {
+                let s = grpc_status(err);
+                assert_eq!(s.code(), Code::Unavailable);
+                assert_eq!(s.message(), "etcdserver: server stopped");
+            }
+            Ok(other) => panic!("expected the stream to end with server stopped, got {other:?}"),
+        }
+        stopping.await.unwrap();
     })
     .await;
 }

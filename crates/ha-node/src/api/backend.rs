@@ -20,6 +20,20 @@ pub struct EventBatch {
     pub events: Vec<Event>,
 }
 
+/// An event sink for [`LockMachine::set_event_sink`] that forwards every
+/// applied batch into `sender` (what [`Backend::subscribe`] hands out). A
+/// send without receivers is not an error: nobody watches.
+pub fn broadcast_sink(
+    sender: tokio::sync::broadcast::Sender<Arc<EventBatch>>,
+) -> ha_lock::EventSink {
+    Box::new(move |revision, events| {
+        let _ = sender.send(Arc::new(EventBatch {
+            revision,
+            events: events.to_vec(),
+        }));
+    })
+}
+
 /// Identity and term stamped into every response header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeaderInfo {
@@ -141,9 +155,12 @@ pub trait Backend: Send + Sync + 'static {
         R: Send + 'static,
         F: FnOnce(&LockMachine) -> R + Send + 'static;
 
-    /// Live events as they are applied on this member: a bounded broadcast;
-    /// a receiver that falls behind gets `RecvError::Lagged` and must
-    /// recover from history (`LockMachine::events_since`).
+    /// Live events as they are applied on this member, in apply (revision)
+    /// order, one batch per command that produced events: a bounded
+    /// broadcast; a receiver that falls behind gets `RecvError::Lagged` and
+    /// recovers from history (`LockMachine::events_since`). A batch may be
+    /// sent before or after reads can observe its revision; watchers
+    /// de-duplicate by revision.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<EventBatch>>;
 
     /// Identity and current term for response headers.

@@ -17,7 +17,9 @@ use ha_lock::api::{self as hl, Applied, Command};
 use ha_lock::{Lessor, LockMachine};
 use tokio::sync::broadcast;
 
-use super::backend::{Backend, BackendError, EventBatch, HeaderInfo, MemberInfo, StatusInfo};
+use super::backend::{
+    Backend, BackendError, EventBatch, HeaderInfo, MemberInfo, StatusInfo, broadcast_sink,
+};
 
 /// Settings of a [`LocalBackend`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,6 +134,10 @@ impl Inner {
     fn tick(&self) -> Result<(), BackendError> {
         let mut state = self.lock()?;
         let now_ms = self.now_ms();
+        // Reconcile with the lease table (as ha-lock's wiring asks), then
+        // apply what the lessor proposes.
+        let leases = state.machine.leases();
+        state.lessor.sync(now_ms, &leases);
         for cmd in state.lessor.tick(now_ms) {
             self.apply(&mut state, &cmd)?;
         }
@@ -174,14 +180,7 @@ impl LocalBackend {
             tokio::runtime::Handle::try_current().map_err(|_| LocalBackendError::NoRuntime)?;
         let mut machine = LockMachine::in_memory(config.limits.clone())?;
         let (events, _) = broadcast::channel(config.event_queue_len);
-        let sink = events.clone();
-        machine.set_event_sink(Box::new(move |revision, evs| {
-            // No receiver is fine: nobody watches.
-            let _ = sink.send(Arc::new(EventBatch {
-                revision,
-                events: evs.to_vec(),
-            }));
-        }));
+        machine.set_event_sink(broadcast_sink(events.clone()));
         let mut lessor = Lessor::new(config.lease_checkpoint_interval_ms);
         lessor.become_leader(0, &machine.leases());
         let tick = Duration::from_millis(config.lease_tick_ms);

@@ -3,7 +3,9 @@
 //! the call waits on this member's event stream until the caller's key is
 //! first in line, re-checking that the key still exists (its lease may
 //! expire while waiting). A waiter whose client goes away withdraws its key
-//! so it never blocks the line.
+//! so it never blocks the line. The checks are linearizable reads: on a
+//! follower the proposal may have applied on the leader first, and a stale
+//! read must not report the caller's fresh key as gone.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -151,7 +153,7 @@ impl<B: Backend> Lock for LockService<B> {
             let (n, k) = (name.clone(), lock.key.clone());
             let (owner, mine, rev) = shared
                 .backend
-                .read(false, move |m| {
+                .read(true, move |m| {
                     (m.lock_owner(&n), exists(m, &k), m.current_revision())
                 })
                 .await?;
@@ -268,7 +270,7 @@ impl<B: Backend> Election for ElectionService<B> {
             let (n, k) = (name.clone(), mine.key.clone());
             let (leader, still_there, rev) = shared
                 .backend
-                .read(false, move |m| {
+                .read(true, move |m| {
                     (m.election_leader(&n), exists(m, &k), m.current_revision())
                 })
                 .await?;

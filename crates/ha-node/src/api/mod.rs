@@ -41,6 +41,18 @@
 //! history (bounded steps); if the history it needs was compacted meanwhile,
 //! the watch is cancelled with etcd's compacted response — memory stays
 //! bounded either way.
+//!
+//! # Known differences from etcd
+//!
+//! - The HTTP/2 server (h2) rejects a malformed `:authority`; etcdctl 3.4's
+//!   per-endpoint commands (`endpoint status`, `endpoint health`) send
+//!   `http://host:port` there when the endpoint is given with a scheme, so
+//!   give etcdctl 3.4 bare `host:port` endpoints. Other clients are unaffected.
+//! - Watch responses are split at `watch_max_events_per_response` /
+//!   `watch_max_response_bytes` (etcd sends one response per revision batch);
+//!   `fragment` is set on the non-final parts when the watch asked for it.
+//! - Lease TTLs keep their remaining time across leader changes (etcd
+//!   resets them to the full TTL).
 
 mod backend;
 mod cluster;
@@ -60,7 +72,9 @@ use ha_lock::api as hl;
 use tokio::sync::watch as signal;
 use tonic::Status;
 
-pub use backend::{Backend, BackendError, EventBatch, HeaderInfo, MemberInfo, StatusInfo};
+pub use backend::{
+    Backend, BackendError, EventBatch, HeaderInfo, MemberInfo, StatusInfo, broadcast_sink,
+};
 pub use local::{LocalBackend, LocalBackendConfig, LocalBackendError};
 
 use pb::etcdserverpb::ResponseHeader;
@@ -249,7 +263,9 @@ pub enum ServeError {
 }
 
 /// The gRPC router with every service over `backend`, plus the handle that
-/// stops its long-running calls. Prefer [`serve`], which wires both.
+/// stops its long-running calls. Keep the [`StopHandle`] while serving:
+/// dropping it ends every watch, keep-alive, observe and waiting lock or
+/// campaign at once. Prefer [`serve`], which wires both.
 pub fn router<B: Backend>(
     backend: Arc<B>,
     config: ApiConfig,

@@ -36,14 +36,21 @@ impl TestServer {
 
     /// Starts a server with `config`.
     pub async fn start_with(config: ApiConfig) -> Self {
-        let backend = Arc::new(
-            LocalBackend::new(LocalBackendConfig {
-                lease_tick_ms: 20,
-                lease_checkpoint_interval_ms: 200,
-                ..LocalBackendConfig::default()
-            })
-            .expect("local backend"),
-        );
+        Self::start_with_backend(config, Self::backend_config()).await
+    }
+
+    /// The backend settings tests use by default (fast lease clock).
+    pub fn backend_config() -> LocalBackendConfig {
+        LocalBackendConfig {
+            lease_tick_ms: 20,
+            lease_checkpoint_interval_ms: 200,
+            ..LocalBackendConfig::default()
+        }
+    }
+
+    /// Starts a server with `config` over a backend built from `backend`.
+    pub async fn start_with_backend(config: ApiConfig, backend: LocalBackendConfig) -> Self {
+        let backend = Arc::new(LocalBackend::new(backend).expect("local backend"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
