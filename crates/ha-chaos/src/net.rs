@@ -312,9 +312,9 @@ pub fn owner_of(name: &str) -> Option<u32> {
     if ours { digits.parse().ok() } else { None }
 }
 
-/// Removes namespaces and links of earlier runs whose process is gone,
-/// and SIGKILLs member processes whose command line names a data directory
-/// of such a run. Returns what was removed.
+/// Removes namespaces, links and temp data directories of earlier runs
+/// whose process is gone, and SIGKILLs member processes whose command line
+/// names a data directory of such a run. Returns what was removed.
 pub fn sweep_leftovers() -> Vec<String> {
     let mut removed = Vec::new();
     let me = std::process::id();
@@ -342,6 +342,20 @@ pub fn sweep_leftovers() -> Vec<String> {
                     nix::sys::signal::Signal::SIGKILL,
                 );
                 removed.push(format!("process {pid}"));
+            }
+        }
+    }
+    // Data directories of dead runs in the temp dir (tempfile names them
+    // `ha-chaos-<pid>-XXXXXX`).
+    if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("ha-chaos-")
+                && owner_of(&name).is_some_and(dead)
+                && e.file_type().is_ok_and(|t| t.is_dir())
+                && std::fs::remove_dir_all(e.path()).is_ok()
+            {
+                removed.push(format!("dir {}", e.path().display()));
             }
         }
     }
