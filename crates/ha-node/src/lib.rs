@@ -1,0 +1,26 @@
+//! # ha-node
+//!
+//! The assembled coordination service: configuration ([`config`]), member
+//! ids ([`ids`]), peer certificates ([`certs`]), the data dir's identity
+//! ([`datadir`]), the replicated member ([`cluster::Node`]), metrics and
+//! health ([`metrics`], [`http`]). The `ha-node` binary wires them together.
+//!
+//! Cargo features pick the parts: `raft` (default) and/or `paxos` — at
+//! least one; `--consensus` chooses among those compiled in at run time —,
+//! `rocksdb` (default, durable) or memory storage, and `quic` (default, the
+//! only peer transport, required).
+
+#[cfg(not(any(feature = "raft", feature = "paxos")))]
+compile_error!(
+    "ha-node needs a consensus protocol: enable feature `raft` (default) and/or `paxos`"
+);
+#[cfg(not(feature = "quic"))]
+compile_error!("ha-node needs the `quic` feature (the peer transport)");
+
+pub mod certs;
+pub mod cluster;
+pub mod config;
+pub mod datadir;
+pub mod http;
+pub mod ids;
+pub mod metrics;
