@@ -6,7 +6,8 @@
 //! history is compacted to the current revision (counted in the time, not
 //! as an element) so memory and the DB stay bounded over long runs.
 //!
-//! `cargo bench -p ha-lock --features rocksdb --bench apply`
+//! `cargo bench -p ha-lock --features rocksdb --bench apply` (both stores),
+//! `cargo bench -p ha-lock --bench apply` (memory only: no RocksDB build).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -29,39 +30,35 @@ struct Runner {
     m: LockMachine,
     index: u64,
     lease: i64,
-    _dir: Option<tempfile::TempDir>,
-    _store: Option<ha_core::storage::RocksLogStore>,
+    /// What must outlive the machine (the RocksDB store and its tempdir).
+    _keep: Vec<Box<dyn std::any::Any>>,
 }
 
 impl Runner {
     fn memory() -> Self {
         Self::init(
             LockMachine::in_memory(Limits::default()).expect("limits"),
-            None,
-            None,
+            Vec::new(),
         )
     }
 
+    #[cfg(feature = "rocksdb")]
     fn rocks() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let store =
             ha_core::storage::RocksLogStore::open(dir.path(), Default::default()).expect("open");
         let m = LockMachine::open_rocks(store.db(), ha_core::types::GroupId(1), Limits::default())
             .expect("open sm");
-        Self::init(m, Some(dir), Some(store))
+        // drop order: the machine first (field order), then store, then dir
+        Self::init(m, vec![Box::new(store), Box::new(dir)])
     }
 
-    fn init(
-        m: LockMachine,
-        dir: Option<tempfile::TempDir>,
-        store: Option<ha_core::storage::RocksLogStore>,
-    ) -> Self {
+    fn init(m: LockMachine, keep: Vec<Box<dyn std::any::Any>>) -> Self {
         let mut r = Runner {
             m,
             index: 0,
             lease: 0,
-            _dir: dir,
-            _store: store,
+            _keep: keep,
         };
         let out = r.apply(&encode_command(&Command::LeaseGrant(LeaseGrantRequest {
             id: 0,
@@ -135,23 +132,26 @@ fn txns() -> Vec<Bytes> {
         .collect()
 }
 
-fn bench_workload(
-    c: &mut Criterion,
-    name: &str,
-    make: fn() -> Runner,
-    cmds: impl Fn(&Runner) -> Vec<Bytes>,
-) {
+/// A store to measure: its name and how to make a runner on it.
+type Store = (&'static str, fn() -> Runner);
+
+/// The stores measured: RocksDB (with the feature) and memory.
+fn stores() -> Vec<Store> {
+    vec![
+        #[cfg(feature = "rocksdb")]
+        ("rocks", Runner::rocks as fn() -> Runner),
+        ("memory", Runner::memory),
+    ]
+}
+
+fn bench_workload(c: &mut Criterion, name: &str, cmds: impl Fn(&Runner) -> Vec<Bytes>) {
     let mut g = c.benchmark_group(format!("apply_{name}"));
     g.throughput(Throughput::Elements(1));
     g.sample_size(10);
     g.warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(4));
-    for store in ["rocks", "memory"] {
-        let mut r = if store == "rocks" {
-            make()
-        } else {
-            Runner::memory()
-        };
+    for (store, make) in stores() {
+        let mut r = make();
         let list = cmds(&r);
         let mut next = 0usize;
         g.bench_function(store, |b| {
@@ -170,11 +170,11 @@ fn bench_workload(
 }
 
 fn benches(c: &mut Criterion) {
-    bench_workload(c, "put", Runner::rocks, |_| puts());
-    bench_workload(c, "txn_cas", Runner::rocks, |_| txns());
+    bench_workload(c, "put", |_| puts());
+    bench_workload(c, "txn_cas", |_| txns());
     // lock acquire (uncontended, fresh owner key each time) then release:
     // the list alternates Lock and Unlock, one element per command.
-    bench_workload(c, "lock_unlock", Runner::rocks, |r| {
+    bench_workload(c, "lock_unlock", |r| {
         let mut v = Vec::new();
         for i in 0..1000 {
             let name = Bytes::from(format!("lock/{i}"));

@@ -296,7 +296,11 @@ pub enum ResponseOp {
 /// A transaction may not write one key twice (put twice, or put a key that a
 /// delete of the same transaction covers) → [`LockError::DuplicateKey`].
 /// All writes of a transaction share one revision.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Decoding refuses transactions nested deeper than
+/// [`MAX_DECODE_TXN_DEPTH`] (a hostile frame cannot exhaust the stack);
+/// `Limits::max_txn_depth` then applies on apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TxnRequest {
     /// Conditions.
     pub compare: Vec<Compare>,
@@ -304,6 +308,56 @@ pub struct TxnRequest {
     pub success: Vec<RequestOp>,
     /// Operations otherwise.
     pub failure: Vec<RequestOp>,
+}
+
+/// Deepest transaction nesting [`decode_command`] accepts. Deserialising
+/// is recursive, so without this bound a small hostile frame of nested
+/// transactions could overflow the stack (an abort, not an error).
+pub const MAX_DECODE_TXN_DEPTH: usize = 32;
+
+thread_local! {
+    /// Transactions being deserialised on this thread, outermost first.
+    static TXN_DECODE_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Decrements the decode depth when a nested decode ends (also on error).
+struct DepthGuard;
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        TXN_DECODE_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// The serde shape of [`TxnRequest`] (same fields, same encoding).
+#[derive(Deserialize)]
+#[serde(rename = "TxnRequest")]
+struct TxnRequestRepr {
+    compare: Vec<Compare>,
+    success: Vec<RequestOp>,
+    failure: Vec<RequestOp>,
+}
+
+impl<'de> Deserialize<'de> for TxnRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let depth = TXN_DECODE_DEPTH.with(|c| {
+            let v = c.get() + 1;
+            c.set(v);
+            v
+        });
+        let _guard = DepthGuard;
+        if depth > MAX_DECODE_TXN_DEPTH {
+            return Err(serde::de::Error::custom(format!(
+                "transactions nested deeper than {MAX_DECODE_TXN_DEPTH}"
+            )));
+        }
+        let r = TxnRequestRepr::deserialize(d)?;
+        Ok(TxnRequest {
+            compare: r.compare,
+            success: r.success,
+            failure: r.failure,
+        })
+    }
 }
 
 /// Result of a transaction.
@@ -712,6 +766,19 @@ pub struct Limits {
     pub max_txn_depth: usize,
     /// Target size of one snapshot chunk in bytes [1 MiB].
     pub snapshot_chunk_bytes: usize,
+    /// Most revisions of history kept [1 000 000; 0 = keep all]: when the
+    /// store revision is more than `history_retention_revisions` plus a
+    /// tenth of it above the compact revision, the machine compacts
+    /// itself to `revision - history_retention_revisions` in the same
+    /// apply (deterministic: every replica does it at the same index).
+    /// Bounds the memory and disk the history takes without relying on
+    /// clients to call Compact.
+    #[serde(default = "default_history_retention_revisions")]
+    pub history_retention_revisions: i64,
+}
+
+fn default_history_retention_revisions() -> i64 {
+    1_000_000
 }
 
 impl Default for Limits {
@@ -729,6 +796,7 @@ impl Default for Limits {
             max_range_keys: 100_000,
             max_txn_depth: 8,
             snapshot_chunk_bytes: 1 << 20,
+            history_retention_revisions: default_history_retention_revisions(),
         }
     }
 }
@@ -760,6 +828,9 @@ impl Limits {
             return Err(LimitsError::Inconsistent(
                 "max_lease_ttl_ms < min_lease_ttl_ms",
             ));
+        }
+        if self.history_retention_revisions < 0 {
+            return Err(LimitsError::Inconsistent("history_retention_revisions < 0"));
         }
         if self.max_request_bytes < self.max_key_bytes {
             return Err(LimitsError::Inconsistent(
@@ -833,6 +904,58 @@ mod tests {
         let mut bad = b.to_vec();
         bad[2] ^= 0x40;
         assert!(matches!(decode_applied(&bad), Err(LockError::Malformed(_))));
+    }
+
+    #[test]
+    fn deeply_nested_txn_frames_are_refused_not_a_stack_overflow() {
+        let mut t = TxnRequest::default();
+        for _ in 0..MAX_DECODE_TXN_DEPTH - 1 {
+            t = TxnRequest {
+                success: vec![RequestOp::Txn(t)],
+                ..Default::default()
+            };
+        }
+        let ok = Command::Txn(t.clone());
+        assert_eq!(decode_command(&encode_command(&ok)).unwrap(), ok);
+        let deeper = Command::Txn(TxnRequest {
+            failure: vec![RequestOp::Txn(t)],
+            ..Default::default()
+        });
+        assert!(matches!(
+            decode_command(&encode_command(&deeper)),
+            Err(LockError::Malformed(_))
+        ));
+        // the depth counter is back at 0 after an error: a normal decode works
+        assert_eq!(decode_command(&encode_command(&ok)).unwrap(), ok);
+        // a hostile frame: 100 000 nested Txn openings (varint tags), no stack overflow
+        let mut payload = vec![2u8]; // Command::Txn
+        for _ in 0..100_000 {
+            payload.extend_from_slice(&[0, 1, 3]); // no compares, 1 success op: RequestOp::Txn
+        }
+        let mut frame = vec![ha_core::codec::FORMAT_VERSION];
+        frame.extend_from_slice(&payload);
+        let crc = crc32c_of(&frame);
+        frame.extend_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            decode_command(&frame),
+            Err(LockError::Malformed(_))
+        ));
+    }
+
+    /// CRC-32C (Castagnoli), bitwise, for building a hostile frame by hand.
+    fn crc32c_of(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0x82f6_3b78
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
     }
 
     #[test]

@@ -12,6 +12,19 @@
 //! checkpoint is forgotten on failover: a lease may outlive its TTL by at
 //! most one checkpoint interval plus the failover time, never by a full TTL.
 //!
+//! Wiring it into a node (leader side only):
+//!
+//! 1. On becoming leader, after applying every committed entry:
+//!    `become_leader(now_ms, &machine.leases())`.
+//! 2. When a `LeaseGrant` or `LeaseKeepAlive` this leader proposed is
+//!    applied: `keep_alive(id, ttl_ms, now_ms)`; when a `LeaseRevoke` or
+//!    `LeaseExpire` is applied: `forget(id)`.
+//! 3. Every tick: propose every command `tick(now_ms)` returns; at least
+//!    once per checkpoint interval first `sync(now_ms, &machine.leases())`
+//!    (adopts leases granted by entries an earlier leader proposed, drops
+//!    revoked ones).
+//! 4. On losing leadership: `step_down()`.
+//!
 //! ```
 //! use ha_lock::Lessor;
 //! use ha_lock::api::{Command, LeaseCheckpoint, LeaseStatus};
@@ -131,6 +144,40 @@ impl Lessor {
                 expire_proposed_ms: None,
             },
         );
+    }
+
+    /// Reconciles with the replicated lease table (e.g.
+    /// [`LockMachine::leases`](crate::LockMachine::leases) after applying):
+    /// leases this lessor does not know yet (granted through an entry
+    /// another leader proposed) start from their replicated remaining TTL;
+    /// leases no longer in the table are forgotten. Known leases keep their
+    /// deadlines. Call it regularly on the leader — at least once per
+    /// checkpoint interval; it costs O(leases · log leases) — so no lease is
+    /// ever left without a deadline.
+    pub fn sync(&mut self, now_ms: u64, leases: &[LeaseStatus]) {
+        if !self.leader {
+            return;
+        }
+        // `leases` is in id order (as `LockMachine::leases` returns it);
+        // look ids up by binary search, and fall back to a sort otherwise.
+        let sorted = leases.windows(2).all(|w| w[0].id < w[1].id);
+        let mut owned;
+        let table: &[LeaseStatus] = if sorted {
+            leases
+        } else {
+            owned = leases.to_vec();
+            owned.sort_by_key(|l| l.id);
+            &owned
+        };
+        self.timers
+            .retain(|id, _| table.binary_search_by_key(id, |l| l.id).is_ok());
+        for l in table {
+            self.timers.entry(l.id).or_insert(Timer {
+                ttl_ms: l.ttl_ms,
+                deadline_ms: now_ms.saturating_add(l.remaining_ms.max(0) as u64),
+                expire_proposed_ms: None,
+            });
+        }
     }
 
     /// A lease was revoked or expired (applied): stop tracking it.
@@ -285,6 +332,40 @@ mod tests {
     }
 
     #[test]
+    fn sync_adopts_unknown_leases_and_drops_gone_ones() {
+        let mut l = Lessor::new(1_000);
+        l.become_leader(0, &[]);
+        l.keep_alive(1, 1_000, 0);
+        l.keep_alive(2, 1_000, 0);
+        // lease 3 was granted by an entry of the previous leader; 2 is gone
+        let table = [
+            LeaseStatus {
+                id: 1,
+                ttl_ms: 1_000,
+                remaining_ms: 1_000,
+            },
+            LeaseStatus {
+                id: 3,
+                ttl_ms: 5_000,
+                remaining_ms: 700,
+            },
+        ];
+        l.sync(500, &table);
+        assert_eq!(l.remaining_ms(1, 500), Some(500), "known deadline kept");
+        assert_eq!(l.remaining_ms(2, 500), None);
+        assert_eq!(l.remaining_ms(3, 500), Some(700));
+        assert!(l.tick(1_200).contains(&Command::LeaseExpire { id: 3 }));
+        // an unsorted table works too
+        let mut rev = table.to_vec();
+        rev.reverse();
+        l.sync(1_300, &rev);
+        assert_eq!(l.remaining_ms(1, 1_300), Some(0), "kept, deadline 1 000");
+        assert!(l.remaining_ms(3, 1_300).is_some());
+        l.sync(1_300, &rev[..1]);
+        assert_eq!(l.remaining_ms(1, 1_300), None, "dropped: not in the table");
+    }
+
+    #[test]
     fn follower_proposes_nothing_and_checkpoints_are_batched() {
         let mut l = Lessor::new(100).with_checkpoint_batch(2);
         l.keep_alive(1, 1_000, 0);
@@ -307,5 +388,63 @@ mod tests {
             l.tick(150).is_empty(),
             "next checkpoint only after the interval"
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+
+        /// Across keep-alives, checkpoints and failovers at random times, a
+        /// lease is never expired before its client's view of it ends (last
+        /// applied keep-alive + TTL), and the replicated remaining TTL never
+        /// exceeds the granted TTL.
+        #[test]
+        fn expiry_is_never_early(steps in proptest::collection::vec((1u64..300, 0u8..10), 1..200)) {
+            const TTL: i64 = 1_000;
+            const CP: u64 = 100;
+            let mut sm = H::new();
+            let mut lessor = Lessor::new(CP);
+            let mut now = 0u64;
+            lessor.become_leader(now, &sm.m.leases());
+            let Response::LeaseGrant(g) = sm.ok(Command::LeaseGrant(LeaseGrantRequest { id: 0, ttl_ms: TTL })) else {
+                panic!()
+            };
+            lessor.keep_alive(g.id, TTL, now);
+            let mut client_deadline = now + TTL as u64;
+            for (dt, action) in steps {
+                now += dt;
+                match action {
+                    // keep-alive (succeeds only while the lease lives)
+                    0 | 1 if sm.apply(Command::LeaseKeepAlive { id: g.id }).result.is_ok() => {
+                        lessor.keep_alive(g.id, TTL, now);
+                        client_deadline = now + TTL as u64;
+                    }
+                    2 => {
+                        // failover: the new leader starts from the replicated state
+                        lessor.step_down();
+                        now += dt; // the election takes a while
+                        lessor = Lessor::new(CP);
+                        lessor.become_leader(now, &sm.m.leases());
+                    }
+                    _ => {}
+                }
+                for c in lessor.tick(now) {
+                    if let Command::LeaseExpire { id } = c {
+                        proptest::prop_assert!(now >= client_deadline, "expired at {} before the client's deadline {}", now, client_deadline);
+                        if sm.apply(Command::LeaseExpire { id }).result.is_ok() {
+                            lessor.forget(id);
+                        }
+                    } else {
+                        sm.ok(c);
+                    }
+                }
+                let alive = sm.m.lease_time_to_live(g.id, false).ttl_ms >= 0;
+                if !alive {
+                    break;
+                }
+                // replicated remaining never exceeds what the client was promised
+                let left = sm.m.lease_time_to_live(g.id, false).ttl_ms;
+                proptest::prop_assert!(left <= TTL);
+            }
+        }
     }
 }

@@ -101,6 +101,9 @@
 //!   the value only while the given `LeaderKey` (key + create revision) is
 //!   the leader (`NotLeader` otherwise); `Resign` deletes the key if it is
 //!   still that campaign (idempotent).
+//! * **Optimistic locking**: compare-and-swap on `mod_revision` or
+//!   `version` in a Txn; [`optimistic::update`] is the client-side
+//!   read-modify-write loop with bounded retries and capped backoff.
 //! * **Events**: every change yields an [`api::Event`] (with `prev_kv`),
 //!   pushed to the [`LockMachine::set_event_sink`] after the apply and
 //!   readable later with [`LockMachine::events_since`].
@@ -113,7 +116,10 @@
 //! (128) and nesting depth (8), leases alive (100 000), leases per
 //! checkpoint command (1000), keys one range returns / one delete or
 //! compare touches / one lease holds (100 000), lease TTL range, snapshot
-//! chunk size (1 MiB). [`Lessor`] bounds expiries per tick and leases per
+//! chunk size (1 MiB), and history kept (1 000 000 revisions: the machine
+//! compacts itself, at the same index on every replica, when the window
+//! grows 10 % past it). All replicas of a group must run with equal limits
+//! (they decide results). [`Lessor`] bounds expiries per tick and leases per
 //! checkpoint.
 //!
 //! ## Invariants
@@ -141,6 +147,7 @@
 pub mod api;
 mod lessor;
 mod machine;
+pub mod optimistic;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 mod store;

@@ -12,8 +12,9 @@ use ha_core::state_machine::{
 use ha_core::types::{LogId, Membership, SnapshotMeta};
 
 use crate::api::{
-    Applied, Event, KeyValue, LeaderKey, LeaseStatus, LeaseTimeToLiveResponse, Limits, LimitsError,
-    LockError, RangeRequest, RangeResponse, decode_command, encode_applied,
+    Applied, CampaignResponse, Event, KeyValue, LeaderKey, LeaseStatus, LeaseTimeToLiveResponse,
+    Limits, LimitsError, LockError, LockResponse, RangeRequest, RangeResponse, decode_command,
+    encode_applied, owner_key,
 };
 use crate::store::{Exec, Journal, LeaseRecord, Record, Rev, State};
 
@@ -225,6 +226,50 @@ impl LockMachine {
             key: kv.key,
             rev: kv.create_revision,
             lease: kv.lease,
+        })
+    }
+
+    /// Where a lock request of `lease` on `name` stands now — the re-check
+    /// a node does before telling a waiting client it holds the lock:
+    /// `acquired` with the fencing token once the owner key is the oldest
+    /// under `name/`; [`LockError::LeaseNotFound`] if the lease is gone
+    /// (expired or revoked: its key was deleted, the lock is NOT held);
+    /// [`LockError::NotLockOwner`] if the lease lives but the key was
+    /// deleted (unlocked).
+    pub fn lock_status(&self, name: &[u8], lease: i64) -> Result<LockResponse, LockError> {
+        if !self.state.leases.contains_key(&lease) {
+            return Err(LockError::LeaseNotFound { id: lease });
+        }
+        let key = owner_key(name, lease);
+        let mine = self
+            .state
+            .get(&key, i64::MAX)
+            .ok_or(LockError::NotLockOwner)?;
+        let acquired = self.state.first_created(name).is_some_and(|o| o.key == key);
+        Ok(LockResponse {
+            key,
+            acquired,
+            token: if acquired { mine.create_revision } else { 0 },
+        })
+    }
+
+    /// Where a campaign of `lease` in election `name` stands now (the same
+    /// re-check as [`LockMachine::lock_status`]): `elected` once its key is
+    /// the oldest under `name/`.
+    pub fn campaign_status(&self, name: &[u8], lease: i64) -> Result<CampaignResponse, LockError> {
+        let l = self.lock_status(name, lease)?;
+        let rev = self
+            .state
+            .get(&l.key, i64::MAX)
+            .map_or(0, |kv| kv.create_revision);
+        Ok(CampaignResponse {
+            leader: LeaderKey {
+                name: Bytes::copy_from_slice(name),
+                key: l.key,
+                rev,
+                lease,
+            },
+            elected: l.acquired,
         })
     }
 

@@ -119,12 +119,38 @@ impl RocksState {
         Ok(())
     }
 
+    /// Whether the group has any key with `tag`.
+    fn has_any(&self, tag: u8) -> Result<bool, StateMachineError> {
+        let cf = self
+            .db
+            .cf_handle(CF_SM)
+            .ok_or_else(|| storage("sm family missing"))?;
+        let prefix = self.prefix(tag);
+        match self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
+            .next()
+        {
+            Some(item) => Ok(item.map_err(storage)?.0.starts_with(&prefix)),
+            None => Ok(false),
+        }
+    }
+
     fn load(&self) -> Result<Loaded, StateMachineError> {
         let cf = self
             .db
             .cf_handle(CF_SM)
             .ok_or_else(|| storage("sm family missing"))?;
         let Some(meta_bytes) = self.db.get_cf(cf, self.prefix(TAG_META)).map_err(storage)? else {
+            // Every batch writes the meta, so records without it are not
+            // ours to interpret: refuse rather than mix them into a new state.
+            let stray = self.has_any(TAG_RECORD)? || self.has_any(TAG_LEASE)?;
+            if stray {
+                return Err(storage(format!(
+                    "group {} has state-machine records but no meta: refusing to start from an empty state",
+                    self.group
+                )));
+            }
             return Ok(Loaded {
                 state: State::default(),
                 last_applied: LogId::default(),

@@ -187,6 +187,7 @@ impl<'a> Exec<'a> {
             Ok(r) => {
                 if self.next_sub > 0 {
                     self.state.revision = self.base_revision + 1;
+                    self.auto_compact();
                 }
                 Ok(r)
             }
@@ -437,6 +438,22 @@ impl<'a> Exec<'a> {
     fn range_in_txn(&self, r: &RangeRequest) -> Result<RangeResponse, LockError> {
         self.state
             .range_at(r, self.base_revision, LATEST, self.limits)
+    }
+
+    /// Keeps at most `history_retention_revisions` (+10 % slack, so the
+    /// O(keys) compaction runs once per tenth of the window, not per write).
+    fn auto_compact(&mut self) {
+        let keep = self.limits.history_retention_revisions;
+        if keep <= 0 {
+            return;
+        }
+        let slack = (keep / 10).max(1);
+        let s = &*self.state;
+        if s.revision - s.compact_revision > keep.saturating_add(slack) {
+            let at = s.revision - keep;
+            // at > compact_revision and <= revision: cannot fail
+            let _ = self.compact(&CompactionRequest { revision: at });
+        }
     }
 
     fn compact(&mut self, c: &CompactionRequest) -> Result<(), LockError> {

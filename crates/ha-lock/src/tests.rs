@@ -747,8 +747,15 @@ fn lock_is_fifo_with_increasing_tokens() {
         panic!()
     };
     assert!(t.succeeded);
+    assert_eq!(h.m.lock_status(b"job", l2).unwrap(), b2);
     // the owner's lease expires: the next waiter (FIFO) owns the lock
     h.ok(Command::LeaseExpire { id: l1 });
+    assert_eq!(
+        h.m.lock_status(b"job", l1),
+        Err(LockError::LeaseNotFound { id: l1 })
+    );
+    let now = h.m.lock_status(b"job", l2).unwrap();
+    assert!(now.acquired && now.token > a.token);
     let owner = h.m.lock_owner(b"job").unwrap();
     assert_eq!(owner.key, b2.key);
     assert!(owner.create_revision > a.token, "tokens grow");
@@ -834,4 +841,38 @@ fn election_campaign_proclaim_resign() {
         leader: c2.leader.clone(),
         value: b("n2b"),
     });
+}
+
+#[test]
+fn history_is_bounded_by_auto_compaction() {
+    let mut h = H::with(Limits {
+        history_retention_revisions: 10,
+        ..Limits::default()
+    });
+    for i in 0..100 {
+        h.put("k", &i.to_string());
+        let (rev, compact) = (h.m.current_revision(), h.m.compact_revision());
+        assert!(rev - compact <= 11, "rev {rev} compact {compact}");
+    }
+    // compacts to revision - 10 whenever the window exceeds 11: at 100 -> 90
+    assert_eq!(h.m.compact_revision(), 90);
+    assert!(matches!(
+        h.m.range(&RangeRequest {
+            revision: 89,
+            ..all()
+        }),
+        Err(LockError::Compacted { .. })
+    ));
+    assert_eq!(
+        h.m.range(&RangeRequest {
+            revision: 90,
+            ..all()
+        })
+        .unwrap()
+        .kvs[0]
+            .value,
+        b("89")
+    );
+    // only the retained window of history is stored
+    assert_eq!(h.m.events_since(91, b"\0", b"\0", 1000).unwrap().len(), 10);
 }

@@ -448,18 +448,26 @@ impl Sim {
                 None => {}
             },
             Phase::Waiting { lease, key } => {
-                // linearizable read on the leader
-                if let Some(owner) = self.replicas[self.leader].m.lock_owner(LOCK)
-                    && owner.key == key
-                {
-                    self.clients[ci].acquisitions += 1;
-                    let until = self.now_ms + self.rng.range_inclusive(20, 400);
-                    self.clients[ci].phase = Phase::Owner {
-                        lease,
-                        key,
-                        token: owner.create_revision,
-                        until_ms: until,
-                    };
+                // linearizable read on the leader, with the lease re-check
+                match self.replicas[self.leader].m.lock_status(LOCK, lease) {
+                    Ok(l) if l.acquired => {
+                        assert_eq!(l.key, key);
+                        let owner = self.replicas[self.leader]
+                            .m
+                            .lock_owner(LOCK)
+                            .expect("owner");
+                        assert_eq!((owner.key, owner.create_revision), (l.key, l.token));
+                        self.clients[ci].acquisitions += 1;
+                        let until = self.now_ms + self.rng.range_inclusive(20, 400);
+                        self.clients[ci].phase = Phase::Owner {
+                            lease,
+                            key,
+                            token: l.token,
+                            until_ms: until,
+                        };
+                    }
+                    Ok(_) => {}
+                    Err(_) => self.clients[ci].phase = Phase::Idle,
                 }
             }
             Phase::Owner {
@@ -520,6 +528,8 @@ impl Sim {
         for ci in order {
             self.client_step(ci);
         }
+        let leases = self.replicas[self.leader].m.leases();
+        self.lessor.sync(self.now_ms, &leases);
         for c in self.lessor.tick(self.now_ms) {
             self.propose(None, &c);
         }

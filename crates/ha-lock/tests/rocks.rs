@@ -14,8 +14,11 @@ use ha_lock::api::*;
 use proptest::prelude::*;
 
 fn limits() -> Limits {
+    // a small history window, so auto-compaction (and its record deletes
+    // in the WriteBatch) runs often
     Limits {
         snapshot_chunk_bytes: 256,
+        history_retention_revisions: 5,
         ..Limits::default()
     }
 }
@@ -109,4 +112,30 @@ fn corrupt_state_on_disk_is_an_error_not_a_panic() {
     }
     let err = LockMachine::open_rocks(store.db(), GroupId(3), limits()).unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");
+}
+
+#[test]
+fn records_without_meta_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RocksLogStore::open(dir.path(), Default::default()).unwrap();
+    let mut m = open(&store, 4);
+    apply(
+        &mut m,
+        1,
+        &Command::Put(PutRequest {
+            key: "k".into(),
+            ..Default::default()
+        }),
+    );
+    drop(m);
+    let db = store.db();
+    let cf = db.cf_handle(CF_SM).unwrap();
+    let mut meta_key = 4u64.to_be_bytes().to_vec();
+    meta_key.push(1);
+    db.delete_cf(cf, meta_key).unwrap();
+    let err = LockMachine::open_rocks(store.db(), GroupId(4), limits()).unwrap_err();
+    assert!(err.to_string().contains("no meta"), "{err}");
+    // other groups are unaffected
+    let fresh = open(&store, 5);
+    assert_eq!(fresh.current_revision(), 0);
 }

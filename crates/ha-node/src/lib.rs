@@ -1,6 +1,9 @@
 //! # ha-node
 //!
-//! The assembled coordination service: configuration ([`config`]), member
+//! The assembled coordination service: the etcd v3 gRPC API ([`api`]: KV,
+//! Watch, Lease, Lock, Election, Cluster, Maintenance over any
+//! [`api::Backend`]), the replicated lock-machine member behind it
+//! ([`lock_node`]), configuration ([`config`]), member
 //! ids ([`ids`]), peer certificates ([`certs`]), the data dir's identity
 //! ([`datadir`]), the replicated member ([`cluster::Node`]), metrics and
 //! health ([`metrics`], [`http`]). The `ha-node` binary wires them together.
@@ -17,10 +20,12 @@ compile_error!(
 #[cfg(not(feature = "quic"))]
 compile_error!("ha-node needs the `quic` feature (the peer transport)");
 
+pub mod api;
 pub mod certs;
 pub mod cluster;
 pub mod config;
 pub mod datadir;
 pub mod http;
 pub mod ids;
+pub mod lock_node;
 pub mod metrics;

@@ -16,10 +16,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use ha_core::kv::MemKv;
+use ha_node::api::{self, ApiConfig};
 use ha_node::certs::{self, CertsArgs};
-use ha_node::cluster::{Node, NodeConfig};
+use ha_node::cluster::NodeConfig;
 use ha_node::config::{ClusterState, Config, PeerTls, Settings};
+use ha_node::lock_node::{LockNode, LockNodeConfig};
 use ha_node::metrics::Metrics;
 use ha_node::{datadir, http};
 
@@ -183,19 +184,32 @@ async fn serve(cfg: Config, identity: ha_transport_quic::NodeIdentity) -> Result
         metrics_listeners.push(http::bind(*addr, "--listen-metrics-urls").await?);
     }
     let metrics = Arc::new(Metrics::new());
-    let node = Node::start(
+    let node = LockNode::start(
         NodeConfig::from_config(&cfg, identity),
-        MemKv::default(),
+        LockNodeConfig::default(),
         Arc::clone(&metrics),
     )
     .await
     .map_err(|e| e.to_string())?;
+    let backend = node.backend();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut servers = Vec::new();
-    for l in client_listeners.into_iter().chain(metrics_listeners) {
+    let mut api_servers = Vec::new();
+    for l in client_listeners {
+        let mut stop = stop_rx.clone();
+        api_servers.push(tokio::spawn(api::serve(
+            Arc::clone(&backend),
+            ApiConfig::default(),
+            l,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    let mut http_servers = Vec::new();
+    for l in metrics_listeners {
         let router = http::router(Arc::clone(&metrics));
-        servers.push(tokio::spawn(http::serve(l, router, stop_rx.clone())));
+        http_servers.push(tokio::spawn(http::serve(l, router, stop_rx.clone())));
     }
     tracing::info!(
         clients = %cfg.listen_client_urls.join(","),
@@ -204,13 +218,22 @@ async fn serve(cfg: Config, identity: ha_transport_quic::NodeIdentity) -> Result
     );
 
     wait_for_signal().await?;
+    // Stop accepting, end open streams and in-flight calls, then drain the
+    // replica and the transport.
     tracing::info!("shutting down");
     stop_tx.send_replace(true);
-    let result = node.shutdown().await;
-    for s in servers {
+    for s in api_servers {
+        match s.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "client API server"),
+            Err(e) => tracing::warn!(error = %e, "client API server task"),
+            Ok(Ok(())) => {}
+        }
+    }
+    for s in http_servers {
         let _ = s.await;
     }
-    result.map(|_| ()).map_err(|e| format!("shutdown: {e}"))
+    drop(backend);
+    node.shutdown().await.map_err(|e| format!("shutdown: {e}"))
 }
 
 async fn wait_for_signal() -> Result<(), String> {

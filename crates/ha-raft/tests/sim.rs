@@ -7,11 +7,14 @@
 //! progress once faults heal.
 //!
 //! The default run (150 seeds, about 85 s of CPU in a debug build) is
-//! sized for CI on two cores. More seeds:
-//! `HA_RAFT_SIM_SEEDS=10000 cargo test -p ha-raft --release --test sim`
-//! (the number is per scenario; `HA_RAFT_SIM_BASE=n` shifts the seed
-//! range); a failing seed is printed with its trace
-//! (`HA_SIM_TRACE_DIR=dir` writes the whole trace to a file).
+//! sized for the debug test step on two cores. `HA_RAFT_SIM_SEEDS` sets the
+//! seeds *per scenario* (five scenarios), so CI's release step covers
+//! 10,000 seeds with
+//! `HA_RAFT_SIM_SEEDS=2000 cargo test -p ha-raft --release --test sim`
+//! (about 150 s of CPU: 11–21 ms per seed in a release build, see
+//! `docs/BENCHMARKS.md`). `HA_RAFT_SIM_BASE=n` shifts the seed range; a
+//! failing seed is printed with its trace (`HA_SIM_TRACE_DIR=dir` writes the
+//! whole trace to a file).
 
 use ha_core::Membership;
 use ha_core::NodeId;
@@ -59,19 +62,19 @@ fn seeds(default: u64) -> u64 {
 fn raft_invariants(view: &ha_core::testkit::ClusterView<'_, Raft>) -> Result<(), String> {
     for n in &view.nodes {
         let Some(r) = n.protocol else { continue };
-        let s = r.status();
-        if s.commit > s.last_index {
+        // The accessors, not `status()`: this runs after every simulated
+        // step and `status()` clones the membership.
+        let (commit, last, term) = (r.commit_index(), r.last_log_id(), r.term());
+        if commit > last.index {
             return Err(format!(
-                "{:?}: commit {:?} beyond last index {:?}",
-                n.id, s.commit, s.last_index
+                "{:?}: commit {commit:?} beyond last index {:?}",
+                n.id, last.index
             ));
         }
-        if r.last_log_id().term > s.term {
+        if last.term > term {
             return Err(format!(
-                "{:?}: log term {:?} above current term {:?}",
-                n.id,
-                r.last_log_id().term,
-                s.term
+                "{:?}: log term {:?} above current term {term:?}",
+                n.id, last.term
             ));
         }
     }

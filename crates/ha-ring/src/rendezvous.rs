@@ -16,10 +16,17 @@ use ha_core::NodeId;
 
 use crate::cluster::{Cluster, RingError, pick_spread};
 use crate::hash::{combine, neg_ln_unit, node_seed};
-use crate::{NodeLocator, ReplicaLocator};
+use crate::{MAX_REPLICAS, NodeLocator, ReplicaLocator};
 
 /// Seed domain of rendezvous node seeds ("hrw" in ASCII).
 pub const HRW_DOMAIN: u64 = 0x0068_7277;
+
+/// Most best-scoring candidates the allocation-free replica path keeps on
+/// the stack (`4 × MAX_REPLICAS`). Clusters up to this size are ranked in
+/// full without allocating; larger ones rank the best
+/// `max(4 × replicas, 16)` and fall back to a full (allocating) ranking
+/// only when the zone/rack passes need to look further down.
+pub const TOP_CANDIDATES_MAX: usize = 4 * MAX_REPLICAS;
 
 /// Weighted rendezvous over a [`Cluster`].
 ///
@@ -138,6 +145,58 @@ impl Rendezvous {
         }
     }
 
+    /// The best `k` (at most [`TOP_CANDIDATES_MAX`]) nodes in ranking order
+    /// as `(order key, dense index)`, written to the front of `buf`; returns
+    /// how many. One pass, insertion into a sorted stack array: after the
+    /// first `k` nodes, a node costs one comparison unless it beats the
+    /// current k-th. Same order as [`Rendezvous::ranking`].
+    fn top_candidates(
+        &self,
+        key_hash: u64,
+        k: usize,
+        buf: &mut [(u64, u32); TOP_CANDIDATES_MAX],
+    ) -> usize {
+        #[inline(always)]
+        fn select(
+            n: usize,
+            k: usize,
+            buf: &mut [(u64, u32); TOP_CANDIDATES_MAX],
+            key: impl Fn(usize) -> u64,
+        ) -> usize {
+            let k = k.min(n).min(TOP_CANDIDATES_MAX);
+            if k == 0 {
+                return 0;
+            }
+            let mut len = 0usize;
+            for i in 0..n {
+                let s = key(i);
+                if len == k {
+                    // Equal keys rank the lower index (seen earlier) first.
+                    if s <= buf[k - 1].0 {
+                        continue;
+                    }
+                    len -= 1;
+                }
+                let mut j = len;
+                while j > 0 && buf[j - 1].0 < s {
+                    buf[j] = buf[j - 1];
+                    j -= 1;
+                }
+                buf[j] = (s, i as u32);
+                len += 1;
+            }
+            len
+        }
+        let n = self.seeds.len();
+        if self.uniform {
+            select(n, k, buf, |i| self.int_score(key_hash, i))
+        } else {
+            // Scores are positive and finite (weight >= 1, 0 < -ln u <= 37),
+            // and positive IEEE doubles order like their bit patterns.
+            select(n, k, buf, |i| self.score(key_hash, i).to_bits())
+        }
+    }
+
     /// Heap bytes held per node table.
     pub fn heap_bytes(&self) -> usize {
         self.seeds.capacity() * 8 + self.weights.capacity() * 8
@@ -181,17 +240,28 @@ impl ReplicaLocator for Rendezvous {
         out: &mut Vec<NodeId>,
     ) -> Result<(), RingError> {
         self.cluster.check_replicas(replicas)?;
-        // Try the best few first; fall back to the full order only when the
+        let n = self.seeds.len();
+        // Small clusters: the full order fits on the stack. Larger ones: try
+        // the best few first; fall back to the full order only when the
         // zone/rack passes need to look further down.
-        let mut order = Vec::new();
-        let k = (4 * replicas).max(16);
-        if k < self.seeds.len() {
-            self.ranking_top(key_hash, k, &mut order);
-            let prefix = || order.iter().enumerate().map(|(r, &i)| (r as u32, i));
-            if pick_spread(&self.cluster, replicas, prefix, out) {
-                return Ok(());
-            }
+        let k = if n <= TOP_CANDIDATES_MAX {
+            n
+        } else {
+            (4 * replicas).clamp(16, TOP_CANDIDATES_MAX)
+        };
+        let mut buf = [(0u64, 0u32); TOP_CANDIDATES_MAX];
+        let len = self.top_candidates(key_hash, k, &mut buf);
+        let prefix = || {
+            buf[..len]
+                .iter()
+                .enumerate()
+                .map(|(r, &(_, i))| (r as u32, i as usize))
+        };
+        // With the full order (len == n) every pass completes.
+        if pick_spread(&self.cluster, replicas, prefix, out) || len == n {
+            return Ok(());
         }
+        let mut order = Vec::new();
         self.ranking(key_hash, &mut order);
         let full = || order.iter().enumerate().map(|(r, &i)| (r as u32, i));
         let _complete = pick_spread(&self.cluster, replicas, full, out);
@@ -238,32 +308,62 @@ mod tests {
     #[test]
     fn partial_ranking_gives_the_same_replicas_as_the_full_order() {
         let zones = ["a", "b", "a", "a", "c"];
-        let c = Cluster::new((1..=60u64).map(|i| {
-            NodeSpec::new(i)
-                .weight(1 + (i % 3) as u32)
-                .zone(zones[(i % 5) as usize])
-                .rack(format!("r{}", i % 7))
-        }))
-        .unwrap();
-        let hrw = Rendezvous::new(c.clone());
-        let mut order = Vec::new();
-        let mut full = Vec::new();
-        for k in 0..300u64 {
-            let h = fmix64(k);
-            for r in [1usize, 3, 5] {
-                let fast = hrw.replicas(h, r).unwrap();
+        let labelled = |n: u64| {
+            Cluster::new((1..=n).map(|i| {
+                NodeSpec::new(i)
+                    .weight(1 + (i % 3) as u32)
+                    .zone(zones[(i % 5) as usize])
+                    .rack(format!("r{}", i % 7))
+            }))
+            .unwrap()
+        };
+        let clusters = [
+            // Fits the stack buffer: full order, no fallback.
+            labelled(60),
+            // Larger: best-k prefix, falling back when zones run out.
+            labelled(200),
+            Cluster::uniform(150).unwrap(),
+            // Two zones only: 5 replicas need the rack and fill passes.
+            Cluster::new((1..=100u64).map(|i| NodeSpec::new(i).zone(zones[(i % 2) as usize])))
+                .unwrap(),
+            // One node in a second zone: the best 16 rarely hold it, so the
+            // zone pass falls back to the full order.
+            Cluster::new((1..=200u64).map(|i| {
+                NodeSpec::new(i)
+                    .zone(if i == 7 { "b" } else { "a" })
+                    .rack("r")
+            }))
+            .unwrap(),
+        ];
+        for c in clusters {
+            let n = c.len();
+            let hrw = Rendezvous::new(c.clone());
+            let mut order = Vec::new();
+            let mut full = Vec::new();
+            for k in 0..150u64 {
+                let h = fmix64(k);
                 hrw.ranking(h, &mut order);
-                let _ = pick_spread(
-                    &c,
-                    r,
-                    || order.iter().enumerate().map(|(x, &i)| (x as u32, i)),
-                    &mut full,
-                );
-                assert_eq!(fast, full);
+                for r in [1usize, 3, 5] {
+                    let fast = hrw.replicas(h, r).unwrap();
+                    let _ = pick_spread(
+                        &c,
+                        r,
+                        || order.iter().enumerate().map(|(x, &i)| (x as u32, i)),
+                        &mut full,
+                    );
+                    assert_eq!(fast, full, "n {n} key {k} replicas {r}");
+                }
+                let mut top = Vec::new();
+                hrw.ranking_top(h, 7, &mut top);
+                assert_eq!(top.as_slice(), &order[..7]);
+                let mut buf = [(0u64, 0u32); TOP_CANDIDATES_MAX];
+                for k in [1usize, 16, 60, 64] {
+                    let len = hrw.top_candidates(h, k, &mut buf);
+                    assert_eq!(len, k.min(n));
+                    let got: Vec<usize> = buf[..len].iter().map(|&(_, i)| i as usize).collect();
+                    assert_eq!(got.as_slice(), &order[..len]);
+                }
             }
-            let mut top = Vec::new();
-            hrw.ranking_top(h, 7, &mut top);
-            assert_eq!(top.as_slice(), &order[..7]);
         }
     }
 

@@ -7,9 +7,10 @@
 //! points are sorted by `(position, node id, vnode)`, so ties are broken the
 //! same way whatever order nodes were listed in.
 //!
-//! Lookup does not binary-search: a table of `2^bits ≥ points` entries maps
-//! the top bits of the key hash to the first candidate point, after which a
-//! short linear scan (1–2 points on average) finds the successor.
+//! Lookup does not binary-search: a table of `2^bits ≥ points / 4` entries
+//! maps the top bits of the key hash to the first candidate point, after
+//! which a short linear scan (about two 16-byte points, usually inside one
+//! cache line) finds the successor.
 
 use ha_core::NodeId;
 
@@ -20,9 +21,13 @@ use crate::{NodeLocator, ReplicaLocator};
 /// Seed of the ring's point hash (an arbitrary fixed constant; "ring" in ASCII).
 pub const RING_DOMAIN: u64 = 0x7269_6E67;
 /// Most points (virtual nodes over all nodes) a ring may have. A ring costs
-/// at most 24 bytes per point (16 point + up to 8 index), so 4 Mi points use
-/// at most 96 MiB.
+/// at most 18 bytes per point (16 point + up to 2 index), so 4 Mi points use
+/// at most 72 MiB.
 pub const MAX_RING_POINTS: u64 = 1 << 22;
+/// Target points per lookup-index slot (a power of two). Four 16-byte
+/// points are one 64-byte cache line: a lookup reads one index entry and
+/// then, on average, two points of the same line.
+const POINTS_PER_INDEX_SLOT: u64 = 4;
 /// Largest `vnodes_per_weight`.
 pub const MAX_VNODES_PER_WEIGHT: u32 = 65_536;
 /// Default virtual nodes per unit of weight. With 160 points per node the
@@ -30,13 +35,18 @@ pub const MAX_VNODES_PER_WEIGHT: u32 = 65_536;
 /// raise it for better balance at the cost of memory and build time.
 pub const DEFAULT_VNODES_PER_WEIGHT: u32 = 160;
 
-/// One point on the ring.
+/// One point on the ring: 16 bytes, four to a cache line, so the successor
+/// search and the start of a replica walk usually touch a single line.
 #[derive(Debug, Clone, Copy)]
 struct Point {
     /// Position on the circle.
     hash: u64,
     /// Dense index of the owning node.
     owner: u32,
+    /// Interned zone of the owner (a copy of `Cluster::zone_at(owner)`, kept
+    /// here so the replica walk compares zones without another lookup; it
+    /// fills what would otherwise be padding).
+    zone: u32,
 }
 
 /// Ring parameters.
@@ -118,9 +128,14 @@ impl HashRing {
             .map(|p| Point {
                 hash: p.0,
                 owner: p.3,
+                zone: cluster.zone_at(p.3 as usize),
             })
             .collect();
-        let bits = (64 - (points.len() as u64).leading_zeros()).clamp(1, 23);
+        // About POINTS_PER_INDEX_SLOT points per slot: the index stays a
+        // quarter of the points' size (cache-resident longer), and the
+        // scan after it stays inside one or two cache lines of points.
+        let slots = (points.len() as u64).div_ceil(POINTS_PER_INDEX_SLOT);
+        let bits = (64 - slots.leading_zeros()).clamp(1, 23);
         let shift = 64 - bits;
         let mut index = vec![0u32; 1usize << bits];
         let mut pos = 0usize;
@@ -208,9 +223,52 @@ impl ReplicaLocator for HashRing {
     ) -> Result<(), RingError> {
         self.cluster.check_replicas(replicas)?;
         let start = self.successor(key_hash);
-        // The walk visits every node, so every pass completes.
-        let _complete = pick_spread(&self.cluster, replicas, || self.walk(start), out);
+        if replicas <= self.cluster.zone_count() {
+            // Enough zones for one replica per zone: the zone pass of
+            // `pick_spread` alone fills the set, in walk order, so the walk
+            // can stop at the `replicas`-th new zone. (Unlabelled nodes are
+            // a zone each, so this is the common path.)
+            self.replicas_one_per_zone(start, replicas, out);
+        } else {
+            // The walk visits every node, so every pass completes.
+            let _complete = pick_spread(&self.cluster, replicas, || self.walk(start), out);
+        }
         Ok(())
+    }
+}
+
+impl HashRing {
+    /// The first `replicas` owners clockwise from point `start` whose zones
+    /// are pairwise distinct — what [`pick_spread`] returns when the cluster
+    /// has at least `replicas` zones, without its generic passes. The caller
+    /// has checked `1 <= replicas <= min(MAX_REPLICAS, zone_count)`, so one
+    /// lap always finds them; the lap bound only guards that invariant.
+    #[inline]
+    fn replicas_one_per_zone(&self, start: usize, replicas: usize, out: &mut Vec<NodeId>) {
+        let ids = self.cluster.ids();
+        let replicas = replicas.min(crate::MAX_REPLICAS);
+        let mut zones = [0u32; crate::MAX_REPLICAS];
+        out.clear();
+        let first = self.points[start];
+        zones[0] = first.zone;
+        out.push(ids[first.owner as usize]);
+        let mut len = 1usize;
+        if len >= replicas {
+            return;
+        }
+        let (head, tail) = self.points.split_at(start);
+        // `tail[0]` is `first`; then the rest of the lap.
+        for p in tail[1..].iter().chain(head.iter()) {
+            if zones[..len].contains(&p.zone) {
+                continue;
+            }
+            zones[len] = p.zone;
+            len += 1;
+            out.push(ids[p.owner as usize]);
+            if len >= replicas {
+                break;
+            }
+        }
     }
 }
 
@@ -234,6 +292,56 @@ mod tests {
         }
         assert_eq!(ring.successor(u64::MAX), 0);
         assert_eq!(ring.successor(0), 0);
+    }
+
+    /// The one-replica-per-zone walk returns exactly what the generic
+    /// `pick_spread` passes return over the full ring walk.
+    #[test]
+    fn zone_walk_matches_generic_spread() {
+        let zones = ["a", "b", "c", "d", "e"];
+        let clusters = [
+            Cluster::uniform(50).unwrap(),
+            Cluster::new((1..=40u64).map(|i| {
+                NodeSpec::new(i)
+                    .weight(1 + (i % 3) as u32)
+                    .zone(zones[(i % 3) as usize])
+                    .rack(format!("r{}", i % 4))
+            }))
+            .unwrap(),
+            Cluster::new((1..=30u64).map(|i| NodeSpec::new(i).zone(zones[(i % 5) as usize])))
+                .unwrap(),
+            // Two labelled zones plus unlabelled nodes (a zone each).
+            Cluster::new((1..=12u64).map(|i| {
+                let n = NodeSpec::new(i);
+                if i <= 8 {
+                    n.zone(zones[(i % 2) as usize])
+                } else {
+                    n
+                }
+            }))
+            .unwrap(),
+        ];
+        let mut fast = Vec::new();
+        let mut generic = Vec::new();
+        for c in clusters {
+            let ring = HashRing::new(
+                c.clone(),
+                RingConfig {
+                    vnodes_per_weight: 20,
+                },
+            )
+            .unwrap();
+            for k in 0..3_000u64 {
+                let h = fmix64(k);
+                for r in 1..=c.len().min(6) {
+                    ring.replicas_into(h, r, &mut fast).unwrap();
+                    let start = ring.successor(h);
+                    assert!(pick_spread(&c, r, || ring.walk(start), &mut generic));
+                    assert_eq!(fast, generic, "key {k} replicas {r}");
+                    assert_eq!(fast[0], ring.node(h));
+                }
+            }
+        }
     }
 
     #[test]

@@ -38,6 +38,12 @@ const INBOUND_FRAMES: usize = 8192;
 const BATCH_BYTES_MAX: usize = 256 << 10;
 const MAX_FRAME_BYTES: usize = 1 << 20;
 
+/// An optional numeric override from the environment (exploration only;
+/// the recorded numbers use the crate defaults unless stated).
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 /// Messages per measured batch for a payload size (about 1–8 MB a batch).
 fn batch_len(size: usize) -> u64 {
     if size >= 64 << 10 { 128 } else { 4096 }
@@ -76,6 +82,9 @@ fn quic_pair(rt: &Runtime, ca: &DevCa) -> QuicPair {
             c.peer_queue_frames = QUEUE_FRAMES;
             c.inbound_queue_frames = INBOUND_FRAMES;
             c.write_batch_bytes_max = BATCH_BYTES_MAX;
+            if let Some(v) = env_u64("HA_QUIC_BENCH_MAX_UDP_PAYLOAD") {
+                c.max_udp_payload_bytes = v as u16;
+            }
             let ident = ca.issue(NodeId(id), Validity::days_from_now(1)).unwrap();
             QuicTransport::bind(ident, c).unwrap()
         };

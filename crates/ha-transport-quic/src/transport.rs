@@ -50,7 +50,7 @@
 //!   closes the whole connection with [`code::IDENTITY`] and counts
 //!   `identity_rejections`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -68,10 +68,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::config::{ConfigError, QuicConfig};
+use crate::config::{ConfigError, GSO_SAFE_UDP_PAYLOAD_BYTES, QuicConfig};
 use crate::frame::{
-    FRAME_HEADER_BYTES, FrameDecoder, FrameError, PREAMBLE_BYTES, Preamble, StreamKind, WireKind,
-    checked_len, encode_frame, encode_header,
+    FRAME_HEADER_BYTES, FrameDecoder, FrameError, PREAMBLE_BYTES, Preamble, StreamKind, WireFrame,
+    WireKind, checked_len, encode_frame, encode_header,
 };
 use crate::identity::{self, IdentityError, NodeIdentity, node_dns_name, node_id_from_cert};
 use crate::stats::{Counters, TransportStats};
@@ -103,6 +103,21 @@ const READ_CHUNK_BYTES_MAX: usize = 256 << 10;
 /// Payloads up to this size are copied into the batch buffer; larger ones
 /// are written as their own chunk without a copy.
 const INLINE_PAYLOAD_BYTES_MAX: usize = 4 << 10;
+/// Size of the buffers small frames are copied into. A full buffer becomes
+/// one chunk of the stream write and the writer moves to the next one.
+const SMALL_BUFFER_BYTES: usize = 64 << 10;
+/// Smallest receive buffer of a stream reader (see [`RecvBuffers`]); a
+/// buffer is enlarged to hold a whole frame when one is larger.
+const RECV_BUFFER_BYTES: usize = 64 << 10;
+/// Used receive buffers a stream reader keeps for reuse.
+const RECV_BUFFERS_PARKED_MAX: usize = 16;
+/// Bytes of used receive buffers a stream reader keeps for reuse (the sum
+/// of their allocation sizes); a buffer larger than this is never parked.
+const RECV_PARKED_BYTES_MAX: usize = 2 << 20;
+/// Copy buffers a protocol writer keeps for reuse (see [`CopyBuffers`]):
+/// at most this many × [`SMALL_BUFFER_BYTES`] (1 MiB) stay allocated per
+/// peer after a burst.
+const COPY_BUFFERS_MAX: usize = 16;
 /// Most frames coalesced into one write (in addition to the byte bound).
 const WRITE_BATCH_FRAMES_MAX: usize = 1024;
 /// How long `shutdown` waits for the endpoint to tell peers it is closing.
@@ -272,7 +287,10 @@ struct Shared {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     counters: Counters,
-    peers: RwLock<HashMap<NodeId, PeerHandle>>,
+    /// Peers by id. A `BTreeMap`: a cluster has few peers, and an ordered
+    /// lookup of a `u64` is cheaper than hashing it with SipHash on every
+    /// `send`.
+    peers: RwLock<BTreeMap<NodeId, PeerHandle>>,
     inbound_tx: mpsc::Sender<Inbound>,
     request_tx: mpsc::Sender<IncomingRequest>,
     /// Set to abort every task without draining.
@@ -282,13 +300,13 @@ struct Shared {
 }
 
 impl Shared {
-    fn peers_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, PeerHandle>> {
+    fn peers_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NodeId, PeerHandle>> {
         // Every critical section leaves the map consistent; a poisoned lock
         // holds usable state.
         self.peers.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn peers_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, PeerHandle>> {
+    fn peers_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeId, PeerHandle>> {
         self.peers.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -336,12 +354,19 @@ impl QuicTransport {
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic_client));
         client_config.transport_config(Arc::new(transport_config(&config, false)?));
 
-        let endpoint = quinn::Endpoint::server(server_config, config.listen_addr).map_err(|e| {
-            TransportError::Bind {
-                addr: config.listen_addr,
-                source: e,
-            }
-        })?;
+        let bind_err = |source| TransportError::Bind {
+            addr: config.listen_addr,
+            source,
+        };
+        let socket = bind_udp(&config).map_err(bind_err)?;
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config
+            .max_udp_payload_size(config.max_udp_payload_bytes)
+            .map_err(|_| ConfigError("max_udp_payload_bytes out of range"))?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| bind_err(std::io::Error::other("no Tokio runtime")))?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
+            .map_err(bind_err)?;
 
         let (inbound_tx, inbound) = mpsc::channel(config.inbound_queue_frames);
         let (request_tx, requests) = mpsc::channel(config.request_queue);
@@ -353,7 +378,7 @@ impl QuicTransport {
             endpoint,
             client_config,
             counters: Counters::default(),
-            peers: RwLock::new(HashMap::new()),
+            peers: RwLock::new(BTreeMap::new()),
             inbound_tx,
             request_tx,
             stop,
@@ -455,20 +480,25 @@ impl QuicTransport {
                 max,
             });
         }
-        let tx = {
-            let peers = self.shared.peers_read();
-            let p = peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
-            match frame.kind {
-                FrameKind::Protocol => p.proto_tx.clone(),
-                FrameKind::Snapshot => p.snap_tx.clone(),
-            }
-        };
-        tx.send(OutFrame {
+        let out = OutFrame {
             group: frame.group,
             payload: frame.payload,
-        })
-        .await
-        .map_err(|_| SendError::Closed)
+        };
+        let (tx, out) = {
+            let peers = self.shared.peers_read();
+            let p = peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
+            let q = match frame.kind {
+                FrameKind::Protocol => &p.proto_tx,
+                FrameKind::Snapshot => &p.snap_tx,
+            };
+            // Fast path: room in the queue, no sender clone, no await.
+            match q.try_send(out) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(SendError::Closed),
+                Err(mpsc::error::TrySendError::Full(out)) => (q.clone(), out),
+            }
+        };
+        tx.send(out).await.map_err(|_| SendError::Closed)
     }
 
     /// Sends a request to `to` and waits at most `timeout_ms` for the
@@ -569,7 +599,9 @@ impl QuicTransport {
     /// count as `dropped_disconnected`.
     pub async fn shutdown(&self, drain_timeout_ms: u64) {
         self.shared.closing.store(true, Ordering::Release);
-        let handles: Vec<PeerHandle> = self.shared.peers_write().drain().map(|(_, p)| p).collect();
+        let handles: Vec<PeerHandle> = std::mem::take(&mut *self.shared.peers_write())
+            .into_values()
+            .collect();
         // Dropping the senders lets each peer task drain and finish.
         let mut tasks = Vec::with_capacity(handles.len());
         for p in handles {
@@ -601,7 +633,7 @@ impl Drop for QuicTransport {
         self.shared.closing.store(true, Ordering::Release);
         self.shared.stop.send_replace(true);
         self.accept_task.abort();
-        for (_, p) in self.shared.peers_write().drain() {
+        for p in std::mem::take(&mut *self.shared.peers_write()).into_values() {
             p.task.abort();
         }
         self.shared
@@ -650,6 +682,15 @@ fn transport_config(
     tc.stream_receive_window(window(cfg.stream_window_bytes)?);
     tc.receive_window(window(cfg.connection_window_bytes)?);
     tc.send_window(cfg.connection_window_bytes);
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(cfg.max_udp_payload_bytes);
+    tc.mtu_discovery_config(Some(mtud));
+    if cfg.max_udp_payload_bytes > GSO_SAFE_UDP_PAYLOAD_BYTES {
+        // A GSO batch would exceed the 64 KiB UDP limit; the kernel refuses
+        // it (EMSGSIZE) and quinn counts the packets as lost.
+        tc.enable_segmentation_offload(false);
+    }
+
     if inbound {
         tc.max_concurrent_uni_streams(VarInt::from_u32(cfg.max_uni_streams_per_peer));
         tc.max_concurrent_bidi_streams(VarInt::from_u32(cfg.max_inflight_requests_per_peer));
@@ -659,6 +700,43 @@ fn transport_config(
         tc.max_concurrent_bidi_streams(VarInt::from_u32(0));
     }
     Ok(tc)
+}
+
+/// Binds the UDP socket with the configured kernel buffer sizes. The
+/// kernel may grant less than asked (capped by `net.core.rmem_max` /
+/// `wmem_max`); that is logged, not an error.
+fn bind_udp(cfg: &QuicConfig) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = cfg.listen_addr;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let want = cfg.udp_socket_buffer_bytes;
+    for (what, set, get) in [
+        (
+            "SO_RCVBUF",
+            Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>,
+            Socket::recv_buffer_size as fn(&Socket) -> std::io::Result<usize>,
+        ),
+        (
+            "SO_SNDBUF",
+            Socket::set_send_buffer_size,
+            Socket::send_buffer_size,
+        ),
+    ] {
+        if let Err(e) = set(&socket, want) {
+            warn!(%addr, option = what, error = %e, "cannot size UDP socket buffer");
+            continue;
+        }
+        // Linux reports twice the usable size it granted.
+        match get(&socket) {
+            Ok(got) if got < want => debug!(
+                %addr, option = what, want, got,
+                "UDP socket buffer capped by the kernel (raise net.core.rmem_max/wmem_max)"
+            ),
+            _ => {}
+        }
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Waits until every task has finished or `deadline` passes.
@@ -884,18 +962,80 @@ async fn open_stream(
     Ok(s)
 }
 
-/// Appends one frame to the batch: small payloads are copied into `small`,
-/// large ones become their own chunk.
+/// The protocol writer's copy buffers, recycled.
+///
+/// Small frames are copied into `current`; a written batch is split off as
+/// a `Bytes` chunk that quinn keeps until the peer acknowledges it, so a
+/// buffer cannot be reused in place. Allocating a fresh one per batch made
+/// the allocator map, page-fault and unmap memory continuously (~10% of the
+/// CPU at 1 KiB messages). Instead, a used-up buffer (whose remainder still
+/// owns the allocation) is parked in `parked`, and when a new one is needed
+/// the oldest parked buffer is reclaimed if quinn has dropped every chunk
+/// of it (acknowledged data is released in order, so the oldest frees
+/// first); otherwise a new buffer is allocated.
+#[derive(Debug)]
+struct CopyBuffers {
+    current: BytesMut,
+    parked: std::collections::VecDeque<BytesMut>,
+}
+
+impl CopyBuffers {
+    fn new() -> Self {
+        Self {
+            current: BytesMut::with_capacity(SMALL_BUFFER_BYTES),
+            parked: std::collections::VecDeque::with_capacity(COPY_BUFFERS_MAX),
+        }
+    }
+
+    /// Makes room for `need` bytes in `current`, moving what it holds to
+    /// `chunks` first if it must switch buffers.
+    fn room(&mut self, need: usize, chunks: &mut Vec<Bytes>) -> &mut BytesMut {
+        if self.current.capacity() - self.current.len() >= need {
+            return &mut self.current;
+        }
+        if !self.current.is_empty() {
+            chunks.push(self.current.split().freeze());
+        }
+        let want = SMALL_BUFFER_BYTES.max(need);
+        let reclaimed = self.parked.front_mut().is_some_and(|b| b.try_reclaim(want));
+        let reused = if reclaimed {
+            self.parked.pop_front()
+        } else {
+            None
+        };
+        let next = reused.unwrap_or_else(|| BytesMut::with_capacity(want));
+        let used = std::mem::replace(&mut self.current, next);
+        if self.parked.len() >= COPY_BUFFERS_MAX {
+            // Still in flight: let quinn's chunks own it from now on.
+            self.parked.pop_front();
+        }
+        self.parked.push_back(used);
+        &mut self.current
+    }
+
+    /// Moves whatever `current` holds to `chunks`.
+    fn flush(&mut self, chunks: &mut Vec<Bytes>) {
+        if !self.current.is_empty() {
+            chunks.push(self.current.split().freeze());
+        }
+    }
+}
+
+/// Appends one frame to the batch: small payloads are copied into the copy
+/// buffers, large ones become their own chunk.
 fn push_frame(
     kind: WireKind,
     f: OutFrame,
-    small: &mut BytesMut,
+    bufs: &mut CopyBuffers,
     chunks: &mut Vec<Bytes>,
     max: usize,
 ) -> Option<usize> {
     let len = checked_len(f.payload.len(), max).ok()?;
+    let inline = f.payload.len() <= INLINE_PAYLOAD_BYTES_MAX;
+    let need = FRAME_HEADER_BYTES + if inline { f.payload.len() } else { 0 };
+    let small = bufs.room(need, chunks);
     small.put_slice(&encode_header(kind, f.group, len));
-    if f.payload.len() <= INLINE_PAYLOAD_BYTES_MAX {
+    if inline {
         small.put_slice(&f.payload);
     } else {
         chunks.push(small.split().freeze());
@@ -913,7 +1053,7 @@ async fn protocol_writer(
     let cfg = &shared.config;
     let mut stream: Option<SendStream> = None;
     let mut chunks: Vec<Bytes> = Vec::with_capacity(16);
-    let mut small = BytesMut::with_capacity(cfg.write_batch_bytes_max.min(1 << 20));
+    let mut bufs = CopyBuffers::new();
     while let Some(first) = rx.recv().await {
         let mut frames = 0u64;
         let mut bytes = 0usize;
@@ -922,7 +1062,7 @@ async fn protocol_writer(
             if let Some(n) = push_frame(
                 WireKind::Protocol,
                 f,
-                &mut small,
+                &mut bufs,
                 &mut chunks,
                 cfg.max_frame_bytes,
             ) {
@@ -936,9 +1076,7 @@ async fn protocol_writer(
             }
             next = rx.try_recv().ok();
         }
-        if !small.is_empty() {
-            chunks.push(small.split().freeze());
-        }
+        bufs.flush(&mut chunks);
         let s = match &mut stream {
             Some(s) => s,
             None => match open_stream(shared, conn, StreamKind::Protocol).await {
@@ -1196,6 +1334,104 @@ async fn read_preamble(
     None
 }
 
+/// A stream reader's receive buffer, with its allocations recycled.
+///
+/// Frames are handed out as slices of `buf` (no copy), so a buffer stays
+/// alive until the consumer drops its last frame, and `BytesMut` then has to
+/// allocate a fresh one, which the allocator maps and page-faults in
+/// (about half the page faults at 64 KiB messages). Instead, when `buf`
+/// runs out of room, it is parked, and the oldest parked buffer is reused
+/// once the consumer has dropped every frame of it (frames are consumed in
+/// order, so the oldest frees first). Room is made for the whole pending
+/// frame at once, so the decoder never reallocates mid-frame. At most
+/// [`RECV_BUFFERS_PARKED_MAX`] buffers and [`RECV_PARKED_BYTES_MAX`] bytes
+/// stay parked per stream.
+#[derive(Debug)]
+struct RecvBuffers {
+    buf: BytesMut,
+    /// Allocation size of `buf` (its capacity when it was set up).
+    buf_alloc: usize,
+    /// Used buffers with their allocation sizes, oldest first.
+    parked: std::collections::VecDeque<(BytesMut, usize)>,
+    /// Sum of the parked allocation sizes, at most [`RECV_PARKED_BYTES_MAX`].
+    parked_bytes: usize,
+}
+
+impl RecvBuffers {
+    fn new() -> Self {
+        Self {
+            buf: BytesMut::with_capacity(RECV_BUFFER_BYTES),
+            buf_alloc: RECV_BUFFER_BYTES,
+            parked: std::collections::VecDeque::with_capacity(RECV_BUFFERS_PARKED_MAX),
+            parked_bytes: 0,
+        }
+    }
+
+    /// Appends `data` (making room for it first).
+    fn append(&mut self, data: &[u8]) {
+        self.room(self.buf.len() + data.len());
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Takes the next complete frame off the front, like
+    /// [`FrameDecoder::decode`], after making room for all of a frame whose
+    /// header has arrived (so the decoder's own `reserve` never allocates).
+    fn decode(&mut self, decoder: &FrameDecoder) -> Result<Option<WireFrame>, FrameError> {
+        if let Some(h) = self.buf.get(..FRAME_HEADER_BYTES) {
+            let len = u32::from_le_bytes([h[10], h[11], h[12], h[13]]) as usize;
+            // A larger length is refused by the decoder; allocate nothing.
+            if len <= decoder.max_frame_bytes() {
+                self.room(FRAME_HEADER_BYTES + len);
+            }
+        }
+        decoder.decode(&mut self.buf)
+    }
+
+    /// Makes `buf` able to hold `total` bytes from its start, switching to
+    /// a recycled or new buffer (and copying the partial frame over) if not.
+    fn room(&mut self, total: usize) {
+        if self.buf.capacity() >= total {
+            return;
+        }
+        let want = total.max(RECV_BUFFER_BYTES);
+        let reclaimed = self
+            .parked
+            .front_mut()
+            .is_some_and(|(b, _)| b.try_reclaim(want));
+        let (mut next, next_alloc) = match self.parked.pop_front() {
+            Some((b, alloc)) if reclaimed => {
+                self.parked_bytes -= alloc;
+                (b, alloc)
+            }
+            front => {
+                if let Some(front) = front {
+                    self.parked.push_front(front);
+                }
+                (BytesMut::with_capacity(want), want)
+            }
+        };
+        next.extend_from_slice(&self.buf);
+        let mut used = std::mem::replace(&mut self.buf, next);
+        let used_alloc = std::mem::replace(&mut self.buf_alloc, next_alloc);
+        used.clear();
+        if used_alloc > RECV_PARKED_BYTES_MAX {
+            return;
+        }
+        // At a bound: the oldest goes (frames still referencing it keep its
+        // memory alive for as long as they need it).
+        while self.parked.len() >= RECV_BUFFERS_PARKED_MAX
+            || self.parked_bytes + used_alloc > RECV_PARKED_BYTES_MAX
+        {
+            match self.parked.pop_front() {
+                Some((_, alloc)) => self.parked_bytes -= alloc,
+                None => break,
+            }
+        }
+        self.parked_bytes += used_alloc;
+        self.parked.push_back((used, used_alloc));
+    }
+}
+
 /// Reads one protocol or snapshot stream and delivers its frames in order.
 async fn read_stream(shared: Arc<Shared>, conn: Connection, peer: NodeId, mut recv: RecvStream) {
     let Some(pre) = read_preamble(&shared, &conn, peer, &mut recv).await else {
@@ -1210,12 +1446,18 @@ async fn read_stream(shared: Arc<Shared>, conn: Connection, peer: NodeId, mut re
         }
     };
     let decoder = FrameDecoder::for_stream(pre.kind, shared.config.max_frame_bytes);
-    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut rbuf = RecvBuffers::new();
+    // Delivered but not yet counted (counted once per read, not per frame).
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    let count = |frames: &mut u64, bytes: &mut u64| {
+        shared.count(|c| &c.frames_received, std::mem::take(frames));
+        shared.count(|c| &c.bytes_received, std::mem::take(bytes));
+    };
     loop {
         match recv.read_chunk(READ_CHUNK_BYTES_MAX, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(Some(chunk)) => rbuf.append(&chunk.bytes),
             Ok(None) => {
-                if let Err(e) = decoder.finish(&buf) {
+                if let Err(e) = decoder.finish(&rbuf.buf) {
                     frame_error(&shared, peer, &mut recv, &e);
                 }
                 return;
@@ -1226,7 +1468,7 @@ async fn read_stream(shared: Arc<Shared>, conn: Connection, peer: NodeId, mut re
             }
         }
         loop {
-            match decoder.decode(&mut buf) {
+            match rbuf.decode(&decoder) {
                 Ok(Some(f)) => {
                     let n = f.payload.len() as u64;
                     let inbound = Inbound {
@@ -1237,16 +1479,31 @@ async fn read_stream(shared: Arc<Shared>, conn: Connection, peer: NodeId, mut re
                             payload: f.payload,
                         },
                     };
-                    if shared.inbound_tx.send(inbound).await.is_err() {
+                    // Fast path without an await; wait (back-pressure)
+                    // only when the consumer's queue is full.
+                    let sent = match shared.inbound_tx.try_send(inbound) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                        Err(mpsc::error::TrySendError::Full(inbound)) => {
+                            count(&mut frames, &mut bytes);
+                            shared.inbound_tx.send(inbound).await.is_ok()
+                        }
+                    };
+                    if !sent {
+                        count(&mut frames, &mut bytes);
                         shared.count(|c| &c.dropped_inbound_closed, 1);
                         let _ = recv.stop(VarInt::from_u32(code::GONE));
                         return;
                     }
-                    shared.count(|c| &c.frames_received, 1);
-                    shared.count(|c| &c.bytes_received, n);
+                    frames += 1;
+                    bytes += n;
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    count(&mut frames, &mut bytes);
+                    break;
+                }
                 Err(e) => {
+                    count(&mut frames, &mut bytes);
                     frame_error(&shared, peer, &mut recv, &e);
                     return;
                 }
@@ -1360,6 +1617,143 @@ mod tests {
         for _ in 0..100 {
             assert!(b.next_delay().as_millis() <= 1000);
         }
+    }
+
+    #[test]
+    fn copy_buffers_keep_order_and_reuse_acknowledged_buffers() {
+        let mut bufs = CopyBuffers::new();
+        let first_alloc = bufs.current.as_ptr();
+        let mut chunks = Vec::new();
+        let piece = [7u8; 1000];
+        // Fill well past one buffer: the switch flushes into `chunks` in order.
+        for i in 0..100u8 {
+            let b = bufs.room(piece.len() + 1, &mut chunks);
+            b.put_u8(i);
+            b.put_slice(&piece);
+        }
+        bufs.flush(&mut chunks);
+        assert!(chunks.len() >= 2);
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(all.len(), 100 * 1001);
+        for (i, rec) in all.chunks(1001).enumerate() {
+            assert_eq!(rec[0], i as u8);
+        }
+        // While the chunks are alive (quinn holds them), nothing is reused.
+        assert!(
+            bufs.parked
+                .iter_mut()
+                .all(|b| !b.try_reclaim(SMALL_BUFFER_BYTES))
+        );
+        // Once they are dropped, the next switch reuses the oldest buffer.
+        drop(all);
+        chunks.clear();
+        let used = bufs.current.capacity() - bufs.current.len();
+        bufs.room(used + 1, &mut chunks);
+        assert_eq!(bufs.current.as_ptr(), first_alloc);
+        assert_eq!(bufs.current.capacity(), SMALL_BUFFER_BYTES);
+        // The parked list never exceeds its bound.
+        for _ in 0..(4 * COPY_BUFFERS_MAX) {
+            let cap = bufs.current.capacity() - bufs.current.len();
+            bufs.room(cap + 1, &mut chunks);
+            bufs.current.put_u8(1);
+            assert!(bufs.parked.len() <= COPY_BUFFERS_MAX);
+        }
+    }
+
+    #[test]
+    fn recv_buffers_deliver_frames_intact_and_reuse_released_buffers() {
+        let max = 1 << 20;
+        let decoder = FrameDecoder::for_stream(StreamKind::Protocol, max);
+        let sizes = [10usize, 70_000, 64, 200_000, 1, 65_536, 3_000];
+        let mut wire = BytesMut::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let payload = vec![i as u8; n];
+            encode_frame(
+                &mut wire,
+                WireKind::Protocol,
+                GroupId(i as u64),
+                &payload,
+                max,
+            )
+            .unwrap();
+        }
+        let mut rbuf = RecvBuffers::new();
+        let mut got = Vec::new();
+        // Feed in uneven pieces, as QUIC chunks arrive.
+        for piece in wire.chunks(6_548) {
+            rbuf.append(piece);
+            while let Some(f) = rbuf.decode(&decoder).unwrap() {
+                got.push(f);
+            }
+            assert!(rbuf.parked.len() <= RECV_BUFFERS_PARKED_MAX);
+            let sum: usize = rbuf.parked.iter().map(|&(_, a)| a).sum();
+            assert_eq!(sum, rbuf.parked_bytes);
+            assert!(sum <= RECV_PARKED_BYTES_MAX);
+        }
+        assert!(rbuf.buf.is_empty());
+        assert_eq!(got.len(), sizes.len());
+        for (i, f) in got.iter().enumerate() {
+            assert_eq!(f.group, GroupId(i as u64));
+            assert_eq!(f.payload.len(), sizes[i]);
+            assert!(f.payload.iter().all(|&b| b == i as u8));
+        }
+        // Frames alive: the buffers holding them cannot be reclaimed (a
+        // buffer whose data all moved on can be).
+        let held = rbuf
+            .parked
+            .iter_mut()
+            .map(|(b, _)| !b.try_reclaim(RECV_BUFFER_BYTES))
+            .filter(|&stuck| stuck)
+            .count();
+        assert!(held >= 2, "{held}");
+        // Consumer dropped them: every parked buffer is free again, and the
+        // next switch reuses the oldest.
+        drop(got);
+        assert!(
+            rbuf.parked
+                .iter_mut()
+                .all(|(b, _)| b.try_reclaim(RECV_BUFFER_BYTES))
+        );
+        let oldest = rbuf.parked.front().map(|(b, _)| b.as_ptr());
+        let fill = vec![0u8; rbuf.buf.capacity() + 1];
+        rbuf.append(&fill);
+        assert_eq!(rbuf.buf.len(), fill.len());
+        let reused = rbuf.parked.iter().all(|(b, _)| Some(b.as_ptr()) != oldest);
+        assert!(reused, "the oldest parked buffer was not reused");
+    }
+
+    #[test]
+    fn udp_payload_bound_sets_mtu_discovery_and_gso() {
+        let mut cfg = QuicConfig::new("127.0.0.1:0".parse().unwrap());
+        let tc = format!("{:?}", transport_config(&cfg, true).unwrap());
+        assert!(tc.contains("upper_bound: 6548"), "{tc}");
+        assert!(tc.contains("enable_segmentation_offload: true"), "{tc}");
+        // Above the GSO-safe size: discovery may go higher, GSO is off.
+        cfg.max_udp_payload_bytes = 8952;
+        let tc = format!("{:?}", transport_config(&cfg, false).unwrap());
+        assert!(tc.contains("upper_bound: 8952"), "{tc}");
+        assert!(tc.contains("enable_segmentation_offload: false"), "{tc}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn udp_socket_gets_the_configured_buffers() {
+        let mut cfg = QuicConfig::new("127.0.0.1:0".parse().unwrap());
+        cfg.udp_socket_buffer_bytes = 1 << 20;
+        let sock = bind_udp(&cfg).unwrap();
+        let read_max = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        let sr = socket2::SockRef::from(&sock);
+        // Linux grants min(asked, sysctl max) and reports twice that.
+        let rcv_cap = read_max("/proc/sys/net/core/rmem_max").min(1 << 20);
+        let snd_cap = read_max("/proc/sys/net/core/wmem_max").min(1 << 20);
+        assert!(sr.recv_buffer_size().unwrap() >= rcv_cap);
+        assert!(sr.send_buffer_size().unwrap() >= snd_cap);
+        assert!(sock.local_addr().unwrap().port() != 0);
     }
 
     #[test]

@@ -22,34 +22,55 @@
 //! # Writes and group commit
 //!
 //! A [`LogWrite`] is turned into key/value operations on the caller's thread
-//! (encoding and checksumming run in parallel across callers), then queued to
-//! one dedicated writer thread. The writer takes every request waiting in the
-//! queue — up to [`RocksOptions::max_batch_writes`] requests and
-//! [`RocksOptions::max_batch_bytes`] bytes — and commits them as **one**
-//! RocksDB `WriteBatch`, fsync'd once if any of them asked for `sync`. So `n`
-//! concurrent synced appenders share one fsync instead of paying `n`. Each
-//! caller is answered only after that batch is durable (or with the error
-//! that stopped it). Requests are applied in queue order, and every
-//! `LogWrite` stays atomic (it is never split across batches).
+//! (encoding and checksumming run in parallel across callers), then queued.
+//! Queued requests are grouped into batches as they arrive: a request joins
+//! the newest batch still waiting if that stays within
+//! [`RocksOptions::max_batch_writes`] requests and
+//! [`RocksOptions::max_batch_bytes`] bytes, else it opens the next one.
+//! Two threads then form a pipeline:
 //!
-//! The queue holds at most [`RocksOptions::queue_len`] requests. When it is
-//! full, callers **block** until the writer has taken requests off it
-//! (back-pressure); the writer never waits on callers, so the wait lasts at
-//! most the time to commit the batches ahead.
+//! 1. the **writer** takes the oldest batch and writes it as **one** RocksDB
+//!    `WriteBatch` (WAL record + memtable, not yet fsync'd), then hands it to
+//!    the sync thread and goes on with the next batch at once;
+//! 2. the **sync thread** takes every batch written so far, fsyncs the WAL
+//!    **once** for all of them (if any asked for `sync`), and only then
+//!    answers their callers.
+//!
+//! So `n` concurrent synced appenders share one fsync instead of paying `n`,
+//! and the next batch is written while the previous one is being fsync'd.
+//! A synced write's caller is answered only after an fsync that started
+//! after its batch was written (or with the error that stopped it), so
+//! nothing is acknowledged before it is durable. Requests are applied in
+//! queue order, batches are answered in that order, and every `LogWrite`
+//! stays atomic (it is never split across batches).
+//!
+//! Callers of one batch wait on one shared completion (a mutex-protected
+//! outcome and a condition variable, one allocation per batch): the sync
+//! thread wakes them all with a single `notify_all` instead of one channel
+//! and one wake-up call per request.
+//!
+//! The queue holds at most [`RocksOptions::queue_len`] requests not yet
+//! taken by the writer. When it is full, callers **block** until the writer
+//! has taken requests off it (back-pressure). At most
+//! [`SYNC_PIPELINE_BATCHES_MAX`] written batches wait for the sync thread;
+//! beyond that the writer waits. Neither thread ever waits on a caller, so a
+//! wait lasts at most the time to commit the batches ahead.
 //!
 //! # Durability
 //!
 //! The write-ahead log is on and flushed to the OS on every write
 //! (`manual_wal_flush = false`), so a process crash (`kill -9`) loses
 //! nothing that a call returned for; a synced write or [`LogStore::sync`]
-//! additionally survives power loss. Recovery uses RocksDB's point-in-time
+//! additionally survives power loss. A batch is visible to reads once the
+//! writer wrote it, which may be before its fsync; its callers are answered
+//! only after the fsync. Recovery uses RocksDB's point-in-time
 //! mode: a torn tail of the WAL is dropped whole, never half-applied.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use rocksdb::{
@@ -82,6 +103,12 @@ const LOG_KEY_LEN: usize = 16;
 /// Bytes charged per operation on top of its key and value, for the batch
 /// byte limit (RocksDB's own record framing).
 const OP_OVERHEAD_BYTES: usize = 16;
+
+/// Most batches written to the engine but not yet fsync'd and answered: when
+/// the sync thread is this far behind, the writer thread waits. Bounds the
+/// memory between the two pipeline stages (the operations of a written batch
+/// are freed before it is handed over, so an entry is a few words).
+pub const SYNC_PIPELINE_BATCHES_MAX: usize = 64;
 
 /// Upper bound accepted for [`RocksOptions::queue_len`].
 pub const QUEUE_LEN_LIMIT: usize = 1 << 20;
@@ -241,19 +268,134 @@ enum Op {
     },
 }
 
-/// A queued request: the operations of one [`LogWrite`] (none for a bare
-/// sync) and where to send the outcome.
-struct Request {
-    ops: Vec<Op>,
-    bytes: usize,
-    sync: bool,
-    is_write: bool,
-    reply: SyncSender<StorageResult<()>>,
+/// Locks `m`, ignoring poisoning: every critical section here leaves the
+/// protected state consistent at each step, so a panic elsewhere does not
+/// make it unusable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// State shared by callers and the writer thread.
+/// How a batch ended, as its callers see it.
+#[derive(Clone, Debug)]
+enum Outcome {
+    /// Committed (and fsync'd if any request of the batch asked for it).
+    Done,
+    /// The engine refused the write or the fsync.
+    Engine(String),
+    /// A pipeline thread stopped before answering (the store is closing or
+    /// a thread died).
+    Stopped,
+}
+
+/// Where the callers of one batch wait for its outcome: set once, then every
+/// waiter is woken with one `notify_all`.
+#[derive(Default)]
+struct Completion {
+    outcome: Mutex<Option<Outcome>>,
+    cv: Condvar,
+}
+
+impl Completion {
+    /// Sets the outcome unless one is set already; wakes the waiters if it
+    /// set it.
+    fn complete(&self, outcome: Outcome) {
+        let mut g = lock(&self.outcome);
+        if g.is_some() {
+            return;
+        }
+        *g = Some(outcome);
+        drop(g);
+        self.cv.notify_all();
+    }
+
+    /// Blocks until the outcome is set.
+    fn wait(&self) -> StorageResult<()> {
+        let mut g = lock(&self.outcome);
+        loop {
+            match g.as_ref() {
+                Some(Outcome::Done) => return Ok(()),
+                Some(Outcome::Engine(msg)) => return Err(StorageError::Engine(msg.clone())),
+                Some(Outcome::Stopped) => return Err(StorageError::Closed),
+                None => g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
+    }
+}
+
+/// The pipeline's handle on a batch's waiters. Dropping it unanswered (a
+/// thread stopped or panicked) answers them with [`Outcome::Stopped`], so no
+/// caller ever waits forever.
+struct Answer(Arc<Completion>);
+
+impl Answer {
+    fn send(self, outcome: Outcome) {
+        self.0.complete(outcome);
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.0.complete(Outcome::Stopped);
+    }
+}
+
+/// Queued requests committed as one `WriteBatch` and answered together.
+struct Batch {
+    /// Operations of every request, in queue order.
+    ops: Vec<Op>,
+    /// Requests in the batch (for the `max_batch_writes` limit).
+    requests: usize,
+    /// Of which `LogWrite`s (the rest are bare syncs).
+    writes: u64,
+    /// Bytes of the operations, with [`OP_OVERHEAD_BYTES`] each.
+    bytes: usize,
+    /// Whether any request asked for an fsync.
+    sync: bool,
+    answer: Answer,
+}
+
+/// Requests waiting for the writer, grouped into batches.
+#[derive(Default)]
+struct Intake {
+    batches: VecDeque<Batch>,
+    /// Requests in `batches` (bounded by `queue_len`).
+    requests: usize,
+    /// No more requests are accepted; the writer drains and stops.
+    closed: bool,
+}
+
+/// A batch the writer wrote, waiting for the sync thread.
+struct Written {
+    sync: bool,
+    /// The write's own outcome (an fsync may still fail it).
+    outcome: Outcome,
+    answer: Answer,
+}
+
+/// Written batches between the writer and the sync thread.
+#[derive(Default)]
+struct Pipeline {
+    written: VecDeque<Written>,
+    /// The writer has stopped: the sync thread drains and stops.
+    writer_done: bool,
+    /// The sync thread has stopped (only by a panic before the writer): the
+    /// writer answers what it writes with [`Outcome::Stopped`].
+    syncer_gone: bool,
+}
+
+/// State shared by callers and the pipeline threads.
 #[derive(Default)]
 struct Shared {
+    intake: Mutex<Intake>,
+    /// Signalled when a batch is queued or the intake is closed.
+    intake_ready: Condvar,
+    /// Signalled when the writer took requests off the intake.
+    intake_space: Condvar,
+    pipeline: Mutex<Pipeline>,
+    /// Signalled when a batch was written or the writer stopped.
+    pipeline_ready: Condvar,
+    /// Signalled when the sync thread took batches off the pipeline.
+    pipeline_space: Condvar,
     writes: AtomicU64,
     batches: AtomicU64,
     fsyncs: AtomicU64,
@@ -274,8 +416,8 @@ pub struct RocksLogStore {
     path: PathBuf,
     opts: RocksOptions,
     closed: AtomicBool,
-    tx: RwLock<Option<SyncSender<Request>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer and sync threads, joined by [`RocksLogStore::close`].
+    threads: Mutex<Vec<JoinHandle<()>>>,
     shared: Arc<Shared>,
 }
 
@@ -476,23 +618,35 @@ impl RocksLogStore {
         }
         let db = Arc::new(db);
         let shared = Arc::new(shared);
-        let (tx, rx) = mpsc::sync_channel(opts.queue_len);
-        let writer = {
-            let db = Arc::clone(&db);
-            let shared = Arc::clone(&shared);
-            let limits = (opts.max_batch_writes, opts.max_batch_bytes);
+        let mut threads = Vec::with_capacity(2);
+        let spawned = {
+            let (db, shared) = (Arc::clone(&db), Arc::clone(&shared));
             std::thread::Builder::new()
                 .name("ha-rocks-writer".into())
-                .spawn(move || run_writer(&db, &rx, &shared, limits))
-                .map_err(|e| StorageError::Engine(format!("cannot start writer thread: {e}")))?
-        };
+                .spawn(move || run_writer(&db, &shared))
+        }
+        .and_then(|h| {
+            threads.push(h);
+            let (db, shared) = (Arc::clone(&db), Arc::clone(&shared));
+            std::thread::Builder::new()
+                .name("ha-rocks-sync".into())
+                .spawn(move || run_syncer(&db, &shared))
+        });
+        match spawned {
+            Ok(h) => threads.push(h),
+            Err(e) => {
+                stop_threads(&shared, threads);
+                return Err(StorageError::Engine(format!(
+                    "cannot start log store threads: {e}"
+                )));
+            }
+        }
         Ok(Self {
             db,
             path,
             opts,
             closed: AtomicBool::new(false),
-            tx: RwLock::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
+            threads: Mutex::new(threads),
             shared,
         })
     }
@@ -534,14 +688,11 @@ impl RocksLogStore {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        // Dropping our sender lets the writer exit once callers that already
-        // hold a clone have been answered.
-        drop(self.tx.write().unwrap_or_else(|p| p.into_inner()).take());
-        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle
-            && h.join().is_err()
-        {
-            return Err(StorageError::Engine("writer thread panicked".into()));
+        // The writer answers every request already queued, then stops; the
+        // sync thread follows once it has answered every written batch.
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        if !stop_threads(&self.shared, threads) {
+            return Err(StorageError::Engine("log store thread panicked".into()));
         }
         self.db.flush_wal(true).map_err(engine)
     }
@@ -559,30 +710,54 @@ impl RocksLogStore {
             .ok_or_else(|| StorageError::Engine(format!("column family {name} missing")))
     }
 
-    /// Queues a request and waits for the writer's answer.
+    /// Queues a request (joining the newest waiting batch when it fits) and
+    /// waits for its batch's answer. `bytes` is at most `max_batch_bytes`
+    /// (checked by the caller).
     fn submit(&self, ops: Vec<Op>, bytes: usize, sync: bool, is_write: bool) -> StorageResult<()> {
-        let sender = self
-            .tx
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .cloned()
-            .ok_or(StorageError::Closed)?;
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        let req = Request {
-            ops,
-            bytes,
-            sync,
-            is_write,
-            reply,
+        let sh = &*self.shared;
+        let (max_writes, max_bytes) = (self.opts.max_batch_writes, self.opts.max_batch_bytes);
+        let done = {
+            let mut q = lock(&sh.intake);
+            while !q.closed && q.requests >= self.opts.queue_len {
+                q = sh.intake_space.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            if q.closed {
+                return Err(StorageError::Closed);
+            }
+            q.requests += 1;
+            sh.queued.fetch_add(1, Ordering::Relaxed);
+            let fits = q
+                .batches
+                .back()
+                .is_some_and(|b| b.requests < max_writes && b.bytes + bytes <= max_bytes);
+            match q.batches.back_mut() {
+                Some(b) if fits => {
+                    b.ops.extend(ops);
+                    b.requests += 1;
+                    b.writes += u64::from(is_write);
+                    b.bytes += bytes;
+                    b.sync |= sync;
+                    Arc::clone(&b.answer.0)
+                }
+                _ => {
+                    let done = Arc::new(Completion::default());
+                    q.batches.push_back(Batch {
+                        ops,
+                        requests: 1,
+                        writes: u64::from(is_write),
+                        bytes,
+                        sync,
+                        answer: Answer(Arc::clone(&done)),
+                    });
+                    if q.batches.len() == 1 {
+                        // The writer may be idle: only then is it waiting.
+                        sh.intake_ready.notify_one();
+                    }
+                    done
+                }
+            }
         };
-        if sender.send(req).is_err() {
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(StorageError::Closed);
-        }
-        drop(sender);
-        answer.recv().map_err(|_| StorageError::Closed)?
+        done.wait()
     }
 
     /// Reads the present entries of `range`, stopping (and saying where)
@@ -846,66 +1021,178 @@ fn decode_entry(group: GroupId, index: LogIndex, value: &[u8]) -> StorageResult<
     Ok(entry)
 }
 
-fn run_writer(db: &DB, rx: &Receiver<Request>, shared: &Shared, limits: (usize, usize)) {
-    let (max_writes, max_bytes) = limits;
-    let mut carried: Option<Request> = None;
-    let mut batch: Vec<Request> = Vec::with_capacity(max_writes.min(1024));
+/// Marks the intake closed, lets the pipeline threads drain and stop, and
+/// joins them. False if one of them panicked (its batches were answered
+/// [`Outcome::Stopped`] when they were dropped).
+fn stop_threads(shared: &Shared, threads: Vec<JoinHandle<()>>) -> bool {
+    lock(&shared.intake).closed = true;
+    shared.intake_ready.notify_all();
+    shared.intake_space.notify_all();
+    let mut clean = true;
+    for h in threads {
+        clean &= h.join().is_ok();
+    }
+    clean
+}
+
+/// Tells the sync thread that the writer stopped, however it stopped (a
+/// panic included), and answers whatever is still queued.
+struct WriterExit<'a>(&'a Shared);
+
+impl Drop for WriterExit<'_> {
+    fn drop(&mut self) {
+        let sh = self.0;
+        {
+            let mut q = lock(&sh.intake);
+            q.closed = true;
+            // Dropping the batches answers their callers (`Outcome::Stopped`);
+            // empty after a clean stop.
+            q.batches.clear();
+            q.requests = 0;
+        }
+        sh.queued.store(0, Ordering::Relaxed);
+        sh.intake_space.notify_all();
+        lock(&sh.pipeline).writer_done = true;
+        sh.pipeline_ready.notify_all();
+    }
+}
+
+/// The writer thread: writes queued batches in order, each as one
+/// `WriteBatch` without fsync, and hands them to the sync thread.
+fn run_writer(db: &DB, shared: &Shared) {
+    let _exit = WriterExit(shared);
     loop {
         #[cfg(test)]
         shared.pause.wait_while_paused();
-        let first = match carried.take() {
-            Some(r) => r,
-            None => match rx.recv() {
-                Ok(r) => {
-                    shared.queued.fetch_sub(1, Ordering::Relaxed);
-                    r
+        let batch = {
+            let mut q = lock(&shared.intake);
+            loop {
+                if let Some(b) = q.batches.pop_front() {
+                    q.requests -= b.requests;
+                    shared
+                        .queued
+                        .fetch_sub(b.requests as u64, Ordering::Relaxed);
+                    break b;
                 }
-                Err(_) => break,
-            },
+                if q.closed {
+                    return;
+                }
+                q = shared
+                    .intake_ready
+                    .wait(q)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
         };
-        let mut bytes = first.bytes;
-        batch.push(first);
-        while batch.len() < max_writes {
-            let Ok(r) = rx.try_recv() else { break };
-            shared.queued.fetch_sub(1, Ordering::Relaxed);
-            if bytes + r.bytes > max_bytes {
-                carried = Some(r);
-                break;
+        shared.intake_space.notify_all();
+        let Batch {
+            ops,
+            writes,
+            sync,
+            answer,
+            ..
+        } = batch;
+        let outcome = match write_batch(db, &ops) {
+            Ok(bytes) => {
+                if bytes > 0 || sync {
+                    // A batch of bare syncs counts as the WAL sync it asks for.
+                    shared.batches.fetch_add(1, Ordering::Relaxed);
+                }
+                shared.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                Outcome::Done
             }
-            bytes += r.bytes;
-            batch.push(r);
-        }
-        let outcome = commit(db, &batch);
-        let writes = batch.iter().filter(|r| r.is_write).count() as u64;
+            Err(msg) => Outcome::Engine(msg),
+        };
         shared.writes.fetch_add(writes, Ordering::Relaxed);
-        if let Ok(c) = &outcome {
-            shared.batches.fetch_add(1, Ordering::Relaxed);
-            if c.synced {
-                shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-            }
-            shared.bytes.fetch_add(c.bytes as u64, Ordering::Relaxed);
+        drop(ops);
+        let mut p = lock(&shared.pipeline);
+        while !p.syncer_gone && p.written.len() >= SYNC_PIPELINE_BATCHES_MAX {
+            p = shared
+                .pipeline_space
+                .wait(p)
+                .unwrap_or_else(|e| e.into_inner());
         }
-        for r in batch.drain(..) {
-            let answer = match &outcome {
-                Ok(_) => Ok(()),
-                Err(msg) => Err(StorageError::Engine(msg.clone())),
-            };
-            // A caller that gave up waiting is not an error of the batch.
-            let _ = r.reply.send(answer);
+        if p.syncer_gone {
+            // Nobody would fsync it: dropping `answer` answers `Stopped`.
+            continue;
+        }
+        p.written.push_back(Written {
+            sync,
+            outcome,
+            answer,
+        });
+        if p.written.len() == 1 {
+            shared.pipeline_ready.notify_one();
         }
     }
 }
 
-/// What a successful commit did.
-struct Committed {
-    synced: bool,
-    bytes: usize,
+/// Tells the writer that the sync thread stopped and answers what it left.
+struct SyncerExit<'a>(&'a Shared);
+
+impl Drop for SyncerExit<'_> {
+    fn drop(&mut self) {
+        let mut p = lock(&self.0.pipeline);
+        p.syncer_gone = true;
+        // Answered `Stopped` as they drop; empty after a clean stop.
+        p.written.clear();
+        drop(p);
+        self.0.pipeline_space.notify_all();
+    }
 }
 
-/// Writes `batch` as one `WriteBatch` (or fsyncs the WAL when it holds only
-/// syncs).
-fn commit(db: &DB, batch: &[Request]) -> Result<Committed, String> {
-    let sync = batch.iter().any(|r| r.sync);
+/// The sync thread: takes every written batch, fsyncs the WAL once if any
+/// of them asked for it, then answers them in order.
+fn run_syncer(db: &DB, shared: &Shared) {
+    let _exit = SyncerExit(shared);
+    let mut taken: Vec<Written> = Vec::with_capacity(SYNC_PIPELINE_BATCHES_MAX);
+    loop {
+        {
+            let mut p = lock(&shared.pipeline);
+            while p.written.is_empty() {
+                if p.writer_done {
+                    return;
+                }
+                p = shared
+                    .pipeline_ready
+                    .wait(p)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            taken.extend(p.written.drain(..));
+        }
+        shared.pipeline_space.notify_one();
+        let needs_sync = taken
+            .iter()
+            .any(|w| w.sync && matches!(w.outcome, Outcome::Done));
+        // Every batch in `taken` was written before this fsync starts, so it
+        // covers all of them.
+        let synced = if needs_sync {
+            match db.flush_wal(true) {
+                Ok(()) => {
+                    shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    Outcome::Done
+                }
+                Err(e) => Outcome::Engine(e.into_string()),
+            }
+        } else {
+            Outcome::Done
+        };
+        for w in taken.drain(..) {
+            let outcome = match (&w.outcome, w.sync) {
+                (Outcome::Done, true) => synced.clone(),
+                (o, _) => o.clone(),
+            };
+            w.answer.send(outcome);
+        }
+    }
+}
+
+/// Writes `ops` as one `WriteBatch`, without fsync. Returns the bytes of
+/// keys and values written (0 for a batch of bare syncs, which writes
+/// nothing).
+fn write_batch(db: &DB, ops: &[Op]) -> Result<usize, String> {
+    if ops.is_empty() {
+        return Ok(0);
+    }
     let log = db
         .cf_handle(CF_LOG)
         .ok_or_else(|| format!("column family {CF_LOG} missing"))?;
@@ -914,38 +1201,24 @@ fn commit(db: &DB, batch: &[Request]) -> Result<Committed, String> {
         .ok_or_else(|| format!("column family {CF_META} missing"))?;
     let mut wb = WriteBatch::default();
     let mut bytes = 0usize;
-    for r in batch {
-        for op in &r.ops {
-            match op {
-                Op::Put { cf, key, value } => {
-                    let cf = if matches!(cf, Cf::Log) { log } else { meta };
-                    wb.put_cf(cf, key, value);
-                    bytes += key.len() + value.len();
-                }
-                Op::DeleteRange { cf, from, to } => {
-                    let cf = if matches!(cf, Cf::Log) { log } else { meta };
-                    wb.delete_range_cf(cf, from, to);
-                    bytes += from.len() + to.len();
-                }
+    for op in ops {
+        match op {
+            Op::Put { cf, key, value } => {
+                let cf = if matches!(cf, Cf::Log) { log } else { meta };
+                wb.put_cf(cf, key, value);
+                bytes += key.len() + value.len();
+            }
+            Op::DeleteRange { cf, from, to } => {
+                let cf = if matches!(cf, Cf::Log) { log } else { meta };
+                wb.delete_range_cf(cf, from, to);
+                bytes += from.len() + to.len();
             }
         }
     }
-    if wb.is_empty() {
-        if sync {
-            db.flush_wal(true).map_err(|e| e.into_string())?;
-        }
-        return Ok(Committed {
-            synced: sync,
-            bytes: 0,
-        });
-    }
     let mut wo = WriteOptions::default();
-    wo.set_sync(sync);
+    wo.set_sync(false);
     db.write_opt(wb, &wo).map_err(|e| e.into_string())?;
-    Ok(Committed {
-        synced: sync,
-        bytes,
-    })
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -1599,7 +1872,74 @@ mod tests {
             ..RocksOptions::default()
         };
         let st = queue_then_release(opts, 8, 256);
-        assert_eq!((st.writes, st.batches, st.fsyncs), (8, 3, 3), "{st:?}");
+        assert_eq!((st.writes, st.batches), (8, 3), "{st:?}");
+        // The sync thread may cover several written batches with one fsync.
+        assert!((1..=3).contains(&st.fsyncs), "{st:?}");
+    }
+
+    #[test]
+    fn each_synced_write_is_answered_after_its_own_fsync() {
+        // One caller: every synced write is alone in its batch, and its
+        // answer comes only after the fsync that covers it was counted.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(&dir);
+        for i in 1..=20u64 {
+            s.write(G, LogWrite::append(vec![ent(i, 1)]))
+                .expect("write");
+            let st = s.stats();
+            assert_eq!((st.writes, st.fsyncs), (i, i), "{st:?}");
+        }
+    }
+
+    #[test]
+    fn close_answers_every_concurrent_writer() {
+        // Writers keep appending while the store closes: each call returns
+        // (Ok before the close, Closed after), none hangs, and everything
+        // answered Ok is there after reopening.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Arc::new(open(&dir));
+        let handles: Vec<_> = (0..16u64)
+            .map(|t| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || {
+                    let mut acked = 0u64;
+                    // Bounded: at most 10,000 writes per thread.
+                    for i in 1..=10_000u64 {
+                        match s.write(GroupId(t), LogWrite::append(vec![ent(i, 1)])) {
+                            Ok(()) => acked = i,
+                            Err(StorageError::Closed) => break,
+                            Err(e) => panic!("unexpected error: {e}"),
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        s.close().expect("close");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut acked = Vec::new();
+        for h in handles {
+            while !h.is_finished() {
+                assert!(Instant::now() < deadline, "a writer hung after close");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            acked.push(h.join().expect("writer thread"));
+        }
+        assert!(matches!(
+            s.write(G, LogWrite::append(vec![ent(1, 1)])),
+            Err(StorageError::Closed)
+        ));
+        drop(s);
+        let s = open(&dir);
+        for (t, n) in acked.into_iter().enumerate() {
+            if n > 0 {
+                assert_eq!(
+                    s.bounds(GroupId(t as u64)).expect("bounds"),
+                    Some((LogIndex(1), LogIndex(n)))
+                );
+            }
+        }
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub const SHUTDOWN_DRAIN_MS: u64 = 1_000;
 pub const MAX_DB_FILES_WALKED: usize = 100_000;
 /// Time a peer-address lookup may take, in milliseconds.
 pub const RESOLVE_TIMEOUT_MS: u64 = 2_000;
+/// Largest command the node proposes, in bytes: etcd's default request
+/// limit (1.5 MiB + 512) with room for the command encoding.
+pub const MAX_COMMAND_BYTES: usize = 2 << 20;
+/// Bytes the driver's request tag and the entry tag add to a command.
+const PROPOSAL_OVERHEAD_BYTES: usize = 64;
 /// Pause between two tries when waiting for a leader, in milliseconds.
 const LEADER_POLL_MS: u64 = 20;
 
@@ -306,6 +311,7 @@ impl NodeConfig {
             peer_resolve_interval_ms: 2_000,
             replica: ReplicaConfig {
                 group: GROUP,
+                max_proposal_bytes: MAX_COMMAND_BYTES,
                 ..ReplicaConfig::default()
             },
             db_dir: Some(cfg.data_dir.join("db")),
@@ -649,6 +655,11 @@ fn start_raft<S: StateMachine>(
         election_timeout_max_ms: cfg.election_timeout_ms.saturating_mul(2),
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         append_retransmit_ms: cfg.heartbeat_interval_ms.saturating_mul(5).max(500),
+        max_proposal_bytes: cfg
+            .replica
+            .max_proposal_bytes
+            .saturating_add(PROPOSAL_OVERHEAD_BYTES)
+            .max(ha_raft::Config::default().max_proposal_bytes),
         ..ha_raft::Config::default()
     };
     let raft = ha_raft::Raft::new(
