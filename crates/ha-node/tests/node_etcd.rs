@@ -243,10 +243,17 @@ fn run_suite(consensus: &str) {
     assert_eq!(out, "k1\nv1\nk2\nvia-follower\n");
 
     // Member list: three started members with names and URLs.
-    let out = etcdctl(&all, &["member", "list"]).unwrap();
+    // (Each member publishes its client URLs once it runs: wait for all.)
+    let out = retry("member list", || {
+        let out = etcdctl(&all, &["member", "list"])?;
+        if ms.iter().all(|m| out.contains(&m.url())) {
+            Ok(out)
+        } else {
+            Err(format!("not all published: {out}"))
+        }
+    });
     for m in &ms {
-        assert!(out.contains(&format!(", {}, ", m.name)), "{out}");
-        assert!(out.contains(&m.url()), "{out}");
+        assert!(out.contains(&format!(", started, {}, ", m.name)), "{out}");
     }
 
     // SIGKILL the leader: writes through the survivors resume.
