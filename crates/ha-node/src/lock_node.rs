@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{Backend, BackendError, EventBatch, HeaderInfo, MemberInfo, StatusInfo};
-use crate::cluster::{AppStore, GROUP, Member, Node, NodeConfig, NodeError, NodeHandle};
+use crate::cluster::{AppStore, Member, Node, NodeConfig, NodeError, NodeHandle};
 use crate::metrics::Metrics;
 
 /// Largest response the leader hook decodes to look for lease grants and
@@ -120,7 +120,8 @@ impl LockNode {
             let mut machine = match store {
                 #[cfg(feature = "rocksdb")]
                 AppStore::Rocks(s) => {
-                    LockMachine::open_rocks(s.db(), GROUP, limits).map_err(|e| e.to_string())?
+                    LockMachine::open_rocks(s.db(), crate::cluster::GROUP, limits)
+                        .map_err(|e| e.to_string())?
                 }
                 AppStore::Memory(_) => LockMachine::in_memory(limits).map_err(|e| e.to_string())?,
             };

@@ -156,7 +156,18 @@ fn run(cfg: Config) -> Result<(), String> {
         }
     };
     #[cfg(not(feature = "rocksdb"))]
-    tracing::warn!("built without rocksdb: the log is kept in memory and lost on exit");
+    {
+        // A member that forgot its votes and log must not come back under
+        // the same id: it could vote twice in a term.
+        if !fresh {
+            return Err(format!(
+                "built without rocksdb, this member kept its log in memory and lost it; it cannot \
+                 restart on {} under the same id: remove the data dir and add the member again",
+                cfg.data_dir.display()
+            ));
+        }
+        tracing::warn!("built without rocksdb: the log is kept in memory and lost on exit");
+    }
     tracing::info!(
         name = %cfg.name,
         member = %format!("{:x}", cfg.member_id.0),

@@ -1,6 +1,8 @@
 //! In-process tests of `cluster::Node<MemKv>`: three members on loopback
 //! over real QUIC and RocksDB; forwarding, leader crash, restart, and
-//! membership changes. Every wait is bounded.
+//! membership changes. Every wait is bounded. Needs durable storage
+//! (feature `rocksdb`): the crash and restart tests reopen the data dirs.
+#![cfg(feature = "rocksdb")]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,6 +2,8 @@
 //! a data dir of another cluster, `certs` output driving a real 3-member
 //! cluster over mutual TLS, health and metrics endpoints, SIGTERM.
 //! Every child is killed by a guard, also when a test panics.
+//! Restarts members on their data dirs: needs durable storage (`rocksdb`).
+#![cfg(feature = "rocksdb")]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
