@@ -1,13 +1,266 @@
-//! `ha-node`: the assembled coordination service (issue 8: not built yet).
+//! `ha-node`: the replicated coordination service.
 //!
-//! Until the service lands this binary only says so and exits non-zero, so
-//! nobody mistakes it for a working node. Try `cargo run --example kv_cluster -p ha-core`.
+//! `ha-node` with no arguments starts a single-member cluster with data in
+//! `./ha-data`, clients on 127.0.0.1:2379 and the peer port on
+//! 127.0.0.1:2380, like `etcd`. `ha-node --help` lists every setting (flags,
+//! `HA_*` environment variables, or a TOML `--config-file`);
+//! `ha-node certs --nodes 3 --out certs` writes a dev CA and member
+//! certificates.
+//!
+//! Exit codes: 0 after a clean shutdown (SIGTERM / Ctrl-C), 2 for invalid
+//! settings, 1 for any other failure (port in use, data dir of another
+//! cluster, storage errors).
 
-fn main() {
-    eprintln!(
-        "ha-node {}: the etcd-compatible service is not built yet; \
-         run `cargo run -p ha-core --example kv_cluster` for a working replicated KV demo",
-        env!("CARGO_PKG_VERSION")
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use ha_node::api::{self, ApiConfig};
+use ha_node::certs::{self, CertsArgs};
+use ha_node::cluster::NodeConfig;
+use ha_node::config::{ClusterState, Config, PeerTls, Settings};
+use ha_node::lock_node::{LockNode, LockNodeConfig};
+use ha_node::metrics::Metrics;
+use ha_node::{datadir, http};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ha-node",
+    version,
+    about = "Replicated coordination service (etcd v3 compatible)",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// TOML file with settings named like the flags (e.g. `data-dir = "/var/lib/ha"`).
+    #[arg(long, env = "HA_CONFIG_FILE")]
+    config_file: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate a development CA and one peer certificate per member.
+    Certs(CertsArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Certs(args)) => run_certs(&args),
+        None => run_node(cli.config_file, cli.settings),
+    }
+}
+
+fn run_certs(args: &CertsArgs) -> ExitCode {
+    match certs::generate(args) {
+        Ok(issued) => {
+            println!(
+                "wrote {} (cluster CA; keep ca-key.pem off the members)",
+                args.out.join("ca.pem").display()
+            );
+            for m in issued {
+                println!(
+                    "member {:<12} id {:>16x}  --peer-cert-file {} --peer-key-file {}",
+                    m.name,
+                    m.id.0,
+                    m.cert.display(),
+                    m.key.display()
+                );
+            }
+            println!(
+                "start each member with --name <member> --initial-cluster-token {} --peer-trusted-ca-file {}",
+                args.initial_cluster_token,
+                args.out.join("ca.pem").display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ha-node certs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn resolve(config_file: Option<PathBuf>, settings: Settings) -> Result<Config, String> {
+    let merged = match config_file {
+        Some(path) => settings.or(Settings::from_file(&path).map_err(|e| e.to_string())?),
+        None => settings,
+    };
+    merged.resolve().map_err(|e| e.to_string())
+}
+
+fn run_node(config_file: Option<PathBuf>, settings: Settings) -> ExitCode {
+    let cfg = match resolve(config_file, settings) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ha-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cfg.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ha-node: invalid --log-level: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("ha-node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cfg: Config) -> Result<(), String> {
+    let cluster_id = match cfg.initial_cluster_state {
+        ClusterState::New => cfg.cluster_id,
+        ClusterState::Existing => 0,
+    };
+    let fresh = datadir::check_or_init(
+        &cfg.data_dir,
+        &cfg.token,
+        cluster_id,
+        cfg.member_id.0,
+        &cfg.name,
+    )
+    .map_err(|e| e.to_string())?;
+    let identity = match &cfg.peer_tls {
+        PeerTls::Files { ca, cert, key } => {
+            certs::load_identity(cfg.member_id, ca, cert, key).map_err(|e| e.to_string())?
+        }
+        PeerTls::InsecureDev => {
+            tracing::warn!(
+                "--peer-insecure-dev-tls: peer certificates come from a CA derived from the cluster \
+                 token; anyone who knows the token can join this cluster. Development only."
+            );
+            certs::insecure_dev_identity(&cfg.token, cfg.member_id).map_err(|e| e.to_string())?
+        }
+        PeerTls::SoloDev => {
+            tracing::info!(
+                "single-member cluster without peer TLS files: using a development peer identity; \
+                 give --peer-trusted-ca-file/--peer-cert-file/--peer-key-file before adding members"
+            );
+            certs::insecure_dev_identity(&cfg.token, cfg.member_id).map_err(|e| e.to_string())?
+        }
+    };
+    #[cfg(not(feature = "rocksdb"))]
+    {
+        // A member that forgot its votes and log must not come back under
+        // the same id: it could vote twice in a term.
+        if !fresh {
+            return Err(format!(
+                "built without rocksdb, this member kept its log in memory and lost it; it cannot \
+                 restart on {} under the same id: remove the data dir and add the member again",
+                cfg.data_dir.display()
+            ));
+        }
+        tracing::warn!("built without rocksdb: the log is kept in memory and lost on exit");
+    }
+    tracing::info!(
+        name = %cfg.name,
+        member = %format!("{:x}", cfg.member_id.0),
+        cluster = %format!("{:x}", cfg.cluster_id),
+        data_dir = %cfg.data_dir.display(),
+        new_data_dir = fresh,
+        "starting"
     );
-    std::process::exit(2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
+    rt.block_on(serve(cfg, identity))
+}
+
+async fn serve(cfg: Config, identity: ha_transport_quic::NodeIdentity) -> Result<(), String> {
+    // Bind every listener before starting the replica so that a port in use
+    // fails fast with the setting's name.
+    let mut client_listeners = Vec::new();
+    for addr in &cfg.listen_client {
+        client_listeners.push(http::bind(*addr, "--listen-client-urls").await?);
+    }
+    let mut metrics_listeners = Vec::new();
+    for addr in &cfg.listen_metrics {
+        metrics_listeners.push(http::bind(*addr, "--listen-metrics-urls").await?);
+    }
+    let metrics = Arc::new(Metrics::new());
+    let node = LockNode::start(
+        NodeConfig::from_config(&cfg, identity),
+        LockNodeConfig::default(),
+        Arc::clone(&metrics),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let backend = node.backend();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut api_servers = Vec::new();
+    for l in client_listeners {
+        let mut stop = stop_rx.clone();
+        api_servers.push(tokio::spawn(api::serve(
+            Arc::clone(&backend),
+            ApiConfig::default(),
+            l,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    let mut http_servers = Vec::new();
+    for l in metrics_listeners {
+        let router = http::router(Arc::clone(&metrics));
+        http_servers.push(tokio::spawn(http::serve(l, router, stop_rx.clone())));
+    }
+    tracing::info!(
+        clients = %cfg.listen_client_urls.join(","),
+        metrics = ?cfg.listen_metrics,
+        "ready"
+    );
+
+    wait_for_signal().await?;
+    // Stop accepting, end open streams and in-flight calls, then drain the
+    // replica and the transport.
+    tracing::info!("shutting down");
+    stop_tx.send_replace(true);
+    for s in api_servers {
+        match s.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "client API server"),
+            Err(e) => tracing::warn!(error = %e, "client API server task"),
+            Ok(Ok(())) => {}
+        }
+    }
+    for s in http_servers {
+        let _ = s.await;
+    }
+    drop(backend);
+    node.shutdown().await.map_err(|e| format!("shutdown: {e}"))
+}
+
+async fn wait_for_signal() -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+        tokio::select! {
+            _ = term.recv() => {}
+            r = tokio::signal::ctrl_c() => r.map_err(|e| format!("cannot watch Ctrl-C: {e}"))?,
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(|e| format!("cannot watch Ctrl-C: {e}"))?;
+    Ok(())
 }

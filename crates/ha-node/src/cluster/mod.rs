@@ -1,0 +1,1311 @@
+//! [`Node`]: one replicated member — log store, consensus, QUIC transport,
+//! the [`Replica`] driver and the [`ClusterMachine`] around the
+//! application state machine `S` — plus what a member does besides
+//! consensus: forwarding writes to the leader, membership changes with a
+//! replicated member table, peer address management, and a status poller
+//! feeding [`Metrics`].
+//!
+//! ```text
+//!  client call ─► NodeHandle ─► local Replica ──(NotLeader)──► transport request ─► leader's
+//!                   │                                                              request task
+//!                   └─ reads: read_index (any member) / query (serializable)        │
+//!                                                                  leader Replica ◄─┘
+//! ```
+//!
+//! ## Forwarding
+//!
+//! A write on a follower is sent to the leader over the transport's request
+//! path with a deadline ([`NodeConfig::forward_timeout_ms`]); the leader
+//! proposes it locally (it never forwards again) and answers with the state
+//! machine's response. A request is retried — at most
+//! [`MAX_LEADER_ATTEMPTS`] times in all, within the same deadline — only
+//! when it was certainly not applied (the receiver was not the leader, the
+//! request never left, or the proposal was dropped); when the outcome is
+//! unknown (timeout, connection lost mid-request) the caller gets
+//! [`NodeError::OutcomeUnknown`] and nothing is retried.
+//!
+//! ## Membership
+//!
+//! Changes run on the leader: add = table entry, then consensus
+//! `AddLearner`/`AddVoter` (the table entry is withdrawn if that fails);
+//! remove = table entry removed, then consensus `Remove` (re-added if that
+//! fails); promote = consensus `Promote`, then the table. Members added at
+//! run time get [`ids::added_member_id`] and publish their name and client
+//! URLs once they run.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ha_core::consensus::{MembershipChange, Role};
+use ha_core::replica::{Replica, ReplicaConfig, ReplicaError, ReplicaHandle};
+use ha_core::state_machine::StateMachine;
+use ha_core::storage::{LogStore, MemLogStore};
+use ha_core::{GroupId, Membership, NodeId, codec};
+use ha_transport_quic::{
+    IncomingRequest, NodeIdentity, QuicConfig, QuicTransport, RequestError, TransportError,
+};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::ConsensusKind;
+use crate::ids;
+use crate::metrics::{Metrics, Sample};
+
+pub mod machine;
+pub mod wire;
+
+pub use machine::{ClusterMachine, Member, MemberTable, MetaCommand, MetaResponse};
+use wire::{PeerRequest, PeerResponse, WireError};
+
+/// The consensus group of the node's one log.
+pub const GROUP: GroupId = GroupId(0);
+/// Attempts to reach the leader for one request (local try, forward, one
+/// retry after a leader change).
+pub const MAX_LEADER_ATTEMPTS: usize = 3;
+/// Requests from peers served at once; more are answered `Busy`.
+pub const MAX_SERVED_REQUESTS: usize = 512;
+/// How long shutdown waits for the transport to drain, in milliseconds.
+pub const SHUTDOWN_DRAIN_MS: u64 = 1_000;
+/// Most files visited when measuring the database size.
+pub const MAX_DB_FILES_WALKED: usize = 100_000;
+/// Time a peer-address lookup may take, in milliseconds.
+pub const RESOLVE_TIMEOUT_MS: u64 = 2_000;
+/// Largest command the node proposes, in bytes: etcd's default request
+/// limit (1.5 MiB + 512) with room for the command encoding.
+pub const MAX_COMMAND_BYTES: usize = 2 << 20;
+/// Bytes the driver's request tag and the entry tag add to a command.
+const PROPOSAL_OVERHEAD_BYTES: usize = 64;
+/// Pause between two tries when waiting for a leader, in milliseconds.
+const LEADER_POLL_MS: u64 = 20;
+
+/// Why a node call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// This member is not the leader and could not reach one; nothing was
+    /// done.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// Known leader.
+        leader: Option<NodeId>,
+    },
+    /// No leader within the deadline, or the leader cannot be reached;
+    /// nothing was done.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A queue or limit is full; nothing was done.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The command is larger than the limit.
+    #[error("request of {size_bytes} bytes exceeds the limit of {max_bytes}")]
+    TooLarge {
+        /// Size.
+        size_bytes: usize,
+        /// Limit.
+        max_bytes: usize,
+    },
+    /// The request may or may not have been applied.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// The request is invalid; nothing was done.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// No member with this id.
+    #[error("member {0:x} not found")]
+    MemberNotFound(u64),
+    /// The node is shutting down (for a write: outcome unknown).
+    #[error("node is shutting down")]
+    Shutdown,
+    /// Storage or the state machine failed; the replica stopped.
+    #[error("replica stopped: {0}")]
+    Fatal(String),
+    /// The node could not start.
+    #[error("{0}")]
+    Start(String),
+}
+
+impl From<ReplicaError> for NodeError {
+    fn from(e: ReplicaError) -> Self {
+        use ha_core::consensus::ProposeError;
+        match e {
+            ReplicaError::NotLeader { leader } => NodeError::NotLeader { leader },
+            ReplicaError::Busy(m) => NodeError::Busy(m),
+            ReplicaError::TooLarge {
+                size_bytes,
+                max_bytes,
+            } => NodeError::TooLarge {
+                size_bytes,
+                max_bytes,
+            },
+            ReplicaError::Dropped => NodeError::Unavailable(
+                "the proposal lost its log position to a leader change; it was not applied".into(),
+            ),
+            ReplicaError::Shutdown => NodeError::Shutdown,
+            ReplicaError::Rejected(ProposeError::InProgress) => NodeError::Unavailable(
+                "a membership change or leader transfer is in progress".into(),
+            ),
+            ReplicaError::Rejected(ProposeError::NotLeader { leader }) => {
+                NodeError::NotLeader { leader }
+            }
+            ReplicaError::Rejected(ProposeError::Overloaded(m)) => NodeError::Busy(m),
+            ReplicaError::Rejected(ProposeError::Invalid(m)) => NodeError::Invalid(m),
+            ReplicaError::OutcomeUnknown => {
+                NodeError::OutcomeUnknown("a snapshot replaced the state".into())
+            }
+            ReplicaError::Storage(m)
+            | ReplicaError::StateMachine(m)
+            | ReplicaError::Protocol(m) => NodeError::Fatal(m),
+            ReplicaError::Config(m) => NodeError::Start(m),
+        }
+    }
+}
+
+impl From<NodeError> for WireError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::NotLeader { leader } => WireError::NotLeader(leader.map(|l| l.0)),
+            NodeError::Busy(m) => WireError::Busy(m),
+            NodeError::TooLarge {
+                size_bytes,
+                max_bytes,
+            } => WireError::Invalid(format!(
+                "request of {size_bytes} bytes exceeds the limit of {max_bytes}"
+            )),
+            NodeError::Invalid(m) => WireError::Invalid(m),
+            NodeError::MemberNotFound(id) => WireError::MemberNotFound(id),
+            NodeError::OutcomeUnknown(m) => WireError::OutcomeUnknown(m),
+            NodeError::Shutdown => WireError::OutcomeUnknown("the leader is shutting down".into()),
+            NodeError::Unavailable(m) | NodeError::Fatal(m) | NodeError::Start(m) => {
+                WireError::Unavailable(m)
+            }
+        }
+    }
+}
+
+impl From<WireError> for NodeError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::NotLeader(l) => NodeError::NotLeader {
+                leader: l.map(NodeId),
+            },
+            WireError::Busy(m) => NodeError::Busy(m),
+            WireError::Unavailable(m) => NodeError::Unavailable(m),
+            WireError::OutcomeUnknown(m) => NodeError::OutcomeUnknown(m),
+            WireError::Invalid(m) => NodeError::Invalid(m),
+            WireError::MemberNotFound(id) => NodeError::MemberNotFound(id),
+        }
+    }
+}
+
+/// Where the log lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageKind {
+    /// RocksDB in this directory (durable).
+    #[cfg(feature = "rocksdb")]
+    Rocks(PathBuf),
+    /// In memory: lost when the process ends.
+    Memory,
+}
+
+/// Everything a [`Node`] needs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This member's name.
+    pub name: String,
+    /// This member's id.
+    pub member_id: NodeId,
+    /// Cluster id from the configuration (0 = learn it from the cluster).
+    pub cluster_id: u64,
+    /// Cluster token (ids of added members derive from it).
+    pub token: String,
+    /// Founding members when founding a cluster; `None` when joining.
+    pub founding: Option<Vec<Member>>,
+    /// Peers to dial before the member table is known: (id, peer URLs).
+    pub contacts: Vec<(NodeId, Vec<String>)>,
+    /// Peer URLs this member advertises.
+    pub advertise_peer_urls: Vec<String>,
+    /// Client URLs this member advertises.
+    pub advertise_client_urls: Vec<String>,
+    /// Peer transport listen address.
+    pub listen_peer: SocketAddr,
+    /// TLS identity.
+    pub identity: NodeIdentity,
+    /// Protocol.
+    pub consensus: ConsensusKind,
+    /// Heartbeat interval, ms.
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout (lower bound; the upper is twice it), ms.
+    pub election_timeout_ms: u64,
+    /// Log store.
+    pub storage: StorageKind,
+    /// Deadline of a write forwarded to the leader, ms (also the time a
+    /// write waits for a leader to be known).
+    pub forward_timeout_ms: u64,
+    /// Status poll period (metrics, health, housekeeping), ms.
+    pub status_interval_ms: u64,
+    /// Peer address refresh period, ms.
+    pub peer_resolve_interval_ms: u64,
+    /// Driver limits.
+    pub replica: ReplicaConfig,
+    /// Directory whose size is reported as the database size.
+    pub db_dir: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    /// A config for `cfg` with default limits.
+    pub fn from_config(cfg: &crate::config::Config, identity: NodeIdentity) -> NodeConfig {
+        let founding = match cfg.initial_cluster_state {
+            crate::config::ClusterState::New => Some(
+                cfg.initial_cluster
+                    .iter()
+                    .map(|m| Member {
+                        id: ids::member_id(&cfg.token, &m.name).0,
+                        name: m.name.clone(),
+                        peer_urls: m.peer_urls.clone(),
+                        client_urls: if m.name == cfg.name {
+                            cfg.advertise_client_urls.clone()
+                        } else {
+                            Vec::new()
+                        },
+                        is_learner: false,
+                    })
+                    .collect(),
+            ),
+            crate::config::ClusterState::Existing => None,
+        };
+        let contacts = cfg
+            .initial_cluster
+            .iter()
+            .filter(|m| m.name != cfg.name)
+            .map(|m| (ids::member_id(&cfg.token, &m.name), m.peer_urls.clone()))
+            .collect();
+        #[cfg(feature = "rocksdb")]
+        let storage = StorageKind::Rocks(cfg.data_dir.join("db"));
+        #[cfg(not(feature = "rocksdb"))]
+        let storage = StorageKind::Memory;
+        NodeConfig {
+            name: cfg.name.clone(),
+            member_id: cfg.member_id,
+            cluster_id: match cfg.initial_cluster_state {
+                crate::config::ClusterState::New => cfg.cluster_id,
+                crate::config::ClusterState::Existing => 0,
+            },
+            token: cfg.token.clone(),
+            founding,
+            contacts,
+            advertise_peer_urls: cfg.advertise_peer_urls.clone(),
+            advertise_client_urls: cfg.advertise_client_urls.clone(),
+            listen_peer: cfg.listen_peer,
+            identity,
+            consensus: cfg.consensus,
+            heartbeat_interval_ms: cfg.heartbeat_interval_ms,
+            election_timeout_ms: cfg.election_timeout_ms,
+            storage,
+            forward_timeout_ms: 5_000,
+            status_interval_ms: 200,
+            peer_resolve_interval_ms: 2_000,
+            replica: ReplicaConfig {
+                group: GROUP,
+                max_proposal_bytes: MAX_COMMAND_BYTES,
+                ..ReplicaConfig::default()
+            },
+            db_dir: Some(cfg.data_dir.join("db")),
+        }
+    }
+}
+
+/// What [`NodeHandle::status`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This member.
+    pub member_id: NodeId,
+    /// The cluster.
+    pub cluster_id: u64,
+    /// Known leader.
+    pub leader: Option<NodeId>,
+    /// Role.
+    pub role: Role,
+    /// Term.
+    pub term: u64,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// Last log index.
+    pub last_index: u64,
+    /// Whether this member is a learner.
+    pub is_learner: bool,
+    /// Bytes of the database directory (0 for memory storage).
+    pub db_size_bytes: u64,
+    /// The consensus configuration.
+    pub membership: Membership,
+}
+
+#[derive(Clone)]
+enum Store {
+    #[cfg(feature = "rocksdb")]
+    Rocks(Arc<ha_core::storage::RocksLogStore>),
+    Mem(Arc<MemLogStore>),
+}
+
+/// The open log store, as the application may use it.
+pub enum AppStore<'a> {
+    /// The node's RocksDB (the application may use its `sm` column family).
+    #[cfg(feature = "rocksdb")]
+    Rocks(&'a Arc<ha_core::storage::RocksLogStore>),
+    /// Memory storage: the application keeps its state in memory too.
+    Memory(std::marker::PhantomData<&'a ()>),
+}
+
+impl Store {
+    fn app_store(&self) -> AppStore<'_> {
+        match self {
+            #[cfg(feature = "rocksdb")]
+            Store::Rocks(s) => AppStore::Rocks(s),
+            Store::Mem(_) => AppStore::Memory(std::marker::PhantomData),
+        }
+    }
+
+    fn dyn_store(&self) -> Arc<dyn LogStore> {
+        match self {
+            #[cfg(feature = "rocksdb")]
+            Store::Rocks(s) => Arc::clone(s) as Arc<dyn LogStore>,
+            Store::Mem(s) => Arc::clone(s) as Arc<dyn LogStore>,
+        }
+    }
+
+    fn counters(&self) -> (u64, u64, u64) {
+        match self {
+            #[cfg(feature = "rocksdb")]
+            Store::Rocks(s) => {
+                let st = s.stats();
+                (st.writes, st.fsyncs, st.bytes)
+            }
+            Store::Mem(s) => (0, s.sync_count(), 0),
+        }
+    }
+}
+
+struct Shared<S> {
+    replica: ReplicaHandle<ClusterMachine<S>>,
+    transport: Arc<QuicTransport>,
+    view: watch::Receiver<Arc<MemberTable>>,
+    me: NodeId,
+    name: String,
+    token: String,
+    cluster_id_cfg: u64,
+    advertise_client_urls: Vec<String>,
+    forward_timeout_ms: u64,
+    metrics: Arc<Metrics>,
+    db_size_bytes: AtomicU64,
+    leader_hook: std::sync::OnceLock<LeaderHook>,
+}
+
+/// Called on the leader after an application command it proposed (its own
+/// or forwarded to it) was applied: `(command, response)`. Lets leader-only
+/// bookkeeping (e.g. a lease clock) see every write, wherever it came from.
+pub type LeaderHook = Arc<dyn Fn(&[u8], &Bytes) + Send + Sync>;
+
+/// A cheap, cloneable client of a [`Node`]. It shares the node's
+/// transport: the peer port is released once the node is shut down *and*
+/// every handle is dropped.
+pub struct NodeHandle<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for NodeHandle<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// A running member.
+pub struct Node<S: StateMachine> {
+    handle: NodeHandle<S>,
+    replica: Replica<ClusterMachine<S>>,
+    transport: Arc<QuicTransport>,
+    store: Store,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn random_seed(id: NodeId) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    ids::pinned_hash(
+        "ha-node-seed",
+        &[
+            &nanos.to_le_bytes(),
+            &std::process::id().to_le_bytes(),
+            &id.0.to_le_bytes(),
+        ],
+    )
+}
+
+fn open_store(kind: &StorageKind) -> Result<Store, NodeError> {
+    match kind {
+        #[cfg(feature = "rocksdb")]
+        StorageKind::Rocks(path) => {
+            std::fs::create_dir_all(path)
+                .map_err(|e| NodeError::Start(format!("cannot create {}: {e}", path.display())))?;
+            let store = ha_core::storage::RocksLogStore::open(
+                path,
+                ha_core::storage::RocksOptions::default(),
+            )
+            .map_err(|e| {
+                NodeError::Start(format!(
+                    "cannot open the log store in {} (is another ha-node using this data dir?): {e}",
+                    path.display()
+                ))
+            })?;
+            Ok(Store::Rocks(Arc::new(store)))
+        }
+        StorageKind::Memory => Ok(Store::Mem(Arc::new(MemLogStore::new()))),
+    }
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Opens the store, recovers the protocol, binds the transport and
+    /// starts the replica and the node's tasks. Must run inside a tokio
+    /// runtime.
+    pub async fn start(cfg: NodeConfig, app: S, metrics: Arc<Metrics>) -> Result<Self, NodeError> {
+        Self::start_with(cfg, metrics, |_| Ok(app)).await
+    }
+
+    /// As [`start`](Self::start), building the application once the log
+    /// store is open (a state machine that keeps its data in the node's
+    /// RocksDB opens it from [`AppStore::Rocks`]).
+    pub async fn start_with<F>(
+        cfg: NodeConfig,
+        metrics: Arc<Metrics>,
+        make_app: F,
+    ) -> Result<Self, NodeError>
+    where
+        F: FnOnce(AppStore<'_>) -> Result<S, String>,
+    {
+        let store = open_store(&cfg.storage)?;
+        let app = make_app(store.app_store())
+            .map_err(|e| NodeError::Start(format!("state machine: {e}")))?;
+        let dyn_store = store.dyn_store();
+        let recovered = {
+            let s = Arc::clone(&dyn_store);
+            tokio::task::spawn_blocking(move || s.recover(GROUP))
+                .await
+                .map_err(|e| NodeError::Start(format!("recovery task failed: {e}")))?
+                .map_err(|e| NodeError::Start(format!("cannot recover the log: {e}")))?
+        };
+        let bootstrap = match &cfg.founding {
+            Some(members) => Membership::new(members.iter().map(|m| NodeId(m.id))),
+            None => Membership::default(),
+        };
+
+        let mut qc = QuicConfig::new(cfg.listen_peer);
+        qc.max_request_budget_ms = qc.max_request_budget_ms.max(cfg.forward_timeout_ms);
+        let bound = QuicTransport::bind(cfg.identity.clone(), qc).map_err(|e| match e {
+            TransportError::Bind { addr, source } => NodeError::Start(format!(
+                "cannot listen for peers on {addr} (--listen-peer-urls): {source}"
+            )),
+            other => NodeError::Start(format!("peer transport: {other}")),
+        })?;
+        let transport = Arc::new(bound.transport);
+        let (view_tx, view_rx) = watch::channel(Arc::new(MemberTable::default()));
+        let machine = ClusterMachine::new(app, Arc::new(view_tx));
+
+        let replica = match cfg.consensus {
+            ConsensusKind::Raft => start_raft(
+                &cfg,
+                recovered,
+                bootstrap,
+                dyn_store,
+                machine,
+                &transport,
+                bound.inbound,
+            )?,
+            ConsensusKind::Paxos => {
+                return Err(NodeError::Start(
+                    "--consensus paxos: ha-paxos has no implementation yet (issue 10); use raft"
+                        .into(),
+                ));
+            }
+        };
+
+        let shared = Arc::new(Shared {
+            replica: replica.handle(),
+            transport: Arc::clone(&transport),
+            view: view_rx,
+            me: cfg.member_id,
+            name: cfg.name.clone(),
+            token: cfg.token.clone(),
+            cluster_id_cfg: cfg.cluster_id,
+            advertise_client_urls: cfg.advertise_client_urls.clone(),
+            forward_timeout_ms: cfg.forward_timeout_ms,
+            metrics: Arc::clone(&metrics),
+            db_size_bytes: AtomicU64::new(0),
+            leader_hook: std::sync::OnceLock::new(),
+        });
+        let handle = NodeHandle { shared };
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(serve_requests(
+                handle.clone(),
+                bound.requests,
+                stop_rx.clone(),
+            )),
+            tokio::spawn(manage_peers(
+                handle.clone(),
+                cfg.contacts.clone(),
+                cfg.peer_resolve_interval_ms,
+                stop_rx.clone(),
+            )),
+            tokio::spawn(housekeeping(
+                handle.clone(),
+                cfg.founding.clone(),
+                cfg.status_interval_ms,
+                store.clone(),
+                cfg.db_dir.clone(),
+                stop_rx,
+            )),
+        ];
+        tracing::info!(
+            member = %format!("{:x}", cfg.member_id.0),
+            name = %cfg.name,
+            peer = %cfg.listen_peer,
+            protocol = cfg.consensus.name(),
+            "replica started"
+        );
+        Ok(Node {
+            handle,
+            replica,
+            transport,
+            store,
+            stop,
+            tasks,
+        })
+    }
+
+    /// A client handle.
+    pub fn handle(&self) -> NodeHandle<S> {
+        self.handle.clone()
+    }
+
+    /// The bound peer address.
+    pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.transport.local_addr()
+    }
+
+    /// Graceful stop: background tasks end, the replica finishes the write
+    /// in flight and answers every waiter, the transport drains, the store
+    /// is closed. Returns the application state machine.
+    pub async fn shutdown(mut self) -> Result<S, NodeError> {
+        self.stop.send_replace(true);
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        let result = self.replica.shutdown().await;
+        self.handle.shared.metrics.mark_stopped();
+        self.transport.shutdown(SHUTDOWN_DRAIN_MS).await;
+        #[cfg(feature = "rocksdb")]
+        if let Store::Rocks(s) = &self.store {
+            let s = Arc::clone(s);
+            let _ = tokio::task::spawn_blocking(move || s.close()).await;
+        }
+        result
+            .map(ClusterMachine::into_inner)
+            .map_err(NodeError::from)
+    }
+
+    /// Stops everything at once without draining or closing anything —
+    /// what a crash does to the process's in-memory state (what the OS
+    /// already holds of the store's files survives, as after `kill -9`).
+    /// For tests.
+    pub async fn abort(mut self) {
+        self.stop.send_replace(true);
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        drop(self.replica);
+        drop(self.transport);
+        drop(self.store);
+    }
+}
+
+#[cfg(feature = "raft")]
+fn start_raft<S: StateMachine>(
+    cfg: &NodeConfig,
+    recovered: ha_core::consensus::Recovered,
+    bootstrap: Membership,
+    store: Arc<dyn LogStore>,
+    machine: ClusterMachine<S>,
+    transport: &Arc<QuicTransport>,
+    inbound: tokio::sync::mpsc::Receiver<ha_core::transport::Inbound>,
+) -> Result<Replica<ClusterMachine<S>>, NodeError> {
+    let rc = ha_raft::Config {
+        election_timeout_min_ms: cfg.election_timeout_ms,
+        election_timeout_max_ms: cfg.election_timeout_ms.saturating_mul(2),
+        heartbeat_interval_ms: cfg.heartbeat_interval_ms,
+        append_retransmit_ms: cfg.heartbeat_interval_ms.saturating_mul(5).max(500),
+        max_proposal_bytes: cfg
+            .replica
+            .max_proposal_bytes
+            .saturating_add(PROPOSAL_OVERHEAD_BYTES)
+            .max(ha_raft::Config::default().max_proposal_bytes),
+        ..ha_raft::Config::default()
+    };
+    let raft = ha_raft::Raft::new(
+        cfg.member_id,
+        rc,
+        recovered,
+        bootstrap,
+        random_seed(cfg.member_id),
+    )
+    .map_err(|e| NodeError::Start(format!("raft: {e}")))?;
+    Replica::start(
+        cfg.replica.clone(),
+        raft,
+        store,
+        machine,
+        Arc::clone(transport) as Arc<dyn ha_core::transport::Transport>,
+        inbound,
+    )
+    .map_err(|e| NodeError::Start(format!("replica: {e}")))
+}
+
+#[cfg(not(feature = "raft"))]
+fn start_raft<S: StateMachine>(
+    _cfg: &NodeConfig,
+    _recovered: ha_core::consensus::Recovered,
+    _bootstrap: Membership,
+    _store: Arc<dyn LogStore>,
+    _machine: ClusterMachine<S>,
+    _transport: &Arc<QuicTransport>,
+    _inbound: tokio::sync::mpsc::Receiver<ha_core::transport::Inbound>,
+) -> Result<Replica<ClusterMachine<S>>, NodeError> {
+    Err(NodeError::Start(
+        "--consensus raft: this binary was built without the raft feature".into(),
+    ))
+}
+
+/// Whether a forward failed before the request could have been applied.
+fn request_not_sent(e: &RequestError) -> bool {
+    matches!(
+        e,
+        RequestError::UnknownPeer(_)
+            | RequestError::TooManyInflight
+            | RequestError::Busy
+            | RequestError::NoHandler
+    )
+}
+
+impl<S: StateMachine> NodeHandle<S> {
+    /// This member's id.
+    pub fn member_id(&self) -> NodeId {
+        self.shared.me
+    }
+
+    /// The cluster id (learned from the cluster when joining).
+    pub fn cluster_id(&self) -> u64 {
+        let learned = self.shared.view.borrow().cluster_id;
+        if learned != 0 {
+            learned
+        } else {
+            self.shared.cluster_id_cfg
+        }
+    }
+
+    /// Installs the [`LeaderHook`] (once; later calls return false).
+    pub fn set_leader_hook(&self, hook: LeaderHook) -> bool {
+        self.shared.leader_hook.set(hook).is_ok()
+    }
+
+    /// The metrics handle (the API layer records request latencies in it).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The member table as applied locally (serializable).
+    pub fn local_members(&self) -> Arc<MemberTable> {
+        Arc::clone(&self.shared.view.borrow())
+    }
+
+    /// Proposes an application command (through the leader) and returns the
+    /// state machine's response bytes.
+    pub async fn propose(&self, cmd: &[u8]) -> Result<Bytes, NodeError> {
+        match self
+            .on_leader(PeerRequest::Propose(machine::app_entry(cmd)))
+            .await?
+        {
+            PeerResponse::Applied(b) => Ok(b),
+            other => Err(NodeError::Unavailable(format!(
+                "unexpected answer from the leader: {other:?}"
+            ))),
+        }
+    }
+
+    /// Reads the application state: linearizable (read index, on any
+    /// member) or serializable (local state as applied).
+    pub async fn read<R, F>(&self, linearizable: bool, f: F) -> Result<R, NodeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&S) -> R + Send + 'static,
+    {
+        let q = move |m: &ClusterMachine<S>| f(m.inner());
+        let r = if linearizable {
+            self.shared.replica.linearizable_query(q).await
+        } else {
+            self.shared.replica.query(q).await
+        };
+        r.map_err(NodeError::from)
+    }
+
+    /// The members, after a linearizable read barrier.
+    pub async fn members(&self) -> Result<Vec<Member>, NodeError> {
+        self.shared.replica.read_index().await?;
+        let table = self.local_members();
+        if !table.initialized {
+            return Err(NodeError::Unavailable(
+                "the member table is not bootstrapped yet".into(),
+            ));
+        }
+        Ok(table.list())
+    }
+
+    /// Adds a member by peer URLs (as a learner or a voter); returns it and
+    /// the members after the change.
+    pub async fn member_add(
+        &self,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> Result<(Member, Vec<Member>), NodeError> {
+        match self
+            .on_leader(PeerRequest::MemberAdd {
+                peer_urls,
+                is_learner,
+            })
+            .await?
+        {
+            PeerResponse::Members {
+                added: Some(m),
+                members,
+            } => Ok((m, members)),
+            other => Err(NodeError::Unavailable(format!(
+                "unexpected answer from the leader: {other:?}"
+            ))),
+        }
+    }
+
+    /// Removes a member; returns the members after the change.
+    pub async fn member_remove(&self, id: u64) -> Result<Vec<Member>, NodeError> {
+        self.members_call(PeerRequest::MemberRemove { id }).await
+    }
+
+    /// Promotes a learner to voter; returns the members after the change.
+    pub async fn member_promote(&self, id: u64) -> Result<Vec<Member>, NodeError> {
+        self.members_call(PeerRequest::MemberPromote { id }).await
+    }
+
+    async fn members_call(&self, req: PeerRequest) -> Result<Vec<Member>, NodeError> {
+        match self.on_leader(req).await? {
+            PeerResponse::Members { members, .. } => Ok(members),
+            other => Err(NodeError::Unavailable(format!(
+                "unexpected answer from the leader: {other:?}"
+            ))),
+        }
+    }
+
+    /// Leader, term, indexes and database size.
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        let st = self.shared.replica.status().await?;
+        let p = &st.protocol;
+        Ok(NodeStatus {
+            member_id: self.shared.me,
+            cluster_id: self.cluster_id(),
+            leader: p.leader,
+            role: p.role,
+            term: p.term.0,
+            commit_index: p.commit.0,
+            applied_index: st.applied.0,
+            last_index: p.last_index.0,
+            is_learner: p.membership.is_learner(self.shared.me),
+            db_size_bytes: self.shared.db_size_bytes.load(Ordering::Relaxed),
+            membership: p.membership.clone(),
+        })
+    }
+
+    /// Waits until a leader is known (or `deadline`).
+    async fn wait_for_leader(&self, deadline: Instant) -> Result<NodeId, NodeError> {
+        loop {
+            let st = self.shared.replica.status().await?;
+            if let Some(l) = st.protocol.leader {
+                return Ok(l);
+            }
+            if Instant::now() + Duration::from_millis(LEADER_POLL_MS) >= deadline {
+                return Err(NodeError::Unavailable(
+                    "no leader is known (is a quorum of members running?)".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+        }
+    }
+
+    /// Runs `req` on the leader: locally if this member leads, else
+    /// forwarded (see the [module docs](self) for the retry rule).
+    async fn on_leader(&self, req: PeerRequest) -> Result<PeerResponse, NodeError> {
+        let deadline = Instant::now() + Duration::from_millis(self.shared.forward_timeout_ms);
+        let mut last = NodeError::Unavailable("no leader could be reached".into());
+        for _ in 0..MAX_LEADER_ATTEMPTS {
+            let hint = match self.handle_local(req.clone()).await {
+                Err(NodeError::NotLeader { leader }) => leader,
+                Err(e @ NodeError::Unavailable(_)) => {
+                    // Dropped by a leader change: certainly not applied.
+                    last = e;
+                    None
+                }
+                other => return other,
+            };
+            let target = match hint {
+                Some(l) if l != self.shared.me => l,
+                _ => {
+                    // Give a new leader time to be elected.
+                    let l = self.wait_for_leader(deadline).await?;
+                    if l == self.shared.me {
+                        continue;
+                    }
+                    l
+                }
+            };
+            let budget_ms = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64;
+            if budget_ms == 0 {
+                break;
+            }
+            match self
+                .shared
+                .transport
+                .request(target, GROUP, req.encode(), budget_ms)
+                .await
+            {
+                Ok(bytes) => match PeerResponse::decode(&bytes) {
+                    Ok(PeerResponse::Error(WireError::NotLeader(_))) => {
+                        last = NodeError::NotLeader { leader: None };
+                        tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+                    }
+                    Ok(PeerResponse::Error(e)) => return Err(e.into()),
+                    Ok(ok) => return Ok(ok),
+                    Err(e) => {
+                        return Err(NodeError::OutcomeUnknown(format!(
+                            "undecodable answer from the leader: {e}"
+                        )));
+                    }
+                },
+                Err(e) if request_not_sent(&e) => {
+                    last = NodeError::Unavailable(format!("leader {target} unreachable: {e}"));
+                    tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+                }
+                Err(RequestError::TooLarge { len, max }) => {
+                    return Err(NodeError::TooLarge {
+                        size_bytes: usize::try_from(len).unwrap_or(usize::MAX),
+                        max_bytes: max,
+                    });
+                }
+                Err(RequestError::Shutdown) => return Err(NodeError::Shutdown),
+                Err(e) => {
+                    return Err(NodeError::OutcomeUnknown(format!(
+                        "request to leader {target} failed: {e}"
+                    )));
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn require_leader(&self) -> Result<(), NodeError> {
+        let st = self.shared.replica.status().await?;
+        if st.protocol.role == Role::Leader {
+            Ok(())
+        } else {
+            Err(NodeError::NotLeader {
+                leader: st.protocol.leader.filter(|l| *l != self.shared.me),
+            })
+        }
+    }
+
+    async fn propose_meta(&self, cmd: MetaCommand) -> Result<Vec<Member>, NodeError> {
+        let out = self.shared.replica.propose(cmd.encode_entry()).await?;
+        match codec::decode::<MetaResponse>(&out) {
+            Ok(MetaResponse::Ok(members)) => Ok(members),
+            Ok(MetaResponse::Refused(e)) => Err(NodeError::Invalid(e)),
+            Err(e) => Err(NodeError::Fatal(format!("undecodable meta response: {e}"))),
+        }
+    }
+
+    /// Serves `req` on this member without forwarding.
+    async fn handle_local(&self, req: PeerRequest) -> Result<PeerResponse, NodeError> {
+        match req {
+            PeerRequest::Propose(entry) => {
+                let out = self.shared.replica.propose(entry.clone()).await?;
+                if let Some(hook) = self.shared.leader_hook.get()
+                    && let Some((&machine::TAG_APP, cmd)) = entry.split_first()
+                {
+                    hook(cmd, &out);
+                }
+                Ok(PeerResponse::Applied(out))
+            }
+            PeerRequest::MemberAdd {
+                peer_urls,
+                is_learner,
+            } => {
+                check_peer_urls(&peer_urls)?;
+                self.require_leader().await?;
+                let id = ids::added_member_id(&self.shared.token, &peer_urls);
+                let member = Member {
+                    id: id.0,
+                    name: String::new(),
+                    peer_urls,
+                    client_urls: Vec::new(),
+                    is_learner,
+                };
+                self.propose_meta(MetaCommand::AddMember(member.clone()))
+                    .await?;
+                let change = if is_learner {
+                    MembershipChange::AddLearner(id)
+                } else {
+                    MembershipChange::AddVoter(id)
+                };
+                if let Err(e) = self.shared.replica.change_membership(change).await {
+                    if let Err(undo) = self
+                        .propose_meta(MetaCommand::RemoveMember { id: id.0 })
+                        .await
+                    {
+                        tracing::warn!(error = %undo, "could not withdraw the member table entry of a failed add");
+                    }
+                    return Err(e.into());
+                }
+                Ok(PeerResponse::Members {
+                    added: Some(member),
+                    members: self.local_members().list(),
+                })
+            }
+            PeerRequest::MemberRemove { id } => {
+                self.require_leader().await?;
+                let Some(old) = self.local_members().members.get(&id).cloned() else {
+                    return Err(NodeError::MemberNotFound(id));
+                };
+                self.propose_meta(MetaCommand::RemoveMember { id }).await?;
+                if let Err(e) = self
+                    .shared
+                    .replica
+                    .change_membership(MembershipChange::Remove(NodeId(id)))
+                    .await
+                {
+                    if let Err(undo) = self.propose_meta(MetaCommand::AddMember(old)).await {
+                        tracing::warn!(error = %undo, "could not restore the member table entry of a failed removal");
+                    }
+                    return Err(e.into());
+                }
+                Ok(PeerResponse::Members {
+                    added: None,
+                    members: self.local_members().list(),
+                })
+            }
+            PeerRequest::MemberPromote { id } => {
+                self.require_leader().await?;
+                match self.local_members().members.get(&id) {
+                    None => return Err(NodeError::MemberNotFound(id)),
+                    Some(m) if !m.is_learner => {
+                        return Err(NodeError::Invalid(format!(
+                            "member {id:x} is not a learner"
+                        )));
+                    }
+                    Some(_) => {}
+                }
+                self.shared
+                    .replica
+                    .change_membership(MembershipChange::Promote(NodeId(id)))
+                    .await?;
+                let members = self.propose_meta(MetaCommand::PromoteMember { id }).await?;
+                Ok(PeerResponse::Members {
+                    added: None,
+                    members,
+                })
+            }
+        }
+    }
+}
+
+fn check_peer_urls(urls: &[String]) -> Result<(), NodeError> {
+    if urls.is_empty() || urls.len() > machine::MAX_MEMBER_URLS {
+        return Err(NodeError::Invalid(format!(
+            "a member needs 1..={} peer URLs",
+            machine::MAX_MEMBER_URLS
+        )));
+    }
+    for u in urls {
+        let parsed = crate::config::SimpleUrl::parse(u).map_err(NodeError::Invalid)?;
+        if parsed.port.is_none() {
+            return Err(NodeError::Invalid(format!("{u}: a port is required")));
+        }
+    }
+    Ok(())
+}
+
+/// Serves requests peers forward to this member.
+async fn serve_requests<S: StateMachine>(
+    node: NodeHandle<S>,
+    mut requests: tokio::sync::mpsc::Receiver<IncomingRequest>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_SERVED_REQUESTS));
+    loop {
+        let req = tokio::select! {
+            r = requests.recv() => match r { Some(r) => r, None => return },
+            _ = stop.changed() => return,
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            req.responder.respond(
+                PeerResponse::Error(WireError::Busy(format!(
+                    "{MAX_SERVED_REQUESTS} forwarded requests in progress"
+                )))
+                .encode(),
+            );
+            continue;
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let answer = if req.group != GROUP {
+                PeerResponse::Error(WireError::Invalid(format!("unknown group {}", req.group)))
+            } else {
+                match PeerRequest::decode(&req.payload) {
+                    Err(e) => {
+                        PeerResponse::Error(WireError::Invalid(format!("undecodable request: {e}")))
+                    }
+                    Ok(r) => {
+                        match tokio::time::timeout_at(req.deadline, node.handle_local(r)).await {
+                            Ok(Ok(resp)) => resp,
+                            Ok(Err(e)) => PeerResponse::Error(e.into()),
+                            // The requester stopped waiting; it reports the
+                            // outcome as unknown.
+                            Err(_) => return,
+                        }
+                    }
+                }
+            };
+            req.responder.respond(answer.encode());
+        });
+    }
+}
+
+/// Resolves `host:port` of a peer URL.
+async fn resolve(url: &str) -> Option<SocketAddr> {
+    let parsed = crate::config::SimpleUrl::parse(url).ok()?;
+    let port = parsed.port?;
+    if let Ok(ip) = parsed.host.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let lookup = tokio::net::lookup_host((parsed.host.as_str(), port));
+    match tokio::time::timeout(Duration::from_millis(RESOLVE_TIMEOUT_MS), lookup).await {
+        Ok(Ok(mut addrs)) => addrs.next(),
+        _ => None,
+    }
+}
+
+/// Keeps the transport's peer set equal to the member table (or the
+/// configured contacts before the table is known), re-resolving names.
+async fn manage_peers<S: StateMachine>(
+    node: NodeHandle<S>,
+    contacts: Vec<(NodeId, Vec<String>)>,
+    interval_ms: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut view = node.shared.view.clone();
+    let mut known: HashMap<NodeId, SocketAddr> = HashMap::new();
+    loop {
+        let table = Arc::clone(&view.borrow_and_update());
+        let mut wanted: Vec<(NodeId, Vec<String>)> = if table.initialized {
+            table
+                .members
+                .values()
+                .map(|m| (NodeId(m.id), m.peer_urls.clone()))
+                .collect()
+        } else {
+            contacts.clone()
+        };
+        wanted.retain(|(id, _)| *id != node.shared.me);
+        let voters = match node.shared.replica.status().await {
+            Ok(st) => st.protocol.membership.all_nodes(),
+            Err(_) => return,
+        };
+        for (id, urls) in &wanted {
+            let Some(first) = urls.first() else { continue };
+            if let Some(addr) = resolve(first).await
+                && known.get(id) != Some(&addr)
+            {
+                match node.shared.transport.add_peer(*id, addr) {
+                    Ok(()) => {
+                        tracing::info!(peer = %format!("{:x}", id.0), %addr, "peer address set");
+                        known.insert(*id, addr);
+                    }
+                    Err(e) => tracing::warn!(peer = %id, error = %e, "cannot add peer"),
+                }
+            }
+        }
+        // Forget peers that left both the table and the consensus
+        // configuration (a member being removed must still get the entry
+        // that removes it).
+        let gone: Vec<NodeId> = known
+            .keys()
+            .filter(|id| !wanted.iter().any(|(w, _)| w == *id) && !voters.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if table.initialized {
+                node.shared.transport.remove_peer(id);
+                known.remove(&id);
+                tracing::info!(peer = %format!("{:x}", id.0), "peer removed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
+            _ = view.changed() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn dir_size_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    let mut visited = 0usize;
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            visited += 1;
+            if visited > MAX_DB_FILES_WALKED {
+                return total;
+            }
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total = total.saturating_add(m.len()),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Status polling (metrics, health), bootstrap of the member table by the
+/// first leader, and publishing this member's name and client URLs.
+async fn housekeeping<S: StateMachine>(
+    node: NodeHandle<S>,
+    founding: Option<Vec<Member>>,
+    interval_ms: u64,
+    store: Store,
+    db_dir: Option<PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let sh = &node.shared;
+    let mut ticks: u64 = 0;
+    let mut bootstrap_in_flight: Option<JoinHandle<()>> = None;
+    let mut publish_in_flight: Option<JoinHandle<()>> = None;
+    loop {
+        match sh.replica.status().await {
+            Ok(st) => {
+                let p = &st.protocol;
+                if ticks.is_multiple_of(25)
+                    && let Some(dir) = db_dir.clone()
+                {
+                    let size = tokio::task::spawn_blocking(move || dir_size_bytes(&dir))
+                        .await
+                        .unwrap_or(0);
+                    sh.db_size_bytes.store(size, Ordering::Relaxed);
+                }
+                sh.metrics.record_sample(&Sample {
+                    term: p.term.0,
+                    commit: p.commit.0,
+                    applied: st.applied.0,
+                    last_index: p.last_index.0,
+                    leader: p.leader.map_or(0, |l| l.0),
+                    is_leader: p.role == Role::Leader,
+                    running: true,
+                    db_size_bytes: sh.db_size_bytes.load(Ordering::Relaxed),
+                });
+                sh.metrics.record_replica(&st.stats);
+                sh.metrics.record_transport(&sh.transport.stats());
+                let (w, f, b) = store.counters();
+                sh.metrics.record_storage(w, f, b);
+
+                let table = node.local_members();
+                let idle = |h: &Option<JoinHandle<()>>| h.as_ref().is_none_or(|h| h.is_finished());
+                if !table.initialized
+                    && p.role == Role::Leader
+                    && idle(&bootstrap_in_flight)
+                    && let Some(members) = &founding
+                {
+                    let cmd = MetaCommand::Bootstrap {
+                        cluster_id: sh.cluster_id_cfg,
+                        members: members.clone(),
+                    };
+                    let n = node.clone();
+                    bootstrap_in_flight = Some(tokio::spawn(async move {
+                        match n.propose_meta(cmd).await {
+                            Ok(_) => tracing::info!("member table bootstrapped"),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "member table bootstrap not done yet")
+                            }
+                        }
+                    }));
+                }
+                if table.initialized
+                    && p.leader.is_some()
+                    && idle(&publish_in_flight)
+                    && let Some(me) = table.members.get(&sh.me.0)
+                    && (me.name != sh.name || me.client_urls != sh.advertise_client_urls)
+                {
+                    let cmd = MetaCommand::Publish {
+                        id: sh.me.0,
+                        name: sh.name.clone(),
+                        client_urls: sh.advertise_client_urls.clone(),
+                    };
+                    let n = node.clone();
+                    publish_in_flight = Some(tokio::spawn(async move {
+                        let req = PeerRequest::Propose(cmd.encode_entry());
+                        match n.on_leader(req).await {
+                            Ok(_) => tracing::info!("published this member's name and client URLs"),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "publishing member attributes failed; will retry")
+                            }
+                        }
+                    }));
+                }
+            }
+            Err(_) => {
+                sh.metrics.mark_stopped();
+                return;
+            }
+        }
+        ticks = ticks.wrapping_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
+            _ = stop.changed() => {
+                for h in [bootstrap_in_flight, publish_in_flight].into_iter().flatten() {
+                    h.abort();
+                }
+                return;
+            }
+        }
+    }
+}

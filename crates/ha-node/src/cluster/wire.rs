@@ -1,0 +1,90 @@
+//! Requests a member sends to the leader over the transport's request path
+//! (writes and membership changes made on a follower), as codec frames.
+
+use bytes::Bytes;
+use ha_core::codec::{self, CodecError};
+use serde::{Deserialize, Serialize};
+
+use super::machine::Member;
+
+/// What a member asks the leader to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Propose this entry payload (already tagged, see
+    /// [`machine`](super::machine)) and answer with the state machine's
+    /// response.
+    Propose(Bytes),
+    /// Add a member.
+    MemberAdd {
+        /// Its peer URLs.
+        peer_urls: Vec<String>,
+        /// Whether it joins as a learner.
+        is_learner: bool,
+    },
+    /// Remove a member.
+    MemberRemove {
+        /// Its id.
+        id: u64,
+    },
+    /// Promote a learner.
+    MemberPromote {
+        /// Its id.
+        id: u64,
+    },
+}
+
+/// The leader's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// The state machine's response to a proposal.
+    Applied(Bytes),
+    /// A membership change was applied: the member concerned (for adds) and
+    /// the table after it.
+    Members {
+        /// The added member.
+        added: Option<Member>,
+        /// All members.
+        members: Vec<Member>,
+    },
+    /// Refused or failed.
+    Error(WireError),
+}
+
+/// An error as it travels between members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireError {
+    /// The receiver is not the leader (nothing was done); leader hint.
+    NotLeader(Option<u64>),
+    /// A limit was reached (nothing was done).
+    Busy(String),
+    /// No leader or the cluster cannot make progress.
+    Unavailable(String),
+    /// The request may or may not have been applied.
+    OutcomeUnknown(String),
+    /// The request is invalid (nothing was done).
+    Invalid(String),
+    /// No such member.
+    MemberNotFound(u64),
+}
+
+impl PeerRequest {
+    /// Encodes as a codec frame.
+    pub fn encode(&self) -> Bytes {
+        codec::encode(self).into()
+    }
+    /// Decodes a codec frame.
+    pub fn decode(b: &[u8]) -> Result<Self, CodecError> {
+        codec::decode(b)
+    }
+}
+
+impl PeerResponse {
+    /// Encodes as a codec frame.
+    pub fn encode(&self) -> Bytes {
+        codec::encode(self).into()
+    }
+    /// Decodes a codec frame.
+    pub fn decode(b: &[u8]) -> Result<Self, CodecError> {
+        codec::decode(b)
+    }
+}

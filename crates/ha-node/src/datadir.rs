@@ -1,0 +1,187 @@
+//! The data directory's identity file `member.toml`: which cluster and
+//! member the directory belongs to. Written once (atomically: temp file,
+//! fsync, rename, fsync of the directory) on first start; every later start
+//! checks it against the configuration and refuses a directory of another
+//! cluster or member.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the identity file inside the data dir.
+pub const MEMBER_FILE: &str = "member.toml";
+/// Largest identity file read, in bytes.
+pub const MAX_MEMBER_FILE_BYTES: u64 = 64 << 10;
+/// Format version written by this build.
+pub const MEMBER_FILE_VERSION: u32 = 1;
+
+/// What `member.toml` holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberFile {
+    /// Format version.
+    pub version: u32,
+    /// Cluster token.
+    pub token: String,
+    /// Cluster id as hex (`0` while a joining member has not learned it).
+    pub cluster_id: String,
+    /// Member id as hex.
+    pub member_id: String,
+    /// Member name at creation.
+    pub name: String,
+}
+
+/// Why the data dir cannot be used. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// IO failure.
+    #[error("data dir {path}: {error}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// OS error.
+        error: std::io::Error,
+    },
+    /// `member.toml` is unreadable.
+    #[error("data dir {path}: corrupt {MEMBER_FILE}: {reason}")]
+    Corrupt {
+        /// Path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The directory belongs to another cluster or member.
+    #[error(
+        "data dir {path} belongs to cluster {} member {} (token {:?}), \
+         but this configuration is cluster {} member {} (token {:?}); \
+         use another --data-dir or the matching --name/--initial-cluster/--initial-cluster-token",
+        found.cluster_id, found.member_id, found.token, want.cluster_id, want.member_id, want.token
+    )]
+    OtherCluster {
+        /// Path.
+        path: PathBuf,
+        /// What the directory holds.
+        found: Box<MemberFile>,
+        /// What the configuration says.
+        want: Box<MemberFile>,
+    },
+}
+
+/// Checks (or on first start writes) `dir/member.toml`. `cluster_id` 0 means
+/// "not known yet" (a joining member): then only token and member id must
+/// match. Returns whether the directory was new.
+pub fn check_or_init(
+    dir: &Path,
+    token: &str,
+    cluster_id: u64,
+    member_id: u64,
+    name: &str,
+) -> Result<bool, DataDirError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| DataDirError::Io {
+            path: path.clone(),
+            error,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let file = dir.join(MEMBER_FILE);
+    match std::fs::metadata(&file) {
+        Ok(meta) => {
+            if meta.len() > MAX_MEMBER_FILE_BYTES {
+                return Err(DataDirError::Corrupt {
+                    path: dir.to_path_buf(),
+                    reason: format!("larger than {MAX_MEMBER_FILE_BYTES} bytes"),
+                });
+            }
+            let text = std::fs::read_to_string(&file).map_err(io(&file))?;
+            let found: MemberFile = toml::from_str(&text).map_err(|e| DataDirError::Corrupt {
+                path: dir.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            let want_cluster = format!("{cluster_id:x}");
+            let want_member = format!("{member_id:x}");
+            let cluster_ok =
+                cluster_id == 0 || found.cluster_id == "0" || found.cluster_id == want_cluster;
+            if found.version != MEMBER_FILE_VERSION
+                || found.token != token
+                || found.member_id != want_member
+                || !cluster_ok
+            {
+                return Err(DataDirError::OtherCluster {
+                    path: dir.to_path_buf(),
+                    found: Box::new(found),
+                    want: Box::new(MemberFile {
+                        version: MEMBER_FILE_VERSION,
+                        token: token.to_string(),
+                        cluster_id: want_cluster,
+                        member_id: want_member,
+                        name: name.to_string(),
+                    }),
+                });
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A directory with data but no identity file was not made by us.
+            let has_db = dir.join("db").exists();
+            if has_db {
+                return Err(DataDirError::Corrupt {
+                    path: dir.to_path_buf(),
+                    reason: format!("{MEMBER_FILE} is missing but a database exists"),
+                });
+            }
+            let content = MemberFile {
+                version: MEMBER_FILE_VERSION,
+                token: token.to_string(),
+                cluster_id: format!("{cluster_id:x}"),
+                member_id: format!("{member_id:x}"),
+                name: name.to_string(),
+            };
+            let text = toml::to_string(&content).map_err(|e| DataDirError::Corrupt {
+                path: dir.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            let tmp = dir.join(format!("{MEMBER_FILE}.tmp"));
+            {
+                let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+                f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+                f.sync_all().map_err(io(&tmp))?;
+            }
+            std::fs::rename(&tmp, &file).map_err(io(&file))?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+            Ok(true)
+        }
+        Err(e) => Err(io(&file)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_start_writes_later_starts_check() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(check_or_init(d.path(), "t", 5, 7, "a").unwrap());
+        assert!(!check_or_init(d.path(), "t", 5, 7, "a").unwrap());
+        let e = check_or_init(d.path(), "t", 6, 7, "a").unwrap_err();
+        assert!(matches!(e, DataDirError::OtherCluster { .. }), "{e}");
+        assert!(e.to_string().contains("belongs to cluster 5"), "{e}");
+        let e = check_or_init(d.path(), "u", 5, 7, "a").unwrap_err();
+        assert!(matches!(e, DataDirError::OtherCluster { .. }));
+        let e = check_or_init(d.path(), "t", 5, 8, "a").unwrap_err();
+        assert!(matches!(e, DataDirError::OtherCluster { .. }));
+    }
+
+    #[test]
+    fn corrupt_file_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(MEMBER_FILE), "garbage = [").unwrap();
+        let e = check_or_init(d.path(), "t", 5, 7, "a").unwrap_err();
+        assert!(matches!(e, DataDirError::Corrupt { .. }), "{e}");
+    }
+}

@@ -1,0 +1,383 @@
+//! In-process tests of `cluster::Node<MemKv>`: three members on loopback
+//! over real QUIC and RocksDB; forwarding, leader crash, restart, and
+//! membership changes. Every wait is bounded. Needs durable storage
+//! (feature `rocksdb`): the crash and restart tests reopen the data dirs.
+#![cfg(feature = "rocksdb")]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ha_core::kv::{KvCommand, KvResponse, MemKv};
+use ha_core::replica::ReplicaConfig;
+use ha_core::{Bytes, NodeId};
+use ha_node::certs::insecure_dev_identity;
+use ha_node::cluster::{GROUP, Member, Node, NodeConfig, NodeError, NodeHandle, StorageKind};
+use ha_node::config::ConsensusKind;
+use ha_node::ids;
+use ha_node::metrics::Metrics;
+
+const TOKEN: &str = "node-cluster-test";
+/// Upper bound for anything that needs an election.
+const ELECTION_WAIT: Duration = Duration::from_secs(20);
+
+fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    s.local_addr().expect("addr").port()
+}
+
+struct Spec {
+    name: String,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Spec {
+    fn id(&self) -> NodeId {
+        ids::member_id(TOKEN, &self.name)
+    }
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+}
+
+fn founding(specs: &[Spec]) -> Vec<Member> {
+    specs
+        .iter()
+        .map(|s| Member {
+            id: s.id().0,
+            name: s.name.clone(),
+            peer_urls: vec![s.url()],
+            client_urls: vec![],
+            is_learner: false,
+        })
+        .collect()
+}
+
+fn config(
+    spec: &Spec,
+    all: &[Spec],
+    founding_members: Option<Vec<Member>>,
+    id: NodeId,
+) -> NodeConfig {
+    NodeConfig {
+        name: spec.name.clone(),
+        member_id: id,
+        cluster_id: 0xc1,
+        token: TOKEN.into(),
+        founding: founding_members,
+        contacts: all
+            .iter()
+            .filter(|o| o.name != spec.name)
+            .map(|o| (o.id(), vec![o.url()]))
+            .collect(),
+        advertise_peer_urls: vec![spec.url()],
+        advertise_client_urls: vec![format!("http://{}.invalid:2379", spec.name)],
+        listen_peer: format!("127.0.0.1:{}", spec.port).parse().unwrap(),
+        identity: insecure_dev_identity(TOKEN, id).unwrap(),
+        consensus: ConsensusKind::Raft,
+        heartbeat_interval_ms: 50,
+        election_timeout_ms: 500,
+        storage: StorageKind::Rocks(spec.dir.join("db")),
+        forward_timeout_ms: 5_000,
+        status_interval_ms: 50,
+        peer_resolve_interval_ms: 200,
+        replica: ReplicaConfig {
+            group: GROUP,
+            ..ReplicaConfig::default()
+        },
+        db_dir: Some(spec.dir.join("db")),
+    }
+}
+
+async fn start(spec: &Spec, all: &[Spec]) -> Node<MemKv> {
+    let cfg = config(spec, all, Some(founding(all)), spec.id());
+    // A store just released by an aborted node may still be closing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Node::start(cfg.clone(), MemKv::default(), Arc::new(Metrics::new())).await {
+            Ok(n) => return n,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("retrying start of {}: {e}", spec.name);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("cannot start {}: {e}", spec.name),
+        }
+    }
+}
+
+fn put(k: &str, v: &str) -> Bytes {
+    KvCommand::Put {
+        key: Bytes::copy_from_slice(k.as_bytes()),
+        value: Bytes::copy_from_slice(v.as_bytes()),
+    }
+    .encode()
+}
+
+async fn write(h: &NodeHandle<MemKv>, k: &str, v: &str) -> Result<(), NodeError> {
+    let out = h.propose(&put(k, v)).await?;
+    match KvResponse::decode(&out) {
+        Ok(KvResponse::Written { .. }) => Ok(()),
+        other => panic!("unexpected response {other:?}"),
+    }
+}
+
+async fn get(h: &NodeHandle<MemKv>, k: &'static str) -> Result<Option<Bytes>, NodeError> {
+    h.read(true, move |kv: &MemKv| kv.get(k.as_bytes()).cloned())
+        .await
+}
+
+async fn leader_of(nodes: &[Option<Node<MemKv>>]) -> NodeId {
+    let deadline = Instant::now() + ELECTION_WAIT;
+    loop {
+        for n in nodes.iter().flatten() {
+            let h = n.handle();
+            if let Ok(st) = h.status().await
+                && st.leader == Some(h.member_id())
+            {
+                return h.member_id();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader within {ELECTION_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn specs(dir: &std::path::Path, n: usize) -> Vec<Spec> {
+    (1..=n)
+        .map(|i| Spec {
+            name: format!("m{i}"),
+            port: free_udp_port(),
+            dir: dir.join(format!("m{i}")),
+        })
+        .collect()
+}
+
+/// Retries `f` until it succeeds or `within` passes.
+async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, NodeError>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: still failing after {within:?}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_write_is_forwarded_and_leader_crash_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = specs(dir.path(), 3);
+    let mut nodes: Vec<Option<Node<MemKv>>> = Vec::new();
+    for s in &sp {
+        nodes.push(Some(start(s, &sp).await));
+    }
+    let leader = leader_of(&nodes).await;
+    let li = sp.iter().position(|s| s.id() == leader).unwrap();
+    let fi = (li + 1) % 3;
+    let follower = nodes[fi].as_ref().unwrap().handle();
+
+    // A write on a follower goes to the leader; a linearizable read on the
+    // third member sees it.
+    write(&follower, "a", "1").await.expect("forwarded write");
+    let third = nodes[(li + 2) % 3].as_ref().unwrap().handle();
+    assert_eq!(get(&third, "a").await.unwrap(), Some(Bytes::from("1")));
+
+    // The member table was bootstrapped and every member published itself.
+    let members = eventually(ELECTION_WAIT, "members published", || {
+        let h = follower.clone();
+        async move {
+            let m = h.members().await?;
+            if m.iter().all(|m| !m.client_urls.is_empty()) {
+                Ok(m)
+            } else {
+                Err(NodeError::Unavailable("not published yet".into()))
+            }
+        }
+    })
+    .await;
+    assert_eq!(members.len(), 3);
+    assert_eq!(follower.cluster_id(), 0xc1);
+
+    // Acknowledged writes before the crash.
+    let mut acked = vec!["a"];
+    for k in ["b", "c", "d"] {
+        write(&follower, k, "x").await.unwrap();
+        acked.push(k);
+    }
+
+    // Crash the leader: writes through the survivors resume within bounds.
+    let old = nodes[li].take().unwrap();
+    let crashed = Instant::now();
+    old.abort().await;
+    eventually(ELECTION_WAIT, "write after leader crash", || {
+        let h = follower.clone();
+        async move { write(&h, "e", "after").await }
+    })
+    .await;
+    acked.push("e");
+    let recovered_in = crashed.elapsed();
+    assert!(recovered_in < ELECTION_WAIT, "took {recovered_in:?}");
+    let new_leader = leader_of(&nodes).await;
+    assert_ne!(new_leader, leader);
+
+    // The old leader restarts from its data dir and catches up: every
+    // acknowledged write is on every member.
+    nodes[li] = Some(start(&sp[li], &sp).await);
+    write(&follower, "f", "restarted").await.unwrap();
+    acked.push("f");
+    for n in nodes.iter().flatten() {
+        let h = n.handle();
+        for k in &acked {
+            let k: &'static str = k;
+            let v = eventually(ELECTION_WAIT, "read after restart", || {
+                let h = h.clone();
+                async move {
+                    get(&h, k)
+                        .await?
+                        .ok_or_else(|| NodeError::Unavailable(format!("{k} missing")))
+                }
+            })
+            .await;
+            assert!(!v.is_empty());
+        }
+    }
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_of_every_member_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = specs(dir.path(), 3);
+    let mut nodes = Vec::new();
+    for s in &sp {
+        nodes.push(Some(start(s, &sp).await));
+    }
+    leader_of(&nodes).await;
+    let h = nodes[0].as_ref().unwrap().handle();
+    for i in 0..20 {
+        write(&h, &format!("k{i}"), &format!("v{i}")).await.unwrap();
+    }
+    // Handles keep the transport (and its UDP socket) alive.
+    drop(h);
+    for n in nodes.iter_mut() {
+        let kv = n.take().unwrap().shutdown().await.unwrap();
+        assert!(kv.len() <= 20);
+    }
+    for (i, s) in sp.iter().enumerate() {
+        nodes[i] = Some(start(s, &sp).await);
+    }
+    leader_of(&nodes).await;
+    let h = nodes[2].as_ref().unwrap().handle();
+    let n = eventually(ELECTION_WAIT, "read after full restart", || {
+        let h = h.clone();
+        async move { h.read(true, |kv: &MemKv| kv.len()).await }
+    })
+    .await;
+    assert_eq!(n, 20);
+    assert_eq!(
+        get(&h, "k7").await.unwrap(),
+        Some(Bytes::from("v7")),
+        "values survive"
+    );
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn member_add_promote_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = specs(dir.path(), 3);
+    let mut nodes = Vec::new();
+    for s in &sp {
+        nodes.push(Some(start(s, &sp).await));
+    }
+    leader_of(&nodes).await;
+    let h = nodes[1].as_ref().unwrap().handle();
+    write(&h, "before", "join").await.unwrap();
+
+    // Add a learner through a follower or the leader (forwarded as needed).
+    let joiner = Spec {
+        name: "m4".into(),
+        port: free_udp_port(),
+        dir: dir.path().join("m4"),
+    };
+    let (added, members) = h.member_add(vec![joiner.url()], true).await.unwrap();
+    assert!(added.is_learner);
+    assert_eq!(members.len(), 4);
+    let jid = ids::added_member_id(TOKEN, &[joiner.url()]);
+    assert_eq!(added.id, jid.0);
+
+    // Bad input changes nothing.
+    let e = h
+        .member_add(vec!["not a url".into()], true)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NodeError::Invalid(_)), "{e}");
+    let e = h.member_remove(0xdead).await.unwrap_err();
+    assert!(matches!(e, NodeError::MemberNotFound(0xdead)), "{e}");
+
+    // The joiner starts with no founding list and catches up from the log.
+    let cfg = config(&joiner, &sp, None, jid);
+    let j = Node::start(cfg, MemKv::default(), Arc::new(Metrics::new()))
+        .await
+        .unwrap();
+    let jh = j.handle();
+    eventually(ELECTION_WAIT, "learner catches up", || {
+        let jh = jh.clone();
+        async move {
+            match jh
+                .read(false, |kv: &MemKv| kv.get(b"before").cloned())
+                .await?
+            {
+                Some(_) => Ok(()),
+                None => Err(NodeError::Unavailable("not yet".into())),
+            }
+        }
+    })
+    .await;
+    assert_eq!(jh.cluster_id(), 0xc1, "the joiner learned the cluster id");
+    let st = jh.status().await.unwrap();
+    assert!(st.is_learner);
+
+    let members = h.member_promote(jid.0).await.unwrap();
+    assert!(members.iter().all(|m| !m.is_learner));
+    let e = h.member_promote(jid.0).await.unwrap_err();
+    assert!(matches!(e, NodeError::Invalid(_)), "{e}");
+    // The joiner published its name.
+    eventually(ELECTION_WAIT, "joiner published", || {
+        let h = h.clone();
+        async move {
+            let m = h.members().await?;
+            if m.iter().any(|m| m.id == jid.0 && m.name == "m4") {
+                Ok(())
+            } else {
+                Err(NodeError::Unavailable("not yet".into()))
+            }
+        }
+    })
+    .await;
+
+    let members = h.member_remove(jid.0).await.unwrap();
+    assert_eq!(members.len(), 3);
+    write(&h, "after", "remove").await.unwrap();
+    j.shutdown().await.unwrap();
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
