@@ -305,7 +305,10 @@ fn etcdctl_against_three_raft_members() {
 }
 
 #[test]
-#[ignore = "ha-paxos has no implementation yet (issue 10); run with --ignored once it lands"]
+#[cfg_attr(
+    not(feature = "paxos"),
+    ignore = "needs the `paxos` feature (cargo test -p ha-node --all-features)"
+)]
 fn etcdctl_against_three_paxos_members() {
     run_suite("paxos");
 }

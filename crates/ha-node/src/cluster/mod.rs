@@ -530,12 +530,15 @@ impl<S: StateMachine> Node<S> {
                 &transport,
                 bound.inbound,
             )?,
-            ConsensusKind::Paxos => {
-                return Err(NodeError::Start(
-                    "--consensus paxos: ha-paxos has no implementation yet (issue 10); use raft"
-                        .into(),
-                ));
-            }
+            ConsensusKind::Paxos => start_paxos(
+                &cfg,
+                recovered,
+                bootstrap,
+                dyn_store,
+                machine,
+                &transport,
+                bound.inbound,
+            )?,
         };
 
         let shared = Arc::new(Shared {
@@ -693,6 +696,65 @@ fn start_raft<S: StateMachine>(
 ) -> Result<Replica<ClusterMachine<S>>, NodeError> {
     Err(NodeError::Start(
         "--consensus raft: this binary was built without the raft feature".into(),
+    ))
+}
+
+#[cfg(feature = "paxos")]
+fn start_paxos<S: StateMachine>(
+    cfg: &NodeConfig,
+    recovered: ha_core::consensus::Recovered,
+    bootstrap: Membership,
+    store: Arc<dyn LogStore>,
+    machine: ClusterMachine<S>,
+    transport: &Arc<QuicTransport>,
+    inbound: tokio::sync::mpsc::Receiver<ha_core::transport::Inbound>,
+) -> Result<Replica<ClusterMachine<S>>, NodeError> {
+    // The same knobs as Raft: the leader-failure timeout is the election
+    // timeout, phase 1 is retried after one more of it.
+    let pc = ha_paxos::Config {
+        election_timeout_min_ms: cfg.election_timeout_ms,
+        election_timeout_max_ms: cfg.election_timeout_ms.saturating_mul(2),
+        heartbeat_interval_ms: cfg.heartbeat_interval_ms,
+        accept_retransmit_ms: cfg.heartbeat_interval_ms.saturating_mul(5).max(500),
+        prepare_timeout_ms: cfg.election_timeout_ms,
+        max_proposal_bytes: cfg
+            .replica
+            .max_proposal_bytes
+            .saturating_add(PROPOSAL_OVERHEAD_BYTES)
+            .max(ha_paxos::Config::default().max_proposal_bytes),
+        ..ha_paxos::Config::default()
+    };
+    let paxos = ha_paxos::Paxos::new(
+        cfg.member_id,
+        pc,
+        recovered,
+        bootstrap,
+        random_seed(cfg.member_id),
+    )
+    .map_err(|e| NodeError::Start(format!("paxos: {e}")))?;
+    Replica::start(
+        cfg.replica.clone(),
+        paxos,
+        store,
+        machine,
+        Arc::clone(transport) as Arc<dyn ha_core::transport::Transport>,
+        inbound,
+    )
+    .map_err(|e| NodeError::Start(format!("replica: {e}")))
+}
+
+#[cfg(not(feature = "paxos"))]
+fn start_paxos<S: StateMachine>(
+    _cfg: &NodeConfig,
+    _recovered: ha_core::consensus::Recovered,
+    _bootstrap: Membership,
+    _store: Arc<dyn LogStore>,
+    _machine: ClusterMachine<S>,
+    _transport: &Arc<QuicTransport>,
+    _inbound: tokio::sync::mpsc::Receiver<ha_core::transport::Inbound>,
+) -> Result<Replica<ClusterMachine<S>>, NodeError> {
+    Err(NodeError::Start(
+        "--consensus paxos: this binary was built without the paxos feature".into(),
     ))
 }
 
