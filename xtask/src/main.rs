@@ -9,8 +9,10 @@
 //!   seeds of each protocol's simulator suite (raft, paxos). This is the
 //!   command `.ci/run` runs.
 //! - `cargo xtask test --quick` — the same without fmt/clippy.
-//! - `cargo xtask demo [ARGS]` — the runnable example until `ha-node` serves:
-//!   a durable single-node replicated KV on RocksDB (see the README).
+//! - `cargo xtask node [ARGS]` — the README's first command: installs what
+//!   the build needs, then `cargo run --release -p ha-node -- ARGS`.
+//! - `cargo xtask demo [ARGS]` — the ha-core example: a durable single-node
+//!   replicated KV on RocksDB, without the etcd API.
 //! - `cargo xtask sim --protocol raft --seeds N [--base B]` — the protocol's
 //!   simulator suite over N seeds per scenario (release build).
 //! - `cargo xtask cluster [--nodes 3] [--consensus raft|paxos] [--server etcd]`
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => setup().and_then(|()| test(&args[1..])),
         Some("demo") => setup().and_then(|()| demo(&args[1..])),
+        Some("node") => setup().and_then(|()| node(&args[1..])),
         Some("setup") => setup(),
         Some("deps") => dependency_rules(),
         Some("sim") => sim(&args[1..]),
@@ -69,6 +72,7 @@ fn print_help() {
         "cargo xtask <command>\n\n\
          commands:\n  \
          test [--quick]   fmt check, dependency rules, clippy -D warnings, all tests\n                   (--quick: tests only)\n  \
+         node [ARGS]      ha-node in release (no ARGS: one member, etcd API on\n                   127.0.0.1:2379, data in ./ha-data); ARGS go to ha-node\n  \
          demo [ARGS]      durable single-node replicated KV on RocksDB (example kv_solo);\n                   ARGS go to the example, e.g. --dir ./ha-data --ops 20000 --clients 64\n  \
          deps             check the dependency rules of the crate map\n  \
          sim [--protocol raft|paxos] [--seeds N] [--base B]\n                   run the deterministic simulator suite over more seeds\n                   (release build; prints the failing seed and its trace)\n  \
@@ -232,6 +236,16 @@ fn dependency_rules() -> Result<()> {
 }
 
 /// Runs the `kv_solo` example of ha-core (RocksDB + Solo consensus + MemKv).
+/// `cargo xtask node [ARGS]`: the system packages, then
+/// `cargo run --release -p ha-node -- ARGS` (with no ARGS: a single-member
+/// cluster serving the etcd API on 127.0.0.1:2379, data in `./ha-data`).
+fn node(args: &[String]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "--package", "ha-node", "--"]);
+    cmd.args(args);
+    run("ha-node", &mut cmd)
+}
+
 fn demo(args: &[String]) -> Result<()> {
     let mut cmd = cargo();
     cmd.args([
