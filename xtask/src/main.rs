@@ -510,7 +510,8 @@ fn wants_help(args: &[String]) -> bool {
     args.iter().any(|a| a == "--help" || a == "-h")
 }
 
-/// `cargo xtask cluster`: certificates + `ha-chaos cluster`.
+/// `cargo xtask cluster`: `ha-chaos cluster` (which generates the peer
+/// certificates with `ha-node certs`).
 fn cluster(args: &[String]) -> Result<()> {
     let mut chaos = ha_chaos(false)?;
     chaos.arg("cluster").args(args);
@@ -522,19 +523,9 @@ fn cluster(args: &[String]) -> Result<()> {
                  try `cargo xtask cluster --server etcd`"
             );
         };
-        let data = flag_value(args, "--data-dir").unwrap_or("target/ha-cluster");
-        let certs = std::path::Path::new(data).join("certs");
-        let nodes = flag_value(args, "--nodes").unwrap_or("3");
-        if !certs.exists() {
-            run(
-                "ha-node certs",
-                Command::new(&bin)
-                    .args(["certs", "--nodes", nodes, "--out"])
-                    .arg(&certs),
-            )?;
-        }
+        // ha-chaos runs `ha-node certs` itself (names and token must match
+        // the members').
         chaos.arg("--ha-node-bin").arg(&bin);
-        chaos.arg("--certs-dir").arg(&certs);
     }
     run("ha-chaos cluster", &mut chaos)
 }

@@ -226,6 +226,9 @@ pub async fn run_point(
     if clients == 0 || clients > MAX_CLIENTS {
         bail!("clients must be 1..={MAX_CLIENTS}, got {clients}");
     }
+    if urls.is_empty() {
+        bail!("no endpoints to benchmark");
+    }
     let conns = connections(urls, clients.min(MAX_CONNECTIONS)).await?;
     // Read workloads need their keys.
     if matches!(

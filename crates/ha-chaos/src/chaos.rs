@@ -40,6 +40,8 @@ pub const READY_TIMEOUT_MS: u64 = 30_000;
 pub const QUIET_MS: u64 = 2_000;
 /// How long a fault is held, ms.
 pub const FAULT_HOLD_MS: u64 = 4_000;
+/// How long a fault waits for a leader to target, ms.
+pub const LEADER_WAIT_MS: u64 = 3_000;
 /// How long a membership change keeps retrying a refused removal, ms.
 pub const MEMBERSHIP_RETRY_MS: u64 = 8_000;
 
@@ -278,6 +280,10 @@ pub fn partition_pairs(
         }
         v
     };
+    if n < 3 || leader >= n {
+        // No meaningful partition of fewer than three members.
+        return (Vec::new(), format!("no partition of {n} members"));
+    }
     let mut order: Vec<usize> = (0..n).collect();
     rng.shuffle(&mut order);
     let name = |v: &[usize]| {
@@ -343,9 +349,13 @@ struct Nemesis<'a> {
 }
 
 impl Nemesis<'_> {
+    /// The current leader, waiting up to [`LEADER_WAIT_MS`] for one (a
+    /// previous fault may have just ended); member 0 when none shows up.
     async fn leader(&self) -> usize {
-        let st = all_status(&self.urls).await;
-        leader_now(&st).unwrap_or(0)
+        match wait_ready(&self.urls, &[], LEADER_WAIT_MS).await {
+            Some(l) => l,
+            None => leader_now(&all_status(&self.urls).await).unwrap_or(0),
+        }
     }
 
     fn victim(&mut self, leader: usize) -> usize {
@@ -619,7 +629,11 @@ pub async fn run(opts: &ChaosOptions) -> Result<Verdict> {
     };
     let cycle_ms = QUIET_MS + FAULT_HOLD_MS;
     let rounds = (opts.duration_ms / cycle_ms).max(1) as usize;
-    let plan = schedule(&mix, opts.seed, rounds);
+    let mut plan: std::collections::VecDeque<NemesisKind> =
+        schedule(&mix, opts.seed, rounds).into();
+    // A fault that could not be applied (e.g. a removal refused while the
+    // cluster is unhealthy) is tried once more one slot later.
+    let mut retried: Vec<NemesisKind> = Vec::new();
     let mut faults = Vec::new();
     let mut nemesis = Nemesis {
         cluster: &mut cluster,
@@ -641,7 +655,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<Verdict> {
             }
         }
     };
-    for kind in plan {
+    while let Some(kind) = plan.pop_front() {
         let quiet_end = Instant::now() + Duration::from_millis(QUIET_MS);
         if quiet_end + Duration::from_millis(FAULT_HOLD_MS) > stop_at {
             break;
@@ -672,13 +686,19 @@ pub async fn run(opts: &ChaosOptions) -> Result<Verdict> {
                     applied: true,
                 });
             }
-            Err(e) => faults.push(FaultEvent {
-                kind,
-                detail: format!("not applied: {e:#}"),
-                start_ns,
-                end_ns: clock.now_ns(),
-                applied: false,
-            }),
+            Err(e) => {
+                faults.push(FaultEvent {
+                    kind,
+                    detail: format!("not applied: {e:#}"),
+                    start_ns,
+                    end_ns: clock.now_ns(),
+                    applied: false,
+                });
+                if !retried.contains(&kind) {
+                    retried.push(kind);
+                    plan.insert(plan.len().min(1), kind);
+                }
+            }
         }
     }
     sleep_until(stop_at, "quiet".into()).await;
@@ -871,6 +891,8 @@ mod tests {
             .find(|i| !p.iter().any(|&(a, b)| a == *i || b == *i))
             .unwrap();
         assert!(d.contains(&format!("n{} seeing both", bridge + 1)));
+        let (p, _) = partition_pairs(NemesisKind::Bridge, 2, 0, &mut rng);
+        assert!(p.is_empty(), "too few members: no partition, no panic");
     }
 
     #[test]

@@ -10,6 +10,10 @@ use anyhow::{Context, Result, bail};
 use crate::server::{Cluster, ClusterConfig, MemberState, ServerKind, layout};
 use crate::status::{all_status, wait_ready};
 
+/// `--initial-cluster-token` of `ha-chaos cluster` (fixed, so a restart
+/// over the same data directory resumes the same cluster).
+pub const CLUSTER_TOKEN: &str = "ha-cluster";
+
 /// Longest the cluster may take to elect a first leader.
 pub const CLUSTER_READY_TIMEOUT_MS: u64 = 30_000;
 
@@ -42,12 +46,18 @@ pub async fn run(opts: ClusterOptions) -> Result<()> {
     let cfg = ClusterConfig {
         kind: opts.kind.clone(),
         members,
-        token: format!("ha-cluster-{}", std::process::id()),
+        token: CLUSTER_TOKEN.to_owned(),
         heartbeat_ms: opts.heartbeat_ms,
         election_timeout_ms: opts.election_timeout_ms,
         log_dir: opts.data_dir.join("logs"),
         log_level: "warn".into(),
     };
+    // Fresh peer certificates every start (ha-node only; ids derive from the
+    // member names and the token).
+    let certs = opts.data_dir.join("certs");
+    if certs.exists() {
+        std::fs::remove_dir_all(&certs).with_context(|| format!("removing {}", certs.display()))?;
+    }
     let mut cluster = Cluster::new(cfg)?;
     // A leftover data directory from another server kind would not start.
     cluster.start_all().context("starting members")?;

@@ -282,8 +282,19 @@ fn kill_ns_processes(ns: &str) {
     }
 }
 
+/// Whether `pid` is a live (not zombie) `ha-chaos` process. A pid reused
+/// by another program counts as dead; an unreaped zombie counts as dead.
 fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')'.
+    let Some((head, tail)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let state = tail.trim_start().chars().next().unwrap_or('X');
+    let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+    !matches!(state, 'Z' | 'X') && comm.starts_with("ha-chaos")
 }
 
 /// The owner pid encoded in one of our names, if the name is ours.
@@ -301,9 +312,9 @@ pub fn owner_of(name: &str) -> Option<u32> {
     if ours { digits.parse().ok() } else { None }
 }
 
-/// Removes namespaces and links of earlier runs whose process is gone,
-/// and SIGKILLs member processes whose command line names a data directory
-/// of such a run. Returns what was removed.
+/// Removes namespaces, links and temp data directories of earlier runs
+/// whose process is gone, and SIGKILLs member processes whose command line
+/// names a data directory of such a run. Returns what was removed.
 pub fn sweep_leftovers() -> Vec<String> {
     let mut removed = Vec::new();
     let me = std::process::id();
@@ -331,6 +342,20 @@ pub fn sweep_leftovers() -> Vec<String> {
                     nix::sys::signal::Signal::SIGKILL,
                 );
                 removed.push(format!("process {pid}"));
+            }
+        }
+    }
+    // Data directories of dead runs in the temp dir (tempfile names them
+    // `ha-chaos-<pid>-XXXXXX`).
+    if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("ha-chaos-")
+                && owner_of(&name).is_some_and(dead)
+                && e.file_type().is_ok_and(|t| t.is_dir())
+                && std::fs::remove_dir_all(e.path()).is_ok()
+            {
+                removed.push(format!("dir {}", e.path().display()));
             }
         }
     }
@@ -390,6 +415,14 @@ mod tests {
         assert_eq!(owner_of("eth0"), None);
         assert_eq!(owner_of("docker0"), None);
         assert_eq!(owner_of("ha-chaos-x-n1"), None);
+    }
+
+    #[test]
+    fn only_live_ha_chaos_processes_count_as_owners() {
+        // This test binary is not called ha-chaos*: a pid reused by another
+        // program must not protect leftovers.
+        assert!(!pid_alive(std::process::id()));
+        assert!(!pid_alive(u32::MAX));
     }
 
     #[test]

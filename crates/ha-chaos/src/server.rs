@@ -119,6 +119,9 @@ pub struct MemberSpec {
     pub data_dir: PathBuf,
     /// Network namespace to run in, if any.
     pub netns: Option<String>,
+    /// Scheme of the peer URL: `https` for ha-node (QUIC with TLS), `http`
+    /// for etcd (set by [`Cluster::new`]).
+    pub peer_scheme: &'static str,
 }
 
 impl MemberSpec {
@@ -126,10 +129,9 @@ impl MemberSpec {
     pub fn client_url(&self) -> String {
         format!("http://{}:{}", self.ip, self.client_port)
     }
-    /// `http://ip:peer_port` (ha-node's peer transport takes the same form).
+    /// `<peer_scheme>://ip:peer_port`.
     pub fn peer_url(&self) -> String {
-        let scheme = "http";
-        format!("{scheme}://{}:{}", self.ip, self.peer_port)
+        format!("{}://{}:{}", self.peer_scheme, self.ip, self.peer_port)
     }
     /// `http://ip:metrics_port`.
     pub fn metrics_url(&self) -> String {
@@ -183,6 +185,7 @@ pub fn layout(
             metrics_port: base_port + 2,
             data_dir: data_root.join(format!("n{i}")),
             netns: None,
+            peer_scheme: "http",
         })
         .collect())
 }
@@ -248,6 +251,43 @@ pub fn locate_certs(dir: &Path, index: usize, name: &str) -> Result<PeerCerts, S
     }
 }
 
+/// Runs `ha-node certs --names n1,…,nN --initial-cluster-token TOKEN --out
+/// DIR` (member ids, which the certificates name, derive from the names and
+/// the token). An existing directory is reused.
+pub fn generate_certs(
+    binary: &Path,
+    members: &[MemberSpec],
+    token: &str,
+    dir: &Path,
+) -> Result<(), ServerError> {
+    if dir.join("ca.pem").is_file() {
+        return Ok(());
+    }
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    let out = Command::new(binary)
+        .arg("certs")
+        .arg("--names")
+        .arg(names.join(","))
+        .arg("--initial-cluster-token")
+        .arg(token)
+        .arg("--out")
+        .arg(dir)
+        .output()
+        .map_err(|source| ServerError::Spawn {
+            member: "(certs)".into(),
+            program: binary.display().to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ServerError::Config(format!(
+            "`{} certs` failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// Life state of one member process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberState {
@@ -273,8 +313,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Prepares data and log directories; starts nothing.
-    pub fn new(cfg: ClusterConfig) -> Result<Self, ServerError> {
+    /// Prepares data and log directories (and, for ha-node without a
+    /// certificate directory, generates the members' peer certificates with
+    /// `ha-node certs` into `<log_dir>/../certs`); starts nothing.
+    pub fn new(mut cfg: ClusterConfig) -> Result<Self, ServerError> {
         if cfg.members.is_empty() || cfg.members.len() > MAX_MEMBERS {
             return Err(ServerError::Config(format!(
                 "a cluster has 1..={MAX_MEMBERS} members"
@@ -291,6 +333,19 @@ impl Cluster {
             path: cfg.log_dir.clone(),
             source,
         })?;
+        if let ServerKind::HaNode {
+            binary, certs_dir, ..
+        } = &mut cfg.kind
+        {
+            for m in &mut cfg.members {
+                m.peer_scheme = "https";
+            }
+            if certs_dir.is_none() {
+                let dir = cfg.log_dir.parent().unwrap_or(&cfg.log_dir).join("certs");
+                generate_certs(binary, &cfg.members, &cfg.token, &dir)?;
+                *certs_dir = Some(dir);
+            }
+        }
         let initial = cfg
             .members
             .iter()
@@ -620,10 +675,14 @@ mod tests {
 
     #[test]
     fn ha_node_command_has_etcd_flags_and_consensus() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "n2.pem", "n2-key.pem"] {
+            fs::write(dir.path().join(f), b"x").unwrap();
+        }
         let c = Cluster::new(cfg(ServerKind::HaNode {
             binary: "/bin/ha-node".into(),
             consensus: "paxos".into(),
-            certs_dir: None,
+            certs_dir: Some(dir.path().to_path_buf()),
         }))
         .unwrap();
         let cmd = c.command(1).unwrap();
@@ -640,7 +699,11 @@ mod tests {
         assert_eq!(val("--initial-cluster-state"), "new");
         assert_eq!(
             val("--initial-cluster"),
-            "n1=http://127.0.0.1:2380,n2=http://127.0.0.2:2380,n3=http://127.0.0.3:2380"
+            "n1=https://127.0.0.1:2380,n2=https://127.0.0.2:2380,n3=https://127.0.0.3:2380"
+        );
+        assert_eq!(
+            val("--peer-cert-file"),
+            dir.path().join("n2.pem").to_string_lossy()
         );
         assert!(!args.iter().any(|a| a == "--logger"));
     }
@@ -659,6 +722,20 @@ mod tests {
             .collect();
         assert!(!args.iter().any(|a| a == "--consensus"));
         assert!(args.iter().any(|a| a == "--logger"));
+        assert!(args.iter().any(|a| a == "http://127.0.0.1:2380"));
+    }
+
+    #[test]
+    fn failing_cert_generation_is_a_clear_error() {
+        let mut c = cfg(ServerKind::HaNode {
+            binary: "/bin/false".into(),
+            consensus: "raft".into(),
+            certs_dir: None,
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        c.log_dir = tmp.path().join("logs");
+        let err = Cluster::new(c).err().unwrap().to_string();
+        assert!(err.contains("certs` failed"), "{err}");
     }
 
     #[test]

@@ -43,6 +43,12 @@ pub const MAX_RECORDED_OPS: usize = 200_000;
 pub const LOCK_LEASE_TTL_S: i64 = 3;
 /// How long a lock acquisition may wait, ms.
 pub const LOCK_WAIT_MS: u64 = 5_000;
+/// Every this many acquisitions, a lock client stalls past its lease
+/// before using the lock (its write must then be rejected as stale when
+/// another client took the lock meanwhile).
+pub const STALL_EVERY: u64 = 8;
+/// How long such a stall lasts, ms (longer than [`LOCK_LEASE_TTL_S`]).
+pub const STALL_MS: u64 = (LOCK_LEASE_TTL_S as u64) * 1000 + 1_500;
 
 /// Deliberate faults injected on the client side to prove the checks catch
 /// them (see [`crate::chaos`]).
@@ -426,6 +432,7 @@ pub async fn lock_client(
 ) {
     let n = eps.clients.len();
     let mut target = (id as usize + 2) % n;
+    let mut acquisitions = 0u64;
     while Instant::now() < stop_at {
         if log.lock().map(|l| l.grants.len()).unwrap_or(usize::MAX) >= MAX_RECORDED_OPS {
             break;
@@ -465,6 +472,15 @@ pub async fn lock_client(
                     granted_ns,
                     token,
                 });
+            }
+            acquisitions += 1;
+            if acquisitions.is_multiple_of(STALL_EVERY) {
+                // A holder stalled past its lease (a GC pause, a swapped-out
+                // process): the lock moves on, and this write must be
+                // rejected by the resource as stale.
+                tokio::time::sleep(Duration::from_millis(STALL_MS)).await;
+            }
+            if let Ok(mut l) = log.lock() {
                 l.resource.write(token);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

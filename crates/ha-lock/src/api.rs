@@ -664,8 +664,9 @@ pub enum LockError {
         ttl_ms: i64,
     },
     /// Unlock of a key that is not a lock owner key (no lease, or not of
-    /// the form `name/<lease hex>`).
-    #[error("not a lock owner key")]
+    /// the form `name/<lease hex>`); or, from `LockMachine::lock_status`,
+    /// the lease lives but its owner key was deleted (unlocked).
+    #[error("not a lock owner key (or the lock key no longer exists)")]
     NotLockOwner,
     /// Election: the given `LeaderKey` is not the leader.
     #[error("election: not leader")]

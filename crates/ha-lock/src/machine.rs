@@ -168,7 +168,7 @@ impl LockMachine {
         &self.limits
     }
 
-    /// The revision of the last change (0 before any).
+    /// The revision of the last change (1 before any, as in etcd).
     pub fn current_revision(&self) -> i64 {
         self.state.revision
     }

@@ -91,13 +91,28 @@ enum Undo {
 }
 
 /// The whole replicated key space, leases and revision counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct State {
     pub revision: i64,
     pub compact_revision: i64,
     pub records: BTreeMap<Rev, Record>,
     pub index: BTreeMap<Bytes, Vec<Rev>>,
     pub leases: BTreeMap<i64, Lease>,
+}
+
+impl Default for State {
+    /// An empty store at revision 1, as etcd starts: the first change gets
+    /// revision 2, so "revision 0" always means "none" in a request (etcd's
+    /// client recipes rely on that, e.g. `max_create_revision = 0`).
+    fn default() -> Self {
+        State {
+            revision: 1,
+            compact_revision: 0,
+            records: BTreeMap::new(),
+            index: BTreeMap::new(),
+            leases: BTreeMap::new(),
+        }
+    }
 }
 
 /// Reads see everything (including the running command's own writes).

@@ -121,41 +121,46 @@ fn all() -> RangeRequest {
 #[test]
 fn put_tracks_revisions_and_versions() {
     let mut h = H::new();
-    assert_eq!(h.put("a", "1"), 1);
-    assert_eq!(h.put("b", "1"), 2);
-    assert_eq!(h.put("a", "2"), 3);
+    assert_eq!(
+        h.m.current_revision(),
+        1,
+        "a fresh store is at revision 1, as etcd"
+    );
+    assert_eq!(h.put("a", "1"), 2);
+    assert_eq!(h.put("b", "1"), 3);
+    assert_eq!(h.put("a", "2"), 4);
     let a = h.get("a").unwrap();
     assert_eq!(
         (a.create_revision, a.mod_revision, a.version, a.value),
-        (1, 3, 2, b("2"))
+        (2, 4, 2, b("2"))
     );
     h.ok(Command::DeleteRange(DeleteRangeRequest {
         key: b("a"),
         ..Default::default()
     }));
-    assert_eq!(h.m.current_revision(), 4);
-    assert_eq!(h.put("a", "3"), 5);
+    assert_eq!(h.m.current_revision(), 5);
+    assert_eq!(h.put("a", "3"), 6);
     let a = h.get("a").unwrap();
-    assert_eq!((a.create_revision, a.version), (5, 1), "a new generation");
+    assert_eq!((a.create_revision, a.version), (6, 1), "a new generation");
     // deleting nothing does not move the revision
     let r = h.ok(Command::DeleteRange(DeleteRangeRequest {
         key: b("zz"),
         ..Default::default()
     }));
     assert_eq!(r, Response::DeleteRange(DeleteRangeResponse::default()));
-    assert_eq!(h.m.current_revision(), 5);
+    assert_eq!(h.m.current_revision(), 6);
 }
 
 #[test]
 fn range_options() {
     let mut h = H::new();
-    h.put("a", "z"); // 1
-    h.put("b", "y"); // 2
-    h.put("c", "x"); // 3
-    h.put("a", "w"); // 4
+    h.put("a", "z"); // 2
+    h.put("b", "y"); // 3
+    h.put("c", "x"); // 4
+    h.put("a", "w"); // 5
     let r =
         h.m.range(&RangeRequest {
-            revision: 2,
+            revision: 3,
             ..all()
         })
         .unwrap();
@@ -183,7 +188,7 @@ fn range_options() {
         .unwrap();
     assert_eq!(
         r.kvs.iter().map(|k| k.mod_revision).collect::<Vec<_>>(),
-        vec![2, 3, 4]
+        vec![3, 4, 5]
     );
     let r =
         h.m.range(&RangeRequest {
@@ -201,8 +206,8 @@ fn range_options() {
     assert!(r.kvs.iter().all(|k| k.value.is_empty()));
     let r =
         h.m.range(&RangeRequest {
-            min_mod_revision: 3,
-            max_create_revision: 2,
+            min_mod_revision: 4,
+            max_create_revision: 3,
             ..all()
         })
         .unwrap();
@@ -234,7 +239,7 @@ fn range_options() {
         }),
         Err(LockError::FutureRevision {
             revision: 9,
-            current: 4
+            current: 5
         })
     );
 }
@@ -314,7 +319,7 @@ fn bad_requests_change_nothing() {
     let mut h = H::with(limits);
     h.put("a", "1");
     h.put("b", "1");
-    h.ok(Command::Compact(CompactionRequest { revision: 2 }));
+    h.ok(Command::Compact(CompactionRequest { revision: 3 }));
     let e = h.err(Command::Put(PutRequest {
         key: b("123456789"),
         ..Default::default()
@@ -387,21 +392,21 @@ fn bad_requests_change_nothing() {
         })),
         LockError::Compacted {
             revision: 1,
-            compact_revision: 2
+            compact_revision: 3
         }
     );
     assert_eq!(
         h.err(Command::Compact(CompactionRequest { revision: 1 })),
         LockError::Compacted {
             revision: 1,
-            compact_revision: 2
+            compact_revision: 3
         }
     );
     assert_eq!(
         h.err(Command::Compact(CompactionRequest { revision: 5 })),
         LockError::FutureRevision {
             revision: 5,
-            current: 2
+            current: 3
         }
     );
     assert_eq!(
@@ -440,7 +445,7 @@ fn bad_requests_change_nothing() {
 #[test]
 fn txn_compares_and_nested() {
     let mut h = H::new();
-    h.put("k", "v"); // 1
+    h.put("k", "v"); // 2
     let cas = |expect_mod: i64, value: &str| {
         Command::Txn(TxnRequest {
             compare: vec![Compare {
@@ -459,11 +464,11 @@ fn txn_compares_and_nested() {
             })],
         })
     };
-    let Response::Txn(t) = h.ok(cas(1, "w")) else {
+    let Response::Txn(t) = h.ok(cas(2, "w")) else {
         panic!()
     };
     assert!(t.succeeded);
-    let Response::Txn(t) = h.ok(cas(1, "x")) else {
+    let Response::Txn(t) = h.ok(cas(2, "x")) else {
         panic!()
     };
     assert!(!t.succeeded);
@@ -539,23 +544,23 @@ fn compaction_and_events() {
     h.m.set_event_sink(Box::new(move |rev, evs| {
         sink.lock().unwrap().push((rev, evs.to_vec()))
     }));
-    h.put("a", "1"); // 1
-    h.put("a", "2"); // 2
+    h.put("a", "1"); // 2
+    h.put("a", "2"); // 3
     h.ok(Command::DeleteRange(DeleteRangeRequest {
         key: b("a"),
         ..Default::default()
-    })); // 3
-    h.put("b", "1"); // 4
+    })); // 4
+    h.put("b", "1"); // 5
     let seen = events.lock().unwrap().clone();
     assert_eq!(seen.len(), 4);
-    assert_eq!(seen[2].0, 3);
+    assert_eq!(seen[2].0, 4);
     let del = &seen[2].1[0];
     assert_eq!(del.kind, EventType::Delete);
     assert_eq!(
         del.kv,
         KeyValue {
             key: b("a"),
-            mod_revision: 3,
+            mod_revision: 4,
             ..Default::default()
         }
     );
@@ -563,27 +568,27 @@ fn compaction_and_events() {
     let hist = h.m.events_since(1, b"\0", b"\0", 100).unwrap();
     let flat: Vec<Event> = seen.iter().flat_map(|(_, e)| e.clone()).collect();
     assert_eq!(hist, flat, "history equals the live events");
-    h.ok(Command::Compact(CompactionRequest { revision: 3 }));
+    h.ok(Command::Compact(CompactionRequest { revision: 4 }));
     assert!(
         h.m.range(&RangeRequest {
-            revision: 2,
+            revision: 3,
             ..all()
         })
         .is_err()
     );
     let r =
         h.m.range(&RangeRequest {
-            revision: 3,
+            revision: 4,
             ..all()
         })
         .unwrap();
     assert_eq!(r.count, 0);
     assert!(matches!(
-        h.m.events_since(3, b"\0", b"\0", 100),
+        h.m.events_since(4, b"\0", b"\0", 100),
         Err(LockError::Compacted { .. })
     ));
     assert_eq!(
-        h.m.events_since(4, b"\0", b"\0", 100).unwrap(),
+        h.m.events_since(5, b"\0", b"\0", 100).unwrap(),
         flat[3..].to_vec()
     );
 }
@@ -855,6 +860,7 @@ fn history_is_bounded_by_auto_compaction() {
         assert!(rev - compact <= 11, "rev {rev} compact {compact}");
     }
     // compacts to revision - 10 whenever the window exceeds 11: at 100 -> 90
+    // (100 puts from revision 1 end at 101, which is within the window)
     assert_eq!(h.m.compact_revision(), 90);
     assert!(matches!(
         h.m.range(&RangeRequest {
@@ -871,8 +877,8 @@ fn history_is_bounded_by_auto_compaction() {
         .unwrap()
         .kvs[0]
             .value,
-        b("89")
+        b("88")
     );
     // only the retained window of history is stored
-    assert_eq!(h.m.events_since(91, b"\0", b"\0", 1000).unwrap().len(), 10);
+    assert_eq!(h.m.events_since(91, b"\0", b"\0", 1000).unwrap().len(), 11);
 }

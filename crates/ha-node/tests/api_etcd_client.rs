@@ -642,8 +642,6 @@ async fn bad_inputs_get_etcd_errors_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "ha-lock's store starts at revision 0, etcd's at 1 (a fresh etcd answers revision 1); \
-            etcd's concurrency recipes (etcdctl elect) hang on the first write otherwise — reported"]
 async fn fresh_store_revision_is_one_as_etcd() {
     bounded(async {
         let server = TestServer::start().await;

@@ -291,12 +291,9 @@ async fn etcdctl_elect_and_observe() {
     bounded(async {
         let server = TestServer::start().await;
         let ep = server.endpoint();
-        // etcd's store starts at revision 1, ha-lock's at 0: on a store never
-        // written, the first candidate's key gets revision 1 and etcdctl's
-        // recipe then waits on "create revision <= 0" (meaning: no bound),
-        // i.e. on itself. One write first keeps this test about elections;
-        // `fresh_store_revision_is_one_as_etcd` covers the difference.
-        ok(&ep, &["put", "warmup", "1"]).await;
+        // On a store never written: etcdctl's recipe waits on keys with
+        // "create revision <= mine - 1", where 0 would mean "no bound"; a
+        // fresh store is at revision 1 (as etcd), so this must not hang.
         let leader = Streaming::spawn(&ep, &["elect", "myelect", "alice"]);
         let lines = leader.next_lines(2).await;
         assert!(lines[0].starts_with("myelect/"), "{lines:?}");

@@ -27,8 +27,10 @@ pub struct Config {
     /// before it assumes Accepts were lost and re-sends from the
     /// follower's last acknowledged slot.
     pub accept_retransmit_ms: Millis,
-    /// How long a candidate waits for phase 1 to complete before it gives
-    /// up and waits for a new randomized timeout.
+    /// How long a candidate waits for phase 1 to complete (plus a random
+    /// jitter of up to `election_timeout_max_ms - election_timeout_min_ms`)
+    /// before it starts over with a new PrePrepare round and a higher
+    /// ballot (a lost Prepare or Promise chunk is not re-requested).
     pub prepare_timeout_ms: Millis,
     /// Serve reads from a leader lease, without a heartbeat round.
     ///

@@ -22,8 +22,9 @@
 //!   depends on them ([`Ready::persisted_messages`]). Acceptors hold slots
 //!   out of order and with gaps: the log store's out-of-order writes.
 //! - **Phase 1, once for all slots.** A voter that hears no leader for a
-//!   randomized timeout picks a ballot above every one it saw and sends
-//!   one `Prepare { ballot, from: commit + 1 }`. Each acceptor promises and
+//!   randomized timeout (and passes the PrePrepare round described below)
+//!   picks a ballot above every one it has heard of and sends one
+//!   `Prepare { ballot, from: commit + 1 }`. Each acceptor promises and
 //!   answers with every entry it accepted at `from` or above, in chunks of
 //!   bounded size. With complete answers from a quorum (of every
 //!   configuration involved, see below) the candidate becomes leader: for
@@ -36,7 +37,7 @@
 //!   a cumulative acknowledgement ("everything up to slot *s* is accepted
 //!   in your ballot"), so a lost or reordered answer is repaired by the
 //!   next one. A slot is chosen when a quorum accepted it; the commit point
-//!   is the highest slot below which everything is chosen.
+//!   is the highest slot up to which everything is chosen.
 //! - **Learning.** The commit point rides on every Accept and heartbeat; a
 //!   member marks a slot chosen when it holds that slot in the leader's
 //!   ballot. A member that holds an older value (or nothing) is re-sent the

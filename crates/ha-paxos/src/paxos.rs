@@ -858,16 +858,21 @@ impl Paxos {
                 self.send_snapshot(to);
                 return;
             }
-            let mut entries = Vec::new();
+            // Size the batch first so the message buffer is allocated once.
+            let mut count = 0usize;
             let mut bytes = 0usize;
             for e in self.log.range(next, limit) {
                 let sz = e.size_bytes();
-                if entries.len() >= self.cfg.max_entries_per_msg
-                    || (!entries.is_empty() && bytes + sz > self.cfg.max_bytes_per_msg)
+                if count >= self.cfg.max_entries_per_msg
+                    || (count > 0 && bytes + sz > self.cfg.max_bytes_per_msg)
                 {
                     break;
                 }
                 bytes += sz;
+                count += 1;
+            }
+            let mut entries = Vec::with_capacity(count);
+            for e in self.log.range(next, limit).take(count) {
                 entries.push(Entry {
                     log_id: LogId {
                         term: self.promised,
@@ -1779,7 +1784,8 @@ impl Consensus for Paxos {
         rd.messages = mem::take(&mut self.msgs);
         rd.persisted_messages = mem::take(&mut self.persisted_msgs);
         rd.snapshot = self.pending_install.take();
-        let mut dirty = mem::take(&mut self.dirty);
+        let dirty_cap = self.dirty.len();
+        let mut dirty = mem::replace(&mut self.dirty, Vec::with_capacity(dirty_cap));
         if !dirty.is_sorted_by(|a, b| a < b) {
             dirty.sort_unstable();
             dirty.dedup();
@@ -1802,6 +1808,9 @@ impl Consensus for Paxos {
             self.handed_hs = hs;
         }
         if self.commit > self.applied_handed {
+            let pending = self.commit.0 - self.applied_handed.0;
+            rd.committed
+                .reserve(usize::try_from(pending).unwrap_or(usize::MAX).min(1 << 16));
             let mut bytes = 0usize;
             for e in self.log.range(self.applied_handed.next(), self.commit) {
                 let slot = &e.index();

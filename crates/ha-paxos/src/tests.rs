@@ -983,6 +983,93 @@ fn phase_one_needs_a_quorum_of_every_adopted_configuration() {
     );
 }
 
+/// `Replace` moves to an arbitrary configuration in one entry (no joint
+/// step): the entry needs a quorum of the old and of the new voters, and
+/// only then do later slots count the new voters alone.
+#[test]
+fn replace_changes_the_configuration_in_one_entry() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    for n in [4, 5] {
+        c.add_node(NodeId(n), Recovered::default(), Membership::default());
+    }
+    let l = c.elect(2_000);
+    let keep = if l == NodeId(1) { 1 } else { l.0 };
+    let target = Membership::new(ids(&[keep, 4, 5]));
+    // New voters 4 and 5 cut off: the old quorum alone cannot choose it.
+    c.isolated.extend([NodeId(4), NodeId(5)]);
+    let g = match c
+        .px(l.0)
+        .change_membership(MembershipChange::Replace(target.clone()))
+    {
+        Ok(id) => id,
+        Err(e) => panic!("{e}"),
+    };
+    c.run_for(100);
+    assert!(c.node(l.0).px.commit_index() < g.index);
+    c.isolated.clear();
+    c.run_for(1_000);
+    let leaders = c.leaders();
+    assert_eq!(leaders.len(), 1);
+    let l2 = leaders[0];
+    assert!(c.node(l2.0).px.commit_index() >= g.index);
+    assert_eq!(c.node(l2.0).px.committed_membership(), &target);
+    // The two removed nodes no longer count: cut them off and commit.
+    for n in [1u64, 2, 3] {
+        if n != keep {
+            c.isolated.insert(NodeId(n));
+        }
+    }
+    let l3 = c.elect(3_000);
+    assert!(target.voters.contains(&l3));
+    c.commit(l3, b"new configuration only");
+}
+
+/// Installing a snapshot drops only the slots it covers: a value accepted
+/// above it is acceptor state a later phase 1 may need, and stays.
+#[test]
+fn a_snapshot_install_keeps_accepted_slots_above_it() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.elect(2_000);
+    let b = c.node(l.0).px.ballot();
+    let f = if l == NodeId(3) { 2 } else { 3 };
+    c.px(f).step(
+        l,
+        Message::Accept(Accept {
+            ballot: b,
+            entries: vec![normal(b, 50, b"ahead")],
+            commit: LogIndex(0),
+            round: 0,
+        }),
+    );
+    c.px(f).step(
+        l,
+        Message::InstallSnapshot {
+            ballot: b,
+            meta: SnapshotMeta {
+                last_log_id: LogId {
+                    term: b,
+                    index: LogIndex(10),
+                },
+                membership: Membership::default(),
+            },
+        },
+    );
+    let px = &c.node(f).px;
+    assert_eq!(px.commit_index(), LogIndex(10));
+    assert_eq!(px.log_start(), LogIndex(10));
+    assert_eq!(
+        px.entry(LogIndex(50)).map(|e| e.payload.clone()),
+        Some(EntryPayload::Normal(Bytes::from_static(b"ahead")))
+    );
+    let rd = c.px(f).ready();
+    assert_eq!(rd.snapshot.map(|m| m.last_log_id.index), Some(LogIndex(10)));
+    assert!(rd.entries.iter().any(|e| e.index() == LogIndex(50)));
+    assert_eq!(
+        rd.truncate_from, None,
+        "nothing above the snapshot is truncated"
+    );
+}
+
 #[test]
 fn recovery_rejects_impossible_state() {
     let b = ballot(1, NodeId(1));

@@ -10,7 +10,7 @@
 //! matching is switched off: Paxos logs have gaps and per-slot ballots.
 //!
 //! The default run (150 seeds, the same counts as ha-raft's suite, about
-//! 63 s of CPU in a debug build) is sized for CI on two cores. More seeds:
+//! 17 s of CPU in a debug build) is sized for CI on two cores. More seeds:
 //! `HA_PAXOS_SIM_SEEDS=10000 cargo test -p ha-paxos --release --test sim`
 //! (the number is per scenario; `HA_PAXOS_SIM_BASE=n` shifts the seed
 //! range); a failing seed is printed with its trace (`HA_SIM_TRACE_DIR=dir`

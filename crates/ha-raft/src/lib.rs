@@ -19,7 +19,10 @@
 //! - **Durability**: term and vote reach the log store before any message
 //!   that depends on them ([`Ready::persisted_messages`]); a leader counts
 //!   itself toward commit only after its own [`advance`](ha_core::consensus::Consensus::advance);
-//!   only current-term entries are committed by counting.
+//!   only current-term entries are committed by counting. The commit index
+//!   is stored only along with a write the Ready makes anyway (it is
+//!   volatile in Raft and re-learned after a restart), so advancing it never
+//!   costs an fsync of its own.
 //! - **Reads**: ReadIndex on the leader (one heartbeat round confirms
 //!   leadership) and on followers (forwarded to the leader); optional lease
 //!   reads ([`Config::lease_read`], with its clock-drift assumption).

@@ -1540,12 +1540,9 @@ impl Consensus for Raft {
             || self.pending_install.is_some()
             || self.pending_truncate.is_some()
             || self.persist_from <= self.log.last_index()
-            || self.handed_hs
-                != (HardState {
-                    term: self.term,
-                    vote: self.vote,
-                    commit: self.commit,
-                })
+            // A commit-only change needs no Ready of its own (see `ready`).
+            || self.handed_hs.term != self.term
+            || self.handed_hs.vote != self.vote
             || self.commit > self.applied_handed
             || !self.read_states.is_empty()
             || !self.snapshot_sends.is_empty()
@@ -1571,8 +1568,18 @@ impl Consensus for Raft {
             vote: self.vote,
             commit: self.commit,
         };
-        if hs != self.handed_hs {
-            if hs.term != self.handed_hs.term || hs.vote != self.handed_hs.vote {
+        let term_or_vote = hs.term != self.handed_hs.term || hs.vote != self.handed_hs.vote;
+        // The commit index is volatile state in Raft (after a restart it is
+        // re-learned from a quorum), so storing it is only a head start on
+        // re-applying. A commit-only change therefore rides along with a
+        // write this Ready makes anyway and never costs an fsync of its own:
+        // on the leader that removes one fsync from every commit.
+        let writes_anyway = !rd.entries.is_empty()
+            || rd.truncate_from.is_some()
+            || rd.snapshot.is_some()
+            || self.pending_purge.is_some();
+        if hs != self.handed_hs && (term_or_vote || writes_anyway) {
+            if term_or_vote {
                 // Every message may depend on the new term or vote.
                 let mut all = mem::take(&mut rd.messages);
                 all.append(&mut rd.persisted_messages);

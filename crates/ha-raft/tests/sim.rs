@@ -18,7 +18,7 @@
 
 use ha_core::Membership;
 use ha_core::NodeId;
-use ha_core::consensus::{Consensus, Recovered};
+use ha_core::consensus::Recovered;
 use ha_core::testkit::{Harness, NemesisConfig, SimConfig};
 use ha_raft::{Config, Raft};
 

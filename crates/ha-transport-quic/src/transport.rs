@@ -100,6 +100,10 @@ pub mod code {
 
 /// Most bytes taken from a stream per read call.
 const READ_CHUNK_BYTES_MAX: usize = 256 << 10;
+/// Most received segments a stream reader takes per read call (one call,
+/// one lock of the connection, instead of one per segment; each segment is
+/// at most one UDP datagram's worth of stream data).
+const READ_CHUNKS_PER_CALL: usize = 32;
 /// Payloads up to this size are copied into the batch buffer; larger ones
 /// are written as their own chunk without a copy.
 const INLINE_PAYLOAD_BYTES_MAX: usize = 4 << 10;
@@ -1447,6 +1451,7 @@ async fn read_stream(shared: Arc<Shared>, conn: Connection, peer: NodeId, mut re
     };
     let decoder = FrameDecoder::for_stream(pre.kind, shared.config.max_frame_bytes);
     let mut rbuf = RecvBuffers::new();
+    let mut chunks: [Bytes; READ_CHUNKS_PER_CALL] = Default::default();
     // Delivered but not yet counted (counted once per read, not per frame).
     let (mut frames, mut bytes) = (0u64, 0u64);
     let count = |frames: &mut u64, bytes: &mut u64| {
@@ -1454,8 +1459,13 @@ async fn read_stream(shared: Arc<Shared>, conn: Connection, peer: NodeId, mut re
         shared.count(|c| &c.bytes_received, std::mem::take(bytes));
     };
     loop {
-        match recv.read_chunk(READ_CHUNK_BYTES_MAX, true).await {
-            Ok(Some(chunk)) => rbuf.append(&chunk.bytes),
+        match recv.read_chunks(&mut chunks).await {
+            Ok(Some(n)) => {
+                for c in &mut chunks[..n] {
+                    // Taken, so quinn's receive buffer is released now.
+                    rbuf.append(&std::mem::take(c));
+                }
+            }
             Ok(None) => {
                 if let Err(e) = decoder.finish(&rbuf.buf) {
                     frame_error(&shared, peer, &mut recv, &e);

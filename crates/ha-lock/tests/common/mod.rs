@@ -171,7 +171,8 @@ pub fn command() -> impl Strategy<Value = Command> {
 /// The reference model: a full copy of the key space per revision.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
-    /// `revs[r]` = key space at revision r (revs[0] empty).
+    /// `revs[r]` = key space at revision r (revs[0] and revs[1] empty: a
+    /// fresh store is at revision 1, as etcd).
     pub revs: Vec<BTreeMap<Bytes, KeyValue>>,
     pub compact: i64,
     /// lease id -> (ttl, remaining)
@@ -388,7 +389,7 @@ fn dup_check(ops: &[RequestOp]) -> Result<Writes, LockError> {
 impl Model {
     pub fn new() -> Self {
         Model {
-            revs: vec![BTreeMap::new()],
+            revs: vec![BTreeMap::new(), BTreeMap::new()],
             ..Default::default()
         }
     }
