@@ -222,6 +222,11 @@ impl<S: StateMachine> ClusterMachine<S> {
             Err(e) => return MetaResponse::Refused(format!("undecodable meta command: {e}")),
         };
         let t = &mut self.table;
+        if !t.initialized && !matches!(cmd, MetaCommand::Bootstrap { .. }) {
+            return MetaResponse::Refused(
+                "the member table is not bootstrapped yet; retry shortly".into(),
+            );
+        }
         let result: Result<(), String> = match cmd {
             MetaCommand::Bootstrap {
                 cluster_id,
@@ -443,6 +448,17 @@ mod tests {
             .apply(LogId::new(1, 1), Applied::Command(&boot.encode_entry()))
             .unwrap();
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn changes_before_bootstrap_are_refused() {
+        let mut m = machine();
+        assert!(matches!(
+            meta(&mut m, 1, MetaCommand::AddMember(member(2, "x", "https://x:1"))),
+            MetaResponse::Refused(e) if e.contains("not bootstrapped")
+        ));
+        assert!(!m.table().initialized);
+        assert!(m.table().members.is_empty());
     }
 
     #[test]

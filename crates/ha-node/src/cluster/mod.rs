@@ -992,6 +992,16 @@ impl<S: StateMachine> NodeHandle<S> {
         Err(last)
     }
 
+    fn require_bootstrapped(&self) -> Result<(), NodeError> {
+        if self.local_members().initialized {
+            Ok(())
+        } else {
+            Err(NodeError::Unavailable(
+                "the member table is not bootstrapped yet; retry shortly".into(),
+            ))
+        }
+    }
+
     async fn require_leader(&self) -> Result<(), NodeError> {
         let st = self.shared.replica.status().await?;
         if st.protocol.role == Role::Leader {
@@ -1030,6 +1040,7 @@ impl<S: StateMachine> NodeHandle<S> {
             } => {
                 check_peer_urls(&peer_urls)?;
                 self.require_leader().await?;
+                self.require_bootstrapped()?;
                 let id = ids::added_member_id(&self.shared.token, &peer_urls);
                 let member = Member {
                     id: id.0,
