@@ -521,24 +521,33 @@ impl<S: StateMachine> Node<S> {
         let machine = ClusterMachine::new(app, Arc::new(view_tx));
 
         let replica = match cfg.consensus {
-            ConsensusKind::Raft => start_raft(
+            #[cfg(feature = "raft")]
+            ConsensusKind::Raft => start_replica(
                 &cfg,
-                recovered,
-                bootstrap,
+                raft_protocol(&cfg, recovered, bootstrap)?,
                 dyn_store,
                 machine,
                 &transport,
                 bound.inbound,
             )?,
-            ConsensusKind::Paxos => start_paxos(
+            #[cfg(feature = "paxos")]
+            ConsensusKind::Paxos => start_replica(
                 &cfg,
-                recovered,
-                bootstrap,
+                paxos_protocol(&cfg, recovered, bootstrap)?,
                 dyn_store,
                 machine,
                 &transport,
                 bound.inbound,
             )?,
+            // Config validation refuses protocols that are not compiled in;
+            // this arm only keeps the match total in single-protocol builds.
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(NodeError::Start(format!(
+                    "--consensus {0}: this binary was built without the {0} feature",
+                    other.name()
+                )));
+            }
         };
 
         let shared = Arc::new(Shared {
@@ -643,119 +652,90 @@ impl<S: StateMachine> Node<S> {
     }
 }
 
-#[cfg(feature = "raft")]
-fn start_raft<S: StateMachine>(
+/// Starts the driver over `consensus`, whichever protocol it is.
+fn start_replica<S: StateMachine, C: ha_core::consensus::Consensus>(
     cfg: &NodeConfig,
-    recovered: ha_core::consensus::Recovered,
-    bootstrap: Membership,
+    consensus: C,
     store: Arc<dyn LogStore>,
     machine: ClusterMachine<S>,
     transport: &Arc<QuicTransport>,
     inbound: tokio::sync::mpsc::Receiver<ha_core::transport::Inbound>,
 ) -> Result<Replica<ClusterMachine<S>>, NodeError> {
+    Replica::start(
+        cfg.replica.clone(),
+        consensus,
+        store,
+        machine,
+        Arc::clone(transport) as Arc<dyn ha_core::transport::Transport>,
+        inbound,
+    )
+    .map_err(|e| NodeError::Start(format!("replica: {e}")))
+}
+
+/// The largest proposal the protocol must accept: the driver's limit plus
+/// the request tag, never below the protocol's own default.
+fn protocol_max_proposal_bytes(cfg: &NodeConfig, protocol_default: usize) -> usize {
+    cfg.replica
+        .max_proposal_bytes
+        .saturating_add(PROPOSAL_OVERHEAD_BYTES)
+        .max(protocol_default)
+}
+
+#[cfg(feature = "raft")]
+fn raft_protocol(
+    cfg: &NodeConfig,
+    recovered: ha_core::consensus::Recovered,
+    bootstrap: Membership,
+) -> Result<ha_raft::Raft, NodeError> {
     let rc = ha_raft::Config {
         election_timeout_min_ms: cfg.election_timeout_ms,
         election_timeout_max_ms: cfg.election_timeout_ms.saturating_mul(2),
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         append_retransmit_ms: cfg.heartbeat_interval_ms.saturating_mul(5).max(500),
-        max_proposal_bytes: cfg
-            .replica
-            .max_proposal_bytes
-            .saturating_add(PROPOSAL_OVERHEAD_BYTES)
-            .max(ha_raft::Config::default().max_proposal_bytes),
+        max_proposal_bytes: protocol_max_proposal_bytes(
+            cfg,
+            ha_raft::Config::default().max_proposal_bytes,
+        ),
         ..ha_raft::Config::default()
     };
-    let raft = ha_raft::Raft::new(
+    ha_raft::Raft::new(
         cfg.member_id,
         rc,
         recovered,
         bootstrap,
         random_seed(cfg.member_id),
     )
-    .map_err(|e| NodeError::Start(format!("raft: {e}")))?;
-    Replica::start(
-        cfg.replica.clone(),
-        raft,
-        store,
-        machine,
-        Arc::clone(transport) as Arc<dyn ha_core::transport::Transport>,
-        inbound,
-    )
-    .map_err(|e| NodeError::Start(format!("replica: {e}")))
+    .map_err(|e| NodeError::Start(format!("raft: {e}")))
 }
 
-#[cfg(not(feature = "raft"))]
-fn start_raft<S: StateMachine>(
-    _cfg: &NodeConfig,
-    _recovered: ha_core::consensus::Recovered,
-    _bootstrap: Membership,
-    _store: Arc<dyn LogStore>,
-    _machine: ClusterMachine<S>,
-    _transport: &Arc<QuicTransport>,
-    _inbound: tokio::sync::mpsc::Receiver<ha_core::transport::Inbound>,
-) -> Result<Replica<ClusterMachine<S>>, NodeError> {
-    Err(NodeError::Start(
-        "--consensus raft: this binary was built without the raft feature".into(),
-    ))
-}
-
+/// Multi-Paxos with the same knobs as Raft: the leader-failure timeout is
+/// the election timeout, and phase 1 is retried after one more of it.
 #[cfg(feature = "paxos")]
-fn start_paxos<S: StateMachine>(
+fn paxos_protocol(
     cfg: &NodeConfig,
     recovered: ha_core::consensus::Recovered,
     bootstrap: Membership,
-    store: Arc<dyn LogStore>,
-    machine: ClusterMachine<S>,
-    transport: &Arc<QuicTransport>,
-    inbound: tokio::sync::mpsc::Receiver<ha_core::transport::Inbound>,
-) -> Result<Replica<ClusterMachine<S>>, NodeError> {
-    // The same knobs as Raft: the leader-failure timeout is the election
-    // timeout, phase 1 is retried after one more of it.
+) -> Result<ha_paxos::Paxos, NodeError> {
     let pc = ha_paxos::Config {
         election_timeout_min_ms: cfg.election_timeout_ms,
         election_timeout_max_ms: cfg.election_timeout_ms.saturating_mul(2),
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         accept_retransmit_ms: cfg.heartbeat_interval_ms.saturating_mul(5).max(500),
         prepare_timeout_ms: cfg.election_timeout_ms,
-        max_proposal_bytes: cfg
-            .replica
-            .max_proposal_bytes
-            .saturating_add(PROPOSAL_OVERHEAD_BYTES)
-            .max(ha_paxos::Config::default().max_proposal_bytes),
+        max_proposal_bytes: protocol_max_proposal_bytes(
+            cfg,
+            ha_paxos::Config::default().max_proposal_bytes,
+        ),
         ..ha_paxos::Config::default()
     };
-    let paxos = ha_paxos::Paxos::new(
+    ha_paxos::Paxos::new(
         cfg.member_id,
         pc,
         recovered,
         bootstrap,
         random_seed(cfg.member_id),
     )
-    .map_err(|e| NodeError::Start(format!("paxos: {e}")))?;
-    Replica::start(
-        cfg.replica.clone(),
-        paxos,
-        store,
-        machine,
-        Arc::clone(transport) as Arc<dyn ha_core::transport::Transport>,
-        inbound,
-    )
-    .map_err(|e| NodeError::Start(format!("replica: {e}")))
-}
-
-#[cfg(not(feature = "paxos"))]
-fn start_paxos<S: StateMachine>(
-    _cfg: &NodeConfig,
-    _recovered: ha_core::consensus::Recovered,
-    _bootstrap: Membership,
-    _store: Arc<dyn LogStore>,
-    _machine: ClusterMachine<S>,
-    _transport: &Arc<QuicTransport>,
-    _inbound: tokio::sync::mpsc::Receiver<ha_core::transport::Inbound>,
-) -> Result<Replica<ClusterMachine<S>>, NodeError> {
-    Err(NodeError::Start(
-        "--consensus paxos: this binary was built without the paxos feature".into(),
-    ))
+    .map_err(|e| NodeError::Start(format!("paxos: {e}")))
 }
 
 /// Whether a forward failed before the request could have been applied.
