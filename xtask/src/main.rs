@@ -632,6 +632,11 @@ fn chaos_scenario() -> Result<()> {
         return Ok(());
     };
     let out = target_dir()?.join("ha-chaos-test");
+    // A fresh directory each run: certificates left by an earlier run name
+    // member ids of another cluster token and would be refused.
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("cannot clear {}", out.display()))?;
+    }
     let mut pass = ha_chaos(false)?;
     pass.args([
         "chaos",
