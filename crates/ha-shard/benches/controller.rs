@@ -1,0 +1,73 @@
+//! Controller planning cost at 1,000 shards × 100 members (R = 3):
+//! a quiet map, the re-target after a member dies (an ha-ring rebalance),
+//! and the first move batch after it; plus key routing.
+
+use std::collections::BTreeSet;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use ha_ring::{Cluster, NodeSpec};
+use ha_shard::controller::{ClusterView, Controller, ControllerConfig, MemberStatus};
+use ha_shard::map::ShardMap;
+
+const SHARDS: u64 = 1000;
+const MEMBERS: u64 = 100;
+
+fn view(now_ms: u64, dead: Option<u64>) -> ClusterView {
+    ClusterView {
+        now_ms,
+        observing_since_ms: 0,
+        members: (1..=MEMBERS)
+            .map(|i| MemberStatus {
+                spec: NodeSpec::new(i).zone(["a", "b", "c"][(i % 3) as usize]),
+                last_heard_ms: Some(if Some(i) == dead { 0 } else { now_ms }),
+            })
+            .collect(),
+        caught_up: BTreeSet::new(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let cluster = Cluster::new(
+        (1..=MEMBERS).map(|i| NodeSpec::new(i).zone(["a", "b", "c"][(i % 3) as usize])),
+    )
+    .unwrap();
+    let map = ShardMap::new(SHARDS, 3, &cluster).unwrap();
+    let ctl = Controller::new(ControllerConfig::default()).unwrap();
+    let quiet = view(60_000, None);
+    let one_dead = view(60_000, Some(7));
+    let retarget = ctl.plan(&map, &one_dead).unwrap();
+    assert_eq!(retarget.steps.len(), 1);
+    let mut moved = map.clone();
+    moved.apply(&retarget.steps[0]).unwrap();
+
+    let mut g = c.benchmark_group("controller_1000x100");
+    g.bench_function("plan_quiet", |b| {
+        b.iter(|| ctl.plan(black_box(&map), black_box(&quiet)).unwrap())
+    });
+    g.bench_function("plan_retarget_after_death", |b| {
+        b.iter(|| ctl.plan(black_box(&map), black_box(&one_dead)).unwrap())
+    });
+    g.bench_function("plan_moves_after_death", |b| {
+        b.iter(|| ctl.plan(black_box(&moved), black_box(&one_dead)).unwrap())
+    });
+    g.bench_function("encode_decode_map", |b| {
+        b.iter(|| ShardMap::decode(&black_box(&map).encode()).unwrap())
+    });
+    g.finish();
+
+    let router = map.router();
+    let keys: Vec<Vec<u8>> = (0..1024)
+        .map(|i| format!("/registry/pods/ns-{i}/pod").into_bytes())
+        .collect();
+    c.bench_function("router_shard_for_key_1000", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            router.shard_for_key(black_box(&keys[i]))
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
