@@ -664,7 +664,9 @@ impl ShardMap {
                 Applied::Changed
             }
         };
-        self.version += 1;
+        if applied == Applied::Changed {
+            self.version += 1;
+        }
         Ok(applied)
     }
 
