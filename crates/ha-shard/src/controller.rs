@@ -544,15 +544,19 @@ fn spread_leaders(
 ) -> Vec<Step> {
     let cap = leader_cap(map, live.len());
     let mut out = Vec::new();
-    // Each round moves one leadership off an over-cap member, so at most
-    // (shards) rounds; the budget usually ends it far sooner.
-    for _ in 0..map.shard_count() {
+    // Members with no chain to an underloaded member (given the shards
+    // still free in this batch).
+    let mut stuck: BTreeSet<NodeId> = BTreeSet::new();
+    // Each round moves one leadership off an over-cap member or marks one
+    // stuck, so at most shards + members rounds; the budget usually ends it
+    // far sooner.
+    for _ in 0..(map.shard_count() as usize + leads.len()) {
         if out.len() >= budget {
             break;
         }
         let Some((&start, _)) = leads
             .iter()
-            .filter(|&(_, &c)| c > cap)
+            .filter(|&(n, &c)| c > cap && !stuck.contains(n))
             .max_by_key(|&(n, &c)| (c, std::cmp::Reverse(*n)))
         else {
             break;
@@ -589,9 +593,8 @@ fn spread_leaders(
             }
         }
         let Some(end) = end else {
-            // No chain from the busiest member; the others may have one,
-            // but they are no busier, so stop here.
-            break;
+            stuck.insert(start);
+            continue;
         };
         let mut path = Vec::new();
         let mut at = end;
