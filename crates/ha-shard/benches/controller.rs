@@ -1,6 +1,7 @@
 //! Controller planning cost at 1,000 shards × 100 members (R = 3):
 //! a quiet map, the re-target after a member dies (an ha-ring rebalance),
-//! and the first move batch after it; plus key routing.
+//! the first move batch after it, leader spreading from a skewed start, and
+//! a map encode + decode; plus key routing.
 
 use std::collections::BTreeSet;
 use std::hint::black_box;
@@ -32,9 +33,28 @@ fn bench(c: &mut Criterion) {
         (1..=MEMBERS).map(|i| NodeSpec::new(i).zone(["a", "b", "c"][(i % 3) as usize])),
     )
     .unwrap();
-    let map = ShardMap::new(SHARDS, 3, &cluster).unwrap();
+    let mut map = ShardMap::new(SHARDS, 3, &cluster).unwrap();
+    // Leaders where the balanced table prefers them (the steady state).
+    let mut skewed = map.clone();
+    for s in map.shards().to_vec() {
+        map.observe_leader(s.id(), Some(s.target()[0])).unwrap();
+        // The lowest id leads: members 1..=3 lead far above the cap.
+        let lowest = *s.voters().iter().next().unwrap();
+        skewed.observe_leader(s.id(), Some(lowest)).unwrap();
+    }
     let ctl = Controller::new(ControllerConfig::default()).unwrap();
     let quiet = view(60_000, None);
+    // Spread the leaders fully first: a quiet map has nothing to do.
+    for _ in 0..1000 {
+        let plan = ctl.plan(&map, &quiet).unwrap();
+        if plan.steps.is_empty() {
+            break;
+        }
+        for step in &plan.steps {
+            map.apply(step).unwrap();
+        }
+    }
+    assert!(ctl.plan(&map, &quiet).unwrap().steps.is_empty());
     let one_dead = view(60_000, Some(7));
     let retarget = ctl.plan(&map, &one_dead).unwrap();
     assert_eq!(retarget.steps.len(), 1);
@@ -50,6 +70,9 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("plan_moves_after_death", |b| {
         b.iter(|| ctl.plan(black_box(&moved), black_box(&one_dead)).unwrap())
+    });
+    g.bench_function("plan_spread_skewed_leaders", |b| {
+        b.iter(|| ctl.plan(black_box(&skewed), black_box(&quiet)).unwrap())
     });
     g.bench_function("encode_decode_map", |b| {
         b.iter(|| ShardMap::decode(&black_box(&map).encode()).unwrap())

@@ -544,6 +544,23 @@ fn spread_leaders(
 ) -> Vec<Step> {
     let cap = leader_cap(map, live.len());
     let mut out = Vec::new();
+    if budget == 0 || leads.values().all(|&c| c <= cap) {
+        return out;
+    }
+    // Edges: a shard led by `a` → each of its live target voters `b`.
+    // Built once; a shard moved in this batch (`used`) is skipped below.
+    let mut edges: BTreeMap<NodeId, Vec<(GroupId, NodeId)>> = BTreeMap::new();
+    for s in map.shards() {
+        let Some(a) = s.leader() else { continue };
+        if !live.contains(&a) {
+            continue;
+        }
+        for &b in s.target() {
+            if b != a && live.contains(&b) && s.voters().contains(&b) {
+                edges.entry(a).or_default().push((s.id(), b));
+            }
+        }
+    }
     // Members with no chain to an underloaded member (given the shards
     // still free in this batch).
     let mut stuck: BTreeSet<NodeId> = BTreeSet::new();
@@ -561,20 +578,6 @@ fn spread_leaders(
         else {
             break;
         };
-        // Edges: a shard led by `a` (not yet moved in this batch) → each of
-        // its live target voters `b`.
-        let mut edges: BTreeMap<NodeId, Vec<(GroupId, NodeId)>> = BTreeMap::new();
-        for s in map.shards() {
-            let Some(a) = s.leader() else { continue };
-            if !live.contains(&a) || used.contains(&s.id()) {
-                continue;
-            }
-            for &b in s.target() {
-                if b != a && live.contains(&b) && s.voters().contains(&b) {
-                    edges.entry(a).or_default().push((s.id(), b));
-                }
-            }
-        }
         // Breadth-first search for the nearest member below the cap.
         let mut parent: BTreeMap<NodeId, (NodeId, GroupId)> = BTreeMap::new();
         let mut queue = VecDeque::from([start]);
@@ -586,7 +589,7 @@ fn spread_leaders(
                 break;
             }
             for &(g, b) in edges.get(&a).map(Vec::as_slice).unwrap_or(&[]) {
-                if seen.insert(b) {
+                if !used.contains(&g) && seen.insert(b) {
                     parent.insert(b, (a, g));
                     queue.push_back(b);
                 }
@@ -603,13 +606,13 @@ fn spread_leaders(
                 break;
             };
             path.push(Step::TransferLeader { shard: g, to: at });
-            used.insert(g);
             at = prev;
         }
         path.reverse();
         if out.len() + path.len() > budget {
             break;
         }
+        used.extend(path.iter().filter_map(Step::shard));
         if let Some(c) = leads.get_mut(&start) {
             *c -= 1;
         }
