@@ -71,6 +71,86 @@
 //! [`controller::MIN_DEAD_AFTER_MS`]`..=`[`controller::MAX_DEAD_AFTER_MS`].
 //! Bad input — bytes, steps, views, configuration — is an error and changes
 //! nothing.
+//!
+//! ## Known limits of this version
+//!
+//! - The target remembers member weights, not zone/rack labels: relabelling
+//!   a live member does not by itself trigger a re-placement (the next
+//!   membership change takes the new labels into account).
+//! - Leader spreading caps each live member at `⌈shards / live members⌉`
+//!   regardless of weight.
+//! - A shard that lost its live majority is reported ([`controller::Note::NoQuorum`])
+//!   but not repaired: that needs an operator-approved forced
+//!   reconfiguration, which this crate does not model.
+//!
+//! ## Next step: hosting many groups in one `ha-node` (design note)
+//!
+//! What the next engineer builds on top of this crate, reusing what exists
+//! (`Replica`, `RocksLogStore`, `QuicTransport`, ha-lock's state machine):
+//!
+//! **Groups.** Group 0 is the metadata group: a Raft group on the first
+//! `min(5, members)` members whose state machine is a [`map::ShardMap`]
+//! (plus the member registry: id, address, weight, zone), applying
+//! [`map::Step`]s that arrive as [`map::Step::encode`] frames. Data shards
+//! `1..=N` are one `Replica` each, state machine = ha-lock's MVCC store, so
+//! revisions are per shard (the response header names the shard).
+//!
+//! **Storage.** One RocksDB per node, as now: `RocksLogStore` already keys
+//! every record by `group id ‖ index` in the `log` and `meta` column
+//! families and shares one writer + one fsync thread across groups, so
+//! group commit amortises fsyncs across shards for free. State-machine data
+//! goes to the `sm` family under `group id (8 bytes, big-endian) ‖ key`.
+//! Dropping a replica (`RemoveReplica` applied for this node): stop the
+//! group, write a `deleting(group)` marker in `meta`, `DeleteRange
+//! [gid, gid+1)` in every family, remove the marker; on start, finish any
+//! marked deletion before opening groups.
+//!
+//! **Transport.** One QUIC endpoint. Every protocol frame becomes
+//! `(GroupId, message)`; the receiver demultiplexes into a bounded inbox
+//! per group (full: drop the newest and count — the protocols tolerate
+//! loss). A frame for a group this node does not host is dropped and
+//! counted unless the map lists this node as a replica of it, in which
+//! case the node creates an empty learner `Replica` and the leader's
+//! snapshot (own stream, as now) fills it.
+//!
+//! **Heartbeat coalescing.** With N shards, per-group heartbeats cost
+//! `N × peers` frames per tick. First version, protocol-agnostic: the node
+//! buffers every group's outgoing messages per peer during a tick and
+//! sends them as one frame `Vec<(GroupId, message)>` (bounded by the frame
+//! limit; overflow splits into several frames), so idle groups cost bytes,
+//! not packets or syscalls. Later: a dedicated `Heartbeats { (group, term,
+//! commit) }` message and quiescing idle groups (no heartbeats while every
+//! follower is caught up and nothing is proposed).
+//!
+//! **Ticks.** One timer task ticks every hosted group (a `Vec` of handles),
+//! each group's election timeout randomised from the node seed and the
+//! group id so groups do not elect in lock-step.
+//!
+//! **Controller.** On group 0's leader, every `controller_interval_ms`
+//! (e.g. 500): build a [`ClusterView`] — `last_heard_ms` from the transport
+//! (any frame from a peer counts), `observing_since_ms` = when it became
+//! leader, `caught_up` from small `ShardReport { group, leader, learners
+//! caught up }` messages that shard leaders piggyback on the coalesced
+//! frames (caught up = snapshot installed and match index within a named
+//! lag bound of the commit index) — then carry out [`Controller::plan`]'s
+//! steps in order. A membership step goes to the shard's leader as
+//! `change_membership(AddLearner | Promote | Remove)` (redirect on
+//! `NotLeader`); once the shard commits it, the step is proposed to group
+//! 0. A shard that already has the change counts as done (the step is then
+//! [`map::Applied::AlreadyApplied`] or records it); a
+//! [`map::StepError::StaleEpoch`] means "re-plan". `SetTarget` goes straight
+//! to group 0. Metrics: steps by kind and outcome, learners in flight,
+//! shards unsettled, shards without quorum.
+//!
+//! **Routing.** A request's keys go through [`Router`]: one shard → that
+//! shard's leader (local or forwarded by leader hint); a transaction whose
+//! keys span shards → [`router::CrossShard`] as a `FAILED_PRECONDITION`;
+//! a range → [`Router::shards_for_range`], each shard read with its own
+//! ReadIndex in parallel, merged by key, limit applied after the merge.
+//! Consistency of a multi-shard range: each shard's part is linearizable,
+//! the whole is not an atomic snapshot across shards — say so in the API
+//! docs. With `--shards 1` every request goes to shard 1 and the etcd
+//! semantics are unchanged.
 #![deny(missing_docs)]
 
 pub mod controller;
