@@ -79,8 +79,12 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        Sim::with_members(seed, (1..=5u64).map(NodeSpec::new).collect())
+    }
+
+    fn with_members(seed: u64, specs: Vec<NodeSpec>) -> Sim {
         let mut rng = Rng(seed);
-        let cluster = Cluster::uniform(5).unwrap();
+        let cluster = Cluster::new(specs.clone()).unwrap();
         let config = ControllerConfig {
             dead_after_ms: DEAD_AFTER_MS,
             max_concurrent_moves: 1 + rng.below(4) as usize,
@@ -94,8 +98,8 @@ impl Sim {
             map: ShardMap::new(SHARDS, R, &cluster).unwrap(),
             config,
             ctl: Controller::new(config).unwrap(),
-            specs: (1..=5u64).map(|i| (NodeId(i), NodeSpec::new(i))).collect(),
-            alive: (1..=5u64).map(NodeId).collect(),
+            alive: specs.iter().map(|n| n.id).collect(),
+            specs: specs.into_iter().map(|n| (n.id, n)).collect(),
             heard: BTreeMap::new(),
             observing_since_ms: 0,
             now_ms: 0,
@@ -362,6 +366,39 @@ fn kill_and_rejoin(seed: u64) {
     sim.assert_leaders_spread();
 }
 
+/// Six members in three zones; two fail one after the other. Every shard
+/// keeps one replica per zone throughout (the zone with one member left
+/// carries every shard), and only the failed members' replicas move.
+fn two_failures_with_zones(seed: u64) {
+    let zones = ["a", "a", "b", "b", "c", "c"];
+    let specs = (1..=6u64)
+        .map(|i| NodeSpec::new(i).zone(zones[i as usize - 1]))
+        .collect();
+    let mut sim = Sim::with_members(seed, specs);
+    sim.run_to_quiet();
+    let zone_of = |n: &NodeId| zones[n.0 as usize - 1];
+    for victim in [NodeId(1 + sim.rng.below(2)), NodeId(3 + sim.rng.below(2))] {
+        let held = sim.map.loads()[&victim];
+        sim.alive.remove(&victim);
+        assert_eq!(sim.ring_diff_copies(), held);
+        let adds_before = sim.counts.adds;
+        sim.run_to_quiet();
+        assert_eq!(sim.counts.adds - adds_before, held);
+        for s in sim.map.shards() {
+            let spread: BTreeSet<&str> = s.voters().iter().map(zone_of).collect();
+            assert_eq!(spread.len(), 3, "{s:?}");
+        }
+        sim.assert_leaders_spread();
+    }
+}
+
+#[test]
+fn two_failures_keep_every_shard_in_three_zones() {
+    for seed in 0..8 {
+        two_failures_with_zones(seed);
+    }
+}
+
 fn cases() -> u32 {
     std::env::var("HA_SHARD_SIM_CASES")
         .ok()
@@ -370,7 +407,7 @@ fn cases() -> u32 {
 }
 
 #[test]
-fn one_seed_without_faults_in_the_controller() {
+fn fixed_seed_kill_and_rejoin() {
     kill_and_rejoin(7);
 }
 
