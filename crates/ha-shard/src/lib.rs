@@ -65,7 +65,7 @@
 //!
 //! Every size is a named constant: [`map::MAX_SHARDS`],
 //! [`map::MAX_REPLICATION`], [`map::MAX_SHARD_MEMBERS`],
-//! [`map::MAX_MEMBERS`], [`map::MAX_MAP_BYTES`],
+//! [`map::MAX_MEMBERS`], [`map::MAX_MAP_BYTES`], [`map::MAX_COUNTER`],
 //! [`controller::MAX_CONCURRENT_MOVES`], [`controller::MAX_STEPS_PER_BATCH`],
 //! [`controller::MAX_CAUGHT_UP_REPORTS`], and `dead_after_ms` lies in
 //! [`controller::MIN_DEAD_AFTER_MS`]`..=`[`controller::MAX_DEAD_AFTER_MS`].
@@ -103,7 +103,10 @@
 //! Dropping a replica (`RemoveReplica` applied for this node): stop the
 //! group, write a `deleting(group)` marker in `meta`, `DeleteRange
 //! [gid, gid+1)` in every family, remove the marker; on start, finish any
-//! marked deletion before opening groups.
+//! marked deletion before opening groups, and delete every local group
+//! the map does not list this node as a replica of (it may have been
+//! removed while the node was down). A node that is added back to a shard
+//! always starts that group empty and is filled by the leader's snapshot.
 //!
 //! **Transport.** One QUIC endpoint. Every protocol frame becomes
 //! `(GroupId, message)`; the receiver demultiplexes into a bounded inbox

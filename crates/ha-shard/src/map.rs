@@ -44,6 +44,12 @@ pub const MAX_MAP_BYTES: usize = 4 << 20;
 /// holds this map; data shards are `FIRST_SHARD..FIRST_SHARD + shards`.
 pub const FIRST_SHARD: u64 = 1;
 
+/// Upper bound for the map's counters (version, target epoch, shard
+/// epochs) accepted on decode. Each step adds one, so from any accepted
+/// map another 2^63 steps fit before a counter could overflow (about
+/// 292,000 years at one step per microsecond).
+pub const MAX_COUNTER: u64 = 1 << 63;
+
 /// The schema version of the encoded map and steps (inside the codec frame,
 /// whose own version byte covers the framing).
 pub const SHARD_MAP_SCHEMA: u32 = 1;
@@ -753,6 +759,12 @@ impl ShardMap {
         check_replication(replication)?;
         check_shards(w.shards.len() as u64)?;
         let invalid = ShardMapError::Invalid;
+        if w.version >= MAX_COUNTER || w.target_epoch >= MAX_COUNTER {
+            return Err(invalid(format!(
+                "version {} or target epoch {} is not below {MAX_COUNTER}",
+                w.version, w.target_epoch
+            )));
+        }
         let mut target_members = BTreeMap::new();
         for (n, weight) in w.target_members {
             if target_members.insert(n, weight).is_some() {
@@ -787,8 +799,11 @@ impl ShardMap {
             {
                 return Err(invalid(format!("leader {l:?} of {id:?} is not a voter")));
             }
-            if ws.epoch == 0 {
-                return Err(invalid(format!("{id:?} has epoch 0")));
+            if ws.epoch == 0 || ws.epoch >= MAX_COUNTER {
+                return Err(invalid(format!(
+                    "{id:?} has epoch {}, outside 1..{MAX_COUNTER}",
+                    ws.epoch
+                )));
             }
             check_row(&ws.target, replication, &target_members)
                 .map_err(|e| invalid(format!("target of {id:?}: {e}")))?;
@@ -1024,7 +1039,10 @@ mod tests {
             wire(&|w| w.shards.clear()).unwrap_err(),
             ShardMapError::ShardCount(0)
         );
-        let invalid: [&dyn Fn(&mut WireMap); 7] = [
+        let invalid: [&dyn Fn(&mut WireMap); 10] = [
+            &|w| w.version = MAX_COUNTER,
+            &|w| w.target_epoch = u64::MAX,
+            &|w| w.shards[3].epoch = MAX_COUNTER,
             &|w| w.shards[0].voters.clear(),
             &|w| {
                 let v = w.shards[0].voters[0];

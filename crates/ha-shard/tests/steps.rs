@@ -110,3 +110,26 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Decoders see bytes from disk and network: garbage is an error, never
+    /// a panic, and any single flipped bit of a valid encoding is caught.
+    #[test]
+    fn decoders_reject_garbage_and_bit_flips(
+        garbage in proptest::collection::vec(any::<u8>(), 0..512),
+        bit in any::<usize>(),
+    ) {
+        let _ = ShardMap::decode(&garbage);
+        let _ = Step::decode(&garbage);
+        let map = ShardMap::new(SHARDS, 3, &Cluster::uniform(5).unwrap()).unwrap();
+        let mut bytes = map.encode();
+        let bit = bit % (bytes.len() * 8);
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        prop_assert!(ShardMap::decode(&bytes).is_err());
+        let step = Step::AddLearner { shard: GroupId(2), member: NodeId(4), epoch: 3 };
+        let mut bytes = step.encode();
+        let bit = bit % (bytes.len() * 8);
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        prop_assert!(Step::decode(&bytes).is_err());
+    }
+}
