@@ -534,7 +534,9 @@ fn over_cap(map: &ShardMap, leads: &BTreeMap<NodeId, usize>) -> bool {
 
 /// Leader transfers (at most `budget`) that bring every live member to at
 /// most the cap, each along a shortest chain of shards `u → … → w` where
-/// `w` is below the cap. `leads` and `used` are updated.
+/// `w` is below the cap (carried out from `w`'s end; a chain longer than
+/// the budget left is cut to its last hops). `leads` and `used` are
+/// updated.
 fn spread_leaders(
     map: &ShardMap,
     live: &BTreeSet<NodeId>,
@@ -599,25 +601,32 @@ fn spread_leaders(
             stuck.insert(start);
             continue;
         };
-        let mut path = Vec::new();
+        // Hops from the end back to the start: the last hop (into the
+        // underloaded member) first. Carried out in this order, every
+        // intermediate member goes cap → cap − 1 → cap and never above, so
+        // a batch cut short (budget, controller failover) leaves no new
+        // over-cap member and a shorter chain for the next plan.
+        let mut hops: Vec<(NodeId, GroupId, NodeId)> = Vec::new();
         let mut at = end;
         while at != start {
             let Some(&(prev, g)) = parent.get(&at) else {
                 break;
             };
-            path.push(Step::TransferLeader { shard: g, to: at });
+            hops.push((prev, g, at));
             at = prev;
         }
-        path.reverse();
-        if out.len() + path.len() > budget {
+        let k = hops.len().min(budget - out.len());
+        let Some(&(from, _, _)) = hops[..k].last() else {
             break;
-        }
-        used.extend(path.iter().filter_map(Step::shard));
-        if let Some(c) = leads.get_mut(&start) {
-            *c -= 1;
+        };
+        if let Some(c) = leads.get_mut(&from) {
+            *c = c.saturating_sub(1);
         }
         *leads.entry(end).or_default() += 1;
-        out.extend(path);
+        for &(_, g, to) in &hops[..k] {
+            used.insert(g);
+            out.push(Step::TransferLeader { shard: g, to });
+        }
     }
     out
 }

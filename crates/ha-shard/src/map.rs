@@ -596,64 +596,55 @@ impl ShardMap {
                 member,
                 epoch,
             } => {
-                let s = self.shard_mut(*shard)?;
-                if s.has_replica(*member) {
-                    return Ok(Applied::AlreadyApplied);
-                }
-                check_epoch(s, *epoch)?;
-                if *member == NodeId(0) {
-                    return Err(StepError::ReservedNode);
-                }
-                if s.voters.len() + s.learners.len() >= MAX_SHARD_MEMBERS {
-                    return Err(StepError::TooManyReplicas(*shard));
-                }
-                s.learners.insert(*member);
-                s.epoch += 1;
-                Applied::Changed
+                let (shard, member) = (*shard, *member);
+                let s = self.shard_mut(shard)?;
+                let done = s.has_replica(member);
+                change(s, *epoch, done, |s| {
+                    if member == NodeId(0) {
+                        return Err(StepError::ReservedNode);
+                    }
+                    if s.voters.len() + s.learners.len() >= MAX_SHARD_MEMBERS {
+                        return Err(StepError::TooManyReplicas(shard));
+                    }
+                    s.learners.insert(member);
+                    Ok(())
+                })?
             }
             Step::Promote {
                 shard,
                 member,
                 epoch,
             } => {
-                let s = self.shard_mut(*shard)?;
-                if s.voters.contains(member) {
-                    return Ok(Applied::AlreadyApplied);
-                }
-                check_epoch(s, *epoch)?;
-                if !s.learners.remove(member) {
-                    return Err(StepError::NotALearner {
-                        shard: *shard,
-                        member: *member,
-                    });
-                }
-                s.voters.insert(*member);
-                s.epoch += 1;
-                Applied::Changed
+                let (shard, member) = (*shard, *member);
+                let s = self.shard_mut(shard)?;
+                let done = s.voters.contains(&member);
+                change(s, *epoch, done, |s| {
+                    if !s.learners.remove(&member) {
+                        return Err(StepError::NotALearner { shard, member });
+                    }
+                    s.voters.insert(member);
+                    Ok(())
+                })?
             }
             Step::RemoveReplica {
                 shard,
                 member,
                 epoch,
             } => {
-                let s = self.shard_mut(*shard)?;
-                if !s.has_replica(*member) {
-                    return Ok(Applied::AlreadyApplied);
-                }
-                check_epoch(s, *epoch)?;
-                if s.voters.len() == 1 && s.voters.contains(member) {
-                    return Err(StepError::LastVoter {
-                        shard: *shard,
-                        member: *member,
-                    });
-                }
-                s.voters.remove(member);
-                s.learners.remove(member);
-                if s.leader == Some(*member) {
-                    s.leader = None;
-                }
-                s.epoch += 1;
-                Applied::Changed
+                let (shard, member) = (*shard, *member);
+                let s = self.shard_mut(shard)?;
+                let done = !s.has_replica(member);
+                change(s, *epoch, done, |s| {
+                    if s.voters.len() == 1 && s.voters.contains(&member) {
+                        return Err(StepError::LastVoter { shard, member });
+                    }
+                    s.voters.remove(&member);
+                    s.learners.remove(&member);
+                    if s.leader == Some(member) {
+                        s.leader = None;
+                    }
+                    Ok(())
+                })?
             }
             Step::TransferLeader { shard, to } => {
                 let s = self.shard_mut(*shard)?;
@@ -825,6 +816,24 @@ impl ShardMap {
             shards,
         })
     }
+}
+
+/// The common shape of a membership step: a no-op when its effect is
+/// present (`done`), refused at a stale epoch, otherwise `f` (which checks
+/// before it mutates, so an error changes nothing) and an epoch bump.
+fn change(
+    s: &mut ShardState,
+    epoch: u64,
+    done: bool,
+    f: impl FnOnce(&mut ShardState) -> Result<(), StepError>,
+) -> Result<Applied, StepError> {
+    if done {
+        return Ok(Applied::AlreadyApplied);
+    }
+    check_epoch(s, epoch)?;
+    f(s)?;
+    s.epoch += 1;
+    Ok(Applied::Changed)
 }
 
 fn check_epoch(s: &ShardState, epoch: u64) -> Result<(), StepError> {
