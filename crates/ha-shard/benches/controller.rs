@@ -61,6 +61,31 @@ fn bench(c: &mut Criterion) {
     let mut moved = map.clone();
     moved.apply(&retarget.steps[0]).unwrap();
 
+    // Fairness and movement, printed with the timings.
+    let loads = map.loads();
+    let mean = (SHARDS * 3) as f64 / MEMBERS as f64;
+    let peak = *loads.values().max().unwrap() as f64;
+    let leads = map.leader_loads();
+    let dead_load = map.loads()[&ha_core::NodeId(7)];
+    let ha_shard::map::Step::SetTarget { rows, .. } = &retarget.steps[0] else {
+        unreachable!("a death is re-planned as one SetTarget")
+    };
+    let changed: usize = map
+        .shards()
+        .iter()
+        .zip(rows)
+        .map(|(s, row)| row.iter().filter(|n| !s.target().contains(n)).count())
+        .sum();
+    eprintln!(
+        "fairness {SHARDS} shards x R=3 on {MEMBERS} members: replicas peak/mean {:.3} \
+         ({peak} / {mean:.1}); leaders max {} min {} (cap {}); member 7 dies: \
+         {changed} replicas re-placed for the {dead_load} it held",
+        peak / mean,
+        leads.values().max().unwrap(),
+        leads.values().min().unwrap(),
+        SHARDS.div_ceil(MEMBERS),
+    );
+
     let mut g = c.benchmark_group("controller_1000x100");
     g.bench_function("plan_quiet", |b| {
         b.iter(|| ctl.plan(black_box(&map), black_box(&quiet)).unwrap())
