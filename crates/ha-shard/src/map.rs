@@ -836,6 +836,60 @@ fn change(
     Ok(Applied::Changed)
 }
 
+/// A table for operators (`ha-node ctl shards`): one line per shard with
+/// its epoch, leader, voters, learners (moves in progress) and the target
+/// when the shard is not there yet (`=` when it is).
+///
+/// ```text
+/// shard  epoch  leader  voters                  learners        target
+/// g1     3      n2      n1 n2 n4                n5              n2 n4 n5
+/// ```
+impl std::fmt::Display for ShardMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn ids<'a>(set: impl Iterator<Item = &'a NodeId>) -> String {
+            let v: Vec<String> = set.map(|n| format!("{n:?}")).collect();
+            if v.is_empty() {
+                "-".into()
+            } else {
+                v.join(" ")
+            }
+        }
+        writeln!(
+            f,
+            "map v{} · {} shards · R={} · target epoch {} · {} unsettled",
+            self.version,
+            self.shards.len(),
+            self.replication,
+            self.target_epoch,
+            self.unsettled().count()
+        )?;
+        writeln!(
+            f,
+            "{:<7}{:<7}{:<8}{:<24}{:<16}target",
+            "shard", "epoch", "leader", "voters", "learners"
+        )?;
+        for s in &self.shards {
+            let leader = s.leader.map_or("-".to_string(), |l| format!("{l:?}"));
+            let target = if s.is_settled() {
+                "=".to_string()
+            } else {
+                ids(s.target.iter())
+            };
+            writeln!(
+                f,
+                "{:<7}{:<7}{:<8}{:<24}{:<16}{}",
+                format!("{:?}", s.id),
+                s.epoch,
+                leader,
+                ids(s.voters.iter()),
+                ids(s.learners.iter()),
+                target
+            )?;
+        }
+        Ok(())
+    }
+}
+
 fn check_epoch(s: &ShardState, epoch: u64) -> Result<(), StepError> {
     if s.epoch == epoch {
         Ok(())
@@ -1069,6 +1123,28 @@ mod tests {
         for f in invalid {
             assert!(matches!(wire(f), Err(ShardMapError::Invalid(_))));
         }
+    }
+
+    #[test]
+    fn display_shows_moves_in_progress() {
+        let mut m = map();
+        let g = GroupId(2);
+        let s = m.shard(g).unwrap().clone();
+        let outsider = (1..=5).map(NodeId).find(|n| !s.has_replica(*n)).unwrap();
+        m.apply(&Step::AddLearner {
+            shard: g,
+            member: outsider,
+            epoch: 1,
+        })
+        .unwrap();
+        let text = m.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2 + 16);
+        assert!(lines[0].contains("16 shards") && lines[0].contains("1 unsettled"));
+        let row = lines[3];
+        assert!(row.starts_with("g2 "), "{row}");
+        assert!(row.contains(&format!("{outsider:?}")), "{row}");
+        assert!(lines[2].starts_with("g1 ") && lines[2].ends_with('='));
     }
 
     #[test]
