@@ -19,9 +19,9 @@ fn view(now_ms: u64, dead: Option<u64>) -> ClusterView {
         now_ms,
         observing_since_ms: 0,
         members: (1..=MEMBERS)
-            .map(|i| MemberStatus {
-                spec: NodeSpec::new(i).zone(["a", "b", "c"][(i % 3) as usize]),
-                last_heard_ms: Some(if Some(i) == dead { 0 } else { now_ms }),
+            .map(|i| {
+                let spec = NodeSpec::new(i).zone(["a", "b", "c"][(i % 3) as usize]);
+                MemberStatus::heard(spec, 0, if Some(i) == dead { 0 } else { now_ms })
             })
             .collect(),
         caught_up: BTreeSet::new(),

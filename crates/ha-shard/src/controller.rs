@@ -15,9 +15,11 @@
 //!    controller started observing at the latest, so a fresh leader gives
 //!    everyone a full grace period. A member the target does not count
 //!    (new, or declared dead earlier) becomes live only on positive
-//!    evidence: heard by this controller within `dead_after_ms`. The
-//!    declaration itself is replicated (the target's member list), so a
-//!    controller failover never resurrects a dead member.
+//!    evidence: heard by this controller without a gap for at least
+//!    `join_after_ms` and within `dead_after_ms` — so a flapping member
+//!    does not pull replicas back and forth. The declaration itself is
+//!    replicated (the target's member list), so a controller failover
+//!    never resurrects a dead member.
 //! 2. **Target.** If the live members (with weights) differ from the ones
 //!    the target was balanced for, the plan is a single [`Step::SetTarget`]:
 //!    ha-ring's [`ShardTable::rebalance`] of the stored target onto the live
@@ -58,6 +60,9 @@ pub const DEFAULT_DEAD_AFTER_MS: u64 = 30_000;
 pub const MIN_DEAD_AFTER_MS: u64 = 100;
 /// Longest accepted `dead_after_ms` (one week).
 pub const MAX_DEAD_AFTER_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Default time a member outside the target must be heard without a gap
+/// before it receives replicas (`--join-after`).
+pub const DEFAULT_JOIN_AFTER_MS: u64 = 10_000;
 /// Default learners catching up at once, cluster-wide.
 pub const DEFAULT_MAX_CONCURRENT_MOVES: usize = 4;
 /// Upper bound for `max_concurrent_moves` (each move streams a snapshot).
@@ -77,6 +82,10 @@ pub struct ControllerConfig {
     /// Time without a heartbeat after which a member counts as dead and its
     /// replicas are rebuilt elsewhere (`MIN_DEAD_AFTER_MS..=MAX_DEAD_AFTER_MS`).
     pub dead_after_ms: u64,
+    /// Time a member outside the target (new, or declared dead before) must
+    /// be heard without a gap before it counts as live
+    /// (`0..=MAX_DEAD_AFTER_MS`): damps flapping members.
+    pub join_after_ms: u64,
     /// Most learners catching up at the same time, cluster-wide
     /// (`1..=MAX_CONCURRENT_MOVES`): bounds snapshot traffic.
     pub max_concurrent_moves: usize,
@@ -91,6 +100,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
             dead_after_ms: DEFAULT_DEAD_AFTER_MS,
+            join_after_ms: DEFAULT_JOIN_AFTER_MS,
             max_concurrent_moves: DEFAULT_MAX_CONCURRENT_MOVES,
             max_steps_per_batch: DEFAULT_MAX_STEPS_PER_BATCH,
             max_leader_transfers_per_batch: DEFAULT_MAX_LEADER_TRANSFERS_PER_BATCH,
@@ -113,6 +123,9 @@ impl ControllerConfig {
                 MIN_DEAD_AFTER_MS,
                 MAX_DEAD_AFTER_MS,
             );
+        }
+        if self.join_after_ms > MAX_DEAD_AFTER_MS {
+            return bad("join_after_ms", self.join_after_ms, 0, MAX_DEAD_AFTER_MS);
         }
         if !(1..=MAX_CONCURRENT_MOVES).contains(&self.max_concurrent_moves) {
             return bad(
@@ -176,6 +189,30 @@ pub struct MemberStatus {
     /// When this controller last heard from the member (its own monotonic
     /// clock, ms); `None` if not yet.
     pub last_heard_ms: Option<u64>,
+    /// Start of the member's current unbroken run of heartbeats as this
+    /// controller saw it (reset when a gap longer than the heartbeat
+    /// interval occurs); `None` if not heard.
+    pub up_since_ms: Option<u64>,
+}
+
+impl MemberStatus {
+    /// A member not heard from (yet).
+    pub fn unheard(spec: NodeSpec) -> Self {
+        Self {
+            spec,
+            last_heard_ms: None,
+            up_since_ms: None,
+        }
+    }
+
+    /// A member heard without a gap from `up_since_ms` to `last_heard_ms`.
+    pub fn heard(spec: NodeSpec, up_since_ms: u64, last_heard_ms: u64) -> Self {
+        Self {
+            spec,
+            last_heard_ms: Some(last_heard_ms),
+            up_since_ms: Some(up_since_ms),
+        }
+    }
 }
 
 /// Everything the controller observed (not replicated).
@@ -246,10 +283,7 @@ pub struct Plan {
 ///     now_ms: 5_000,
 ///     observing_since_ms: 0,
 ///     members: (1..=4u64)
-///         .map(|i| MemberStatus {
-///             spec: NodeSpec::new(i),
-///             last_heard_ms: Some(if i == 4 { 0 } else { 5_000 }),
-///         })
+///         .map(|i| MemberStatus::heard(NodeSpec::new(i), 0, if i == 4 { 0 } else { 5_000 }))
 ///         .collect(),
 ///     caught_up: BTreeSet::new(),
 /// };
@@ -309,8 +343,11 @@ impl Controller {
             let alive = if map.target_members().contains_key(&m.spec.id) {
                 within(m.last_heard_ms.unwrap_or(0).max(view.observing_since_ms))
             } else {
-                m.last_heard_ms
-                    .is_some_and(|t| t >= view.observing_since_ms && within(t))
+                let steady = m.up_since_ms.is_some_and(|up| {
+                    up >= view.observing_since_ms
+                        && view.now_ms.saturating_sub(up) >= self.config.join_after_ms
+                });
+                steady && m.last_heard_ms.is_some_and(within)
             };
             if alive {
                 live.insert(m.spec.id, &m.spec);
@@ -645,6 +682,7 @@ mod tests {
                 .map(|&(id, last)| MemberStatus {
                     spec: NodeSpec::new(id),
                     last_heard_ms: last,
+                    up_since_ms: last.map(|_| 0),
                 })
                 .collect(),
             caught_up: BTreeSet::new(),
@@ -654,6 +692,7 @@ mod tests {
     fn ctl() -> Controller {
         Controller::new(ControllerConfig {
             dead_after_ms: 1000,
+            join_after_ms: 0,
             ..ControllerConfig::default()
         })
         .unwrap()
@@ -709,14 +748,14 @@ mod tests {
         let mut v2 = v.clone();
         v2.now_ms = 2001;
         v2.observing_since_ms = 1500; // a new controller: grace for 3 and 4
-        v2.members[4].last_heard_ms = Some(1990);
+        v2.members[4] = MemberStatus::heard(NodeSpec::new(9), 1500, 1990);
         let live = c.live_members(&map, &v2).unwrap();
         assert_eq!(
             live.keys().map(|n| n.0).collect::<Vec<_>>(),
             [1, 2, 3, 4, 9]
         );
         // Heard before this controller started: no evidence for a newcomer.
-        v2.members[4].last_heard_ms = Some(1400);
+        v2.members[4] = MemberStatus::heard(NodeSpec::new(9), 1400, 1400);
         assert!(!c.live_members(&map, &v2).unwrap().contains_key(&NodeId(9)));
         let mut dup = v.clone();
         dup.members.push(dup.members[0].clone());
@@ -724,6 +763,48 @@ mod tests {
             c.plan(&map, &dup).unwrap_err(),
             ControllerError::DuplicateMember(NodeId(1))
         );
+    }
+
+    #[test]
+    fn a_member_outside_the_target_joins_only_after_steady_heartbeats() {
+        let map = ShardMap::new(4, 3, &Cluster::uniform(4).unwrap()).unwrap();
+        let c = Controller::new(ControllerConfig {
+            dead_after_ms: 1000,
+            join_after_ms: 5000,
+            ..ControllerConfig::default()
+        })
+        .unwrap();
+        let view_with = |five: MemberStatus| ClusterView {
+            now_ms: 20_000,
+            observing_since_ms: 0,
+            members: (1..=4u64)
+                .map(|i| MemberStatus::heard(NodeSpec::new(i), 0, 20_000))
+                .chain([five])
+                .collect(),
+            caught_up: BTreeSet::new(),
+        };
+        let spec = NodeSpec::new(5);
+        let cases = [
+            (MemberStatus::unheard(spec.clone()), false),
+            // Up for 4.9 s: not yet.
+            (MemberStatus::heard(spec.clone(), 15_100, 20_000), false),
+            // Up for 5 s: joins, and the plan re-targets onto it.
+            (MemberStatus::heard(spec.clone(), 15_000, 20_000), true),
+            // Up long ago but silent for dead_after since: not live.
+            (MemberStatus::heard(spec.clone(), 0, 19_000), false),
+        ];
+        for (five, live) in cases {
+            let v = view_with(five.clone());
+            let plan = c.plan(&map, &v).unwrap();
+            assert_eq!(plan.live.contains(&NodeId(5)), live, "{five:?}");
+            let retarget = matches!(plan.steps.first(), Some(Step::SetTarget { .. }));
+            assert_eq!(retarget, live, "{five:?}: {:?}", plan.steps);
+        }
+        let bad = ControllerConfig {
+            join_after_ms: MAX_DEAD_AFTER_MS + 1,
+            ..ControllerConfig::default()
+        };
+        assert!(Controller::new(bad).is_err());
     }
 
     #[test]

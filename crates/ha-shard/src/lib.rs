@@ -38,14 +38,14 @@
 //! let mut map = ShardMap::new(16, 3, &Cluster::uniform(5)?)?;
 //! let ctl = Controller::new(ControllerConfig { dead_after_ms: 3_000, ..Default::default() })?;
 //! let mut view = ClusterView {
-//!     members: (1..=5u64).map(|i| MemberStatus { spec: NodeSpec::new(i), last_heard_ms: None }).collect(),
+//!     members: (1..=5u64).map(|i| MemberStatus::unheard(NodeSpec::new(i))).collect(),
 //!     ..Default::default()
 //! };
 //! // Member 5 goes silent at t = 0; the others keep heartbeating.
 //! for t in (0..=60_000u64).step_by(100) {
 //!     view.now_ms = t;
-//!     for m in &mut view.members[..4] {
-//!         m.last_heard_ms = Some(t);
+//!     for (i, m) in view.members[..4].iter_mut().enumerate() {
+//!         *m = MemberStatus::heard(NodeSpec::new(i as u64 + 1), 0, t);
 //!     }
 //!     // Learners catch up at once in this example.
 //!     view.caught_up = map.shards().iter()
@@ -130,8 +130,9 @@
 //! group id so groups do not elect in lock-step.
 //!
 //! **Controller.** On group 0's leader, every `controller_interval_ms`
-//! (e.g. 500): build a [`ClusterView`] — `last_heard_ms` from the transport
-//! (any frame from a peer counts), `observing_since_ms` = when it became
+//! (e.g. 500): build a [`ClusterView`] — `last_heard_ms` and
+//! `up_since_ms` from the transport (any frame from a peer counts; a gap
+//! longer than two heartbeat intervals restarts `up_since_ms`), `observing_since_ms` = when it became
 //! leader, `caught_up` from small `ShardReport { group, leader, learners
 //! caught up }` messages that shard leaders piggyback on the coalesced
 //! frames (caught up = snapshot installed and match index within a named

@@ -21,6 +21,7 @@ use proptest::prelude::*;
 
 const TICK_MS: u64 = 100;
 const DEAD_AFTER_MS: u64 = 3_000;
+const JOIN_AFTER_MS: u64 = 1_000;
 const SHARDS: u64 = 16;
 const R: usize = 3;
 /// Virtual time one phase may take before the test fails.
@@ -60,6 +61,8 @@ struct Sim {
     alive: BTreeSet<NodeId>,
     /// Last heard, as the current controller incarnation saw it.
     heard: BTreeMap<NodeId, u64>,
+    /// Start of each member's unbroken heartbeat run, same incarnation.
+    up_since: BTreeMap<NodeId, u64>,
     observing_since_ms: u64,
     now_ms: u64,
     added_at: BTreeMap<(GroupId, NodeId), u64>,
@@ -83,6 +86,7 @@ impl Sim {
         let cluster = Cluster::new(specs.clone()).unwrap();
         let config = ControllerConfig {
             dead_after_ms: DEAD_AFTER_MS,
+            join_after_ms: JOIN_AFTER_MS,
             max_concurrent_moves: 1 + rng.below(4) as usize,
             max_steps_per_batch: 4 + rng.below(60) as usize,
             max_leader_transfers_per_batch: 1 + rng.below(4) as usize,
@@ -97,6 +101,7 @@ impl Sim {
             alive: specs.iter().map(|n| n.id).collect(),
             specs: specs.into_iter().map(|n| (n.id, n)).collect(),
             heard: BTreeMap::new(),
+            up_since: BTreeMap::new(),
             observing_since_ms: 0,
             now_ms: 0,
             added_at: BTreeMap::new(),
@@ -118,6 +123,7 @@ impl Sim {
         self.map = ShardMap::decode(&self.map.encode()).unwrap();
         self.ctl = Controller::new(self.config).unwrap();
         self.heard.clear();
+        self.up_since.clear();
         self.observing_since_ms = self.now_ms;
     }
 
@@ -149,6 +155,7 @@ impl Sim {
                 .map(|spec| MemberStatus {
                     spec: spec.clone(),
                     last_heard_ms: self.heard.get(&spec.id).copied(),
+                    up_since_ms: self.up_since.get(&spec.id).copied(),
                 })
                 .collect(),
             caught_up,
@@ -227,7 +234,10 @@ impl Sim {
     fn tick(&mut self) -> bool {
         self.now_ms += TICK_MS;
         for &m in &self.alive {
-            self.heard.insert(m, self.now_ms);
+            let prev = self.heard.insert(m, self.now_ms);
+            if prev.is_none_or(|t| self.now_ms - t > TICK_MS) {
+                self.up_since.insert(m, self.now_ms);
+            }
         }
         self.elect();
         if self.restarts < MAX_RESTARTS && self.rng.chance(self.restart_per_mille / 10) {
@@ -247,13 +257,16 @@ impl Sim {
         quiet
     }
 
+    /// The target counts exactly the running members, and every shard is
+    /// on its target with a leader.
     fn settled(&self) -> bool {
-        self.map.shards().iter().all(|s| {
-            s.is_settled()
-                && s.voters().len() == R
-                && s.voters().iter().all(|v| self.alive.contains(v))
-                && s.leader().is_some()
-        })
+        self.map.target_members().keys().eq(self.alive.iter())
+            && self.map.shards().iter().all(|s| {
+                s.is_settled()
+                    && s.voters().len() == R
+                    && s.voters().iter().all(|v| self.alive.contains(v))
+                    && s.leader().is_some()
+            })
     }
 
     /// Runs until the map is settled and the controller has nothing left
