@@ -246,6 +246,20 @@ impl Sim {
         }
         let plan = self.ctl.plan(&self.map, &self.view()).unwrap();
         assert!(plan.steps.len() <= self.config.max_steps_per_batch);
+        // At most one membership change per shard per plan (each one moves
+        // the shard's epoch, so a second would be stale), and a re-target
+        // comes alone.
+        let mut changed: BTreeSet<GroupId> = BTreeSet::new();
+        for step in &plan.steps {
+            match step {
+                Step::SetTarget { .. } => assert_eq!(plan.steps.len(), 1),
+                Step::TransferLeader { .. } => {}
+                other => {
+                    let g = other.shard().unwrap();
+                    assert!(changed.insert(g), "two changes of {g:?}: {:?}", plan.steps);
+                }
+            }
+        }
         let quiet = plan.steps.is_empty();
         for step in &plan.steps {
             if self.restarts < MAX_RESTARTS && self.rng.chance(self.restart_per_mille) {
