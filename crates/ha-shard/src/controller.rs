@@ -429,10 +429,6 @@ impl Controller {
         let mut transferred: BTreeSet<GroupId> = BTreeSet::new();
         let mut move_limited = false;
         for f in &facts {
-            if plan.steps.len() >= self.config.max_steps_per_batch {
-                plan.notes.push(Note::BatchFull);
-                return Ok(plan);
-            }
             if f.s.is_settled() {
                 continue;
             }
@@ -442,6 +438,10 @@ impl Controller {
             }
             let may_add = in_flight < self.config.max_concurrent_moves;
             match self.shard_step(f.s, &live, &view.caught_up, &leads, may_add) {
+                Some(_) if plan.steps.len() >= self.config.max_steps_per_batch => {
+                    plan.notes.push(Note::BatchFull);
+                    return Ok(plan);
+                }
                 Some(step) => {
                     match &step {
                         Step::AddLearner { .. } => in_flight += 1,
@@ -857,6 +857,33 @@ mod tests {
                 .all(|s| !matches!(s, Step::AddLearner { .. }))
         );
         assert_eq!(plan.in_flight, 2);
+    }
+
+    #[test]
+    fn a_full_batch_is_noted_and_bounded() {
+        let mut map = ShardMap::new(64, 3, &Cluster::uniform(5).unwrap()).unwrap();
+        let c = Controller::new(ControllerConfig {
+            dead_after_ms: 1000,
+            max_concurrent_moves: MAX_CONCURRENT_MOVES,
+            max_steps_per_batch: 5,
+            max_leader_transfers_per_batch: 0,
+            ..ControllerConfig::default()
+        })
+        .unwrap();
+        let heard: Vec<(u64, Option<u64>)> = (1..=5)
+            .map(|i| (i, Some(if i == 5 { 0 } else { 9000 })))
+            .collect();
+        let v = view(9000, &heard);
+        let retarget = c.plan(&map, &v).unwrap();
+        map.apply(&retarget.steps[0]).unwrap();
+        let plan = c.plan(&map, &v).unwrap();
+        assert_eq!(plan.steps.len(), 5);
+        assert!(plan.notes.contains(&Note::BatchFull));
+        // Settled map, nothing to do: no note.
+        let quiet = ShardMap::new(64, 3, &Cluster::uniform(5).unwrap()).unwrap();
+        let all: Vec<(u64, Option<u64>)> = (1..=5).map(|i| (i, Some(9000))).collect();
+        let plan = c.plan(&quiet, &view(9000, &all)).unwrap();
+        assert!(plan.steps.is_empty() && plan.notes.is_empty(), "{plan:?}");
     }
 
     #[test]
