@@ -26,6 +26,9 @@
 //! - The controller is a pure function (map, observed liveness and learner
 //!   progress) → bounded batch of steps, so a new metadata leader resumes
 //!   from whatever prefix of the old leader's steps was applied.
+//! - [`meta::MetaMachine`] is the metadata group's `StateMachine`: the map
+//!   plus `Init` / `Step` / `ObserveLeader` commands and chunked snapshots,
+//!   ready for the `Replica` driver.
 //!
 //! ## Example: a member dies, its replicas are rebuilt
 //!
@@ -67,7 +70,7 @@
 //! [`map::MAX_REPLICATION`], [`map::MAX_SHARD_MEMBERS`],
 //! [`map::MAX_MEMBERS`], [`map::MAX_MAP_BYTES`], [`map::MAX_COUNTER`],
 //! [`controller::MAX_CONCURRENT_MOVES`], [`controller::MAX_STEPS_PER_BATCH`],
-//! [`controller::MAX_CAUGHT_UP_REPORTS`], and `dead_after_ms` lies in
+//! [`controller::MAX_CAUGHT_UP_REPORTS`], [`meta::META_SNAPSHOT_CHUNK_BYTES`], and `dead_after_ms` lies in
 //! [`controller::MIN_DEAD_AFTER_MS`]`..=`[`controller::MAX_DEAD_AFTER_MS`].
 //! Bad input — bytes, steps, views, configuration — is an error and changes
 //! nothing.
@@ -89,9 +92,9 @@
 //! (`Replica`, `RocksLogStore`, `QuicTransport`, ha-lock's state machine):
 //!
 //! **Groups.** Group 0 is the metadata group: a Raft group on the first
-//! `min(5, members)` members whose state machine is a [`map::ShardMap`]
-//! (plus the member registry: id, address, weight, zone), applying
-//! [`map::Step`]s that arrive as [`map::Step::encode`] frames. Data shards
+//! `min(5, members)` members whose state machine is [`meta::MetaMachine`]
+//! (to be extended with the member registry: id, address, weight, zone),
+//! applying [`meta::MetaCommand`] frames. Data shards
 //! `1..=N` are one `Replica` each, state machine = ha-lock's MVCC store, so
 //! revisions are per shard (the response header names the shard).
 //!
@@ -159,8 +162,10 @@
 
 pub mod controller;
 pub mod map;
+pub mod meta;
 pub mod router;
 
 pub use controller::{ClusterView, Controller, ControllerConfig, MemberStatus, Plan};
 pub use map::{Applied, ShardMap, ShardState, Step};
+pub use meta::{MetaCommand, MetaMachine, MetaResponse};
 pub use router::{KeyRange, Router};
