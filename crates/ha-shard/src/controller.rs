@@ -823,21 +823,31 @@ mod tests {
         );
     }
 
-    #[test]
-    fn concurrency_bound_limits_learners() {
-        let mut map = ShardMap::new(32, 3, &Cluster::uniform(5).unwrap()).unwrap();
-        let c = Controller::new(ControllerConfig {
-            dead_after_ms: 1000,
-            max_concurrent_moves: 2,
-            ..ControllerConfig::default()
-        })
-        .unwrap();
+    /// `shards` shards on 5 members, member 5 silent long enough to be
+    /// dead, and the re-target that follows already applied.
+    fn member_5_dead(shards: u64, config: ControllerConfig) -> (ShardMap, Controller, ClusterView) {
+        let mut map = ShardMap::new(shards, 3, &Cluster::uniform(5).unwrap()).unwrap();
+        let c = Controller::new(config).unwrap();
         let heard: Vec<(u64, Option<u64>)> = (1..=5)
             .map(|i| (i, Some(if i == 5 { 0 } else { 9000 })))
             .collect();
         let v = view(9000, &heard);
-        let plan = c.plan(&map, &v).unwrap();
-        assert_eq!(map.apply(&plan.steps[0]), Ok(Applied::Changed));
+        let retarget = c.plan(&map, &v).unwrap();
+        assert!(matches!(retarget.steps[..], [Step::SetTarget { .. }]));
+        assert_eq!(map.apply(&retarget.steps[0]), Ok(Applied::Changed));
+        (map, c, v)
+    }
+
+    #[test]
+    fn concurrency_bound_limits_learners() {
+        let (mut map, c, v) = member_5_dead(
+            32,
+            ControllerConfig {
+                dead_after_ms: 1000,
+                max_concurrent_moves: 2,
+                ..ControllerConfig::default()
+            },
+        );
         let plan = c.plan(&map, &v).unwrap();
         let adds = plan
             .steps
@@ -861,21 +871,16 @@ mod tests {
 
     #[test]
     fn a_full_batch_is_noted_and_bounded() {
-        let mut map = ShardMap::new(64, 3, &Cluster::uniform(5).unwrap()).unwrap();
-        let c = Controller::new(ControllerConfig {
-            dead_after_ms: 1000,
-            max_concurrent_moves: MAX_CONCURRENT_MOVES,
-            max_steps_per_batch: 5,
-            max_leader_transfers_per_batch: 0,
-            ..ControllerConfig::default()
-        })
-        .unwrap();
-        let heard: Vec<(u64, Option<u64>)> = (1..=5)
-            .map(|i| (i, Some(if i == 5 { 0 } else { 9000 })))
-            .collect();
-        let v = view(9000, &heard);
-        let retarget = c.plan(&map, &v).unwrap();
-        map.apply(&retarget.steps[0]).unwrap();
+        let (map, c, v) = member_5_dead(
+            64,
+            ControllerConfig {
+                dead_after_ms: 1000,
+                max_concurrent_moves: MAX_CONCURRENT_MOVES,
+                max_steps_per_batch: 5,
+                max_leader_transfers_per_batch: 0,
+                ..ControllerConfig::default()
+            },
+        );
         let plan = c.plan(&map, &v).unwrap();
         assert_eq!(plan.steps.len(), 5);
         assert!(plan.notes.contains(&Note::BatchFull));

@@ -947,48 +947,51 @@ mod tests {
         let g = GroupId(3);
         let s = m.shard(g).unwrap().clone();
         let outsider = (1..=5).map(NodeId).find(|n| !s.has_replica(*n)).unwrap();
-        let add = Step::AddLearner {
-            shard: g,
-            member: outsider,
-            epoch: 1,
-        };
-        assert_eq!(m.apply(&add), Ok(Applied::Changed));
-        let after_add = m.clone();
-        assert_eq!(m.apply(&add), Ok(Applied::AlreadyApplied));
-        assert_eq!(m, after_add);
-        assert!(m.shard(g).unwrap().learners().contains(&outsider));
-        // Promote computed at the old epoch is stale.
-        let stale = Step::Promote {
-            shard: g,
-            member: outsider,
-            epoch: 1,
-        };
-        assert!(matches!(m.apply(&stale), Err(StepError::StaleEpoch { .. })));
-        assert_eq!(m, after_add);
-        let promote = Step::Promote {
-            shard: g,
-            member: outsider,
-            epoch: 2,
-        };
-        assert_eq!(m.apply(&promote), Ok(Applied::Changed));
-        assert_eq!(m.apply(&promote), Ok(Applied::AlreadyApplied));
-        assert_eq!(m.shard(g).unwrap().voters().len(), 4);
         let victim = *s.voters().iter().next().unwrap();
-        let remove = Step::RemoveReplica {
-            shard: g,
-            member: victim,
-            epoch: 3,
+        let step = |kind: u8, member: NodeId, epoch: u64| match kind {
+            0 => Step::AddLearner {
+                shard: g,
+                member,
+                epoch,
+            },
+            1 => Step::Promote {
+                shard: g,
+                member,
+                epoch,
+            },
+            _ => Step::RemoveReplica {
+                shard: g,
+                member,
+                epoch,
+            },
         };
-        assert_eq!(m.apply(&remove), Ok(Applied::Changed));
-        assert_eq!(m.apply(&remove), Ok(Applied::AlreadyApplied));
+        // Each change once, then again (a no-op that changes nothing).
+        let mut after = Vec::new();
+        for (kind, member, epoch) in [(0, outsider, 1), (1, outsider, 2), (2, victim, 3)] {
+            // The same change computed at an older epoch is stale.
+            if epoch > 1 {
+                let before = m.clone();
+                assert!(matches!(
+                    m.apply(&step(kind, member, epoch - 1)),
+                    Err(StepError::StaleEpoch { .. })
+                ));
+                assert_eq!(m, before);
+            }
+            assert_eq!(m.apply(&step(kind, member, epoch)), Ok(Applied::Changed));
+            let once = m.clone();
+            assert_eq!(
+                m.apply(&step(kind, member, epoch)),
+                Ok(Applied::AlreadyApplied)
+            );
+            assert_eq!(m, once);
+            after.push(m.shard(g).unwrap().clone());
+        }
+        assert!(after[0].learners().contains(&outsider));
+        assert!(after[1].voters().contains(&outsider) && after[1].voters().len() == 4);
+        assert!(!after[2].has_replica(victim));
         // Replaying the old AddLearner for the removed node cannot resurrect it.
-        let replay = Step::AddLearner {
-            shard: g,
-            member: victim,
-            epoch: 1,
-        };
         assert!(matches!(
-            m.apply(&replay),
+            m.apply(&step(0, victim, 1)),
             Err(StepError::StaleEpoch { .. })
         ));
         assert_eq!(m.shard(g).unwrap().epoch(), 4);
