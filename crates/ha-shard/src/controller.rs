@@ -343,11 +343,17 @@ impl Controller {
             let alive = if map.target_members().contains_key(&m.spec.id) {
                 within(m.last_heard_ms.unwrap_or(0).max(view.observing_since_ms))
             } else {
-                let steady = m.up_since_ms.is_some_and(|up| {
-                    up >= view.observing_since_ms
-                        && view.now_ms.saturating_sub(up) >= self.config.join_after_ms
-                });
-                steady && m.last_heard_ms.is_some_and(within)
+                // The run of heartbeats actually observed, up_since ..=
+                // last_heard, must span join_after: a run that stopped
+                // early does not count however long ago it began.
+                match (m.up_since_ms, m.last_heard_ms) {
+                    (Some(up), Some(last)) => {
+                        up >= view.observing_since_ms
+                            && last.saturating_sub(up) >= self.config.join_after_ms
+                            && within(last)
+                    }
+                    _ => false,
+                }
             };
             if alive {
                 live.insert(m.spec.id, &m.spec);
@@ -792,6 +798,9 @@ mod tests {
             (MemberStatus::heard(spec.clone(), 15_000, 20_000), true),
             // Up long ago but silent for dead_after since: not live.
             (MemberStatus::heard(spec.clone(), 0, 19_000), false),
+            // A 4 s run that began 5.5 s ago and stopped 1.5 s ago: too
+            // short, however long ago it started.
+            (MemberStatus::heard(spec.clone(), 14_500, 18_500), false),
         ];
         for (five, live) in cases {
             let v = view_with(five.clone());

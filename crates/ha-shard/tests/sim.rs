@@ -425,6 +425,64 @@ fn two_failures_with_zones(seed: u64) {
     }
 }
 
+/// Outages shorter than `dead_after` move nothing; a member declared dead
+/// that comes back only briefly (less than `join_after`) receives nothing;
+/// once it stays up, it gets its share back.
+fn flapping_member(seed: u64) {
+    let mut sim = Sim::new(seed);
+    sim.restart_per_mille = 0; // failover grace would stretch the windows
+    sim.run_to_quiet();
+    let victim = NodeId(1 + sim.rng.below(5));
+    let target = sim.map.target_rows();
+    let adds = sim.counts.adds;
+    let ticks = |ms: u64| ms / TICK_MS;
+    for _ in 0..5 {
+        sim.alive.remove(&victim);
+        for _ in 0..ticks(DEAD_AFTER_MS) - 3 {
+            sim.tick();
+        }
+        sim.alive.insert(victim);
+        for _ in 0..5 {
+            sim.tick();
+        }
+    }
+    assert_eq!(sim.counts.adds, adds, "short outages moved replicas");
+    assert_eq!(sim.map.target_rows(), target);
+
+    // A real death: replaced.
+    sim.alive.remove(&victim);
+    sim.run_to_quiet();
+    assert!(sim.map.shards().iter().all(|s| !s.has_replica(victim)));
+    // Back for less than join_after, then gone again: nothing moves to it.
+    let adds = sim.counts.adds;
+    sim.alive.insert(victim);
+    for _ in 0..ticks(JOIN_AFTER_MS) - 2 {
+        sim.tick();
+    }
+    sim.alive.remove(&victim);
+    for _ in 0..ticks(DEAD_AFTER_MS) * 2 {
+        sim.tick();
+    }
+    assert_eq!(sim.counts.adds, adds, "a flapping member pulled replicas");
+    // Back for good: it gets its share again.
+    sim.alive.insert(victim);
+    sim.run_to_quiet();
+    let loads = sim.map.loads();
+    assert!(loads.get(&victim).copied().unwrap_or(0) >= SHARDS as usize * R / 5);
+    assert!(
+        loads
+            .values()
+            .all(|&l| l <= (SHARDS as usize * R).div_ceil(5))
+    );
+}
+
+#[test]
+fn flapping_members_are_damped() {
+    for seed in 0..4 {
+        flapping_member(seed);
+    }
+}
+
 fn cases() -> u32 {
     std::env::var("HA_SHARD_SIM_CASES")
         .ok()
