@@ -21,10 +21,11 @@
 //!
 //! * **resource**: it accepts a write only with a token at least the
 //!   highest it has seen, and no token is ever used by two clients;
-//! * **grants in token order**: every grant a client learns (from the
-//!   `Lock` command's result or a linearizable read) carries a token
-//!   higher than any earlier grant to another client, and is the owner the
-//!   replicated state names at that point;
+//! * **grants in token order**: grants are linearizable — a grant a client
+//!   learns (from the `Lock` command's result or a `read_index` read)
+//!   carries a token higher than every grant another client had learned
+//!   before this one was asked for, no two clients share a token, and a
+//!   read's grant is the owner the replicated state names;
 //! * **lock service**: along the log, the owner's token never decreases
 //!   and the owner's lease exists; a guarded write (`Compare::is_owner`)
 //!   succeeds only for the owner;
@@ -63,7 +64,7 @@ const KEEPALIVE_EVERY_MS: Millis = 130;
 /// The leader's lease checkpoint interval.
 const CHECKPOINT_EVERY_MS: u64 = 100;
 /// Period of every node's lease loop (`LockNodeConfig::lease_tick_ms`).
-const LEASE_TICK_MS: Millis = 10;
+const LEASE_TICK_MS: Millis = 20;
 /// Granularity of the world: clients act and outputs are read this often.
 const STEP_MS: Millis = 5;
 /// A client request not answered in this time is given up (and retried).
@@ -73,12 +74,12 @@ const POLL_EVERY_MS: Millis = 25;
 /// Longest an owner holds the lock before unlocking.
 const HOLD_MAX_MS: Millis = 80;
 /// Faults happen before this time, then everything heals.
-const CHAOS_MS: Millis = 2_500;
+const CHAOS_MS: Millis = 2_000;
 /// Time after healing to elect a leader and expire leases orphaned by
 /// the faults, before waits are judged.
-const SETTLE_MS: Millis = 1_000;
+const SETTLE_MS: Millis = 800;
 /// Run length after healing.
-const AFTER_HEAL_MS: Millis = 3_000;
+const AFTER_HEAL_MS: Millis = 2_200;
 /// Clients contending for the lock.
 const CLIENTS: usize = 3;
 /// Longest wait for a queued lock after the cluster settled: every waiter
@@ -225,6 +226,16 @@ struct Observed {
     owner_lease_alive: bool,
 }
 
+/// A grant a client learned.
+struct Grant {
+    client: usize,
+    token: i64,
+    /// When the request that told it was sent.
+    asked_ms: Millis,
+    /// When the answer came.
+    learned_ms: Millis,
+}
+
 /// What a world run counted.
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
@@ -249,8 +260,8 @@ struct World<F: ProtocolFactory> {
     next_fault_ms: Millis,
     faults: bool,
     healed_at_ms: Millis,
-    /// Highest token any client learned it was granted, and by whom.
-    granted: Option<(i64, usize)>,
+    /// Every grant a client learned, in the order learned.
+    grants: Vec<Grant>,
     /// The owner after the last index whose first application was checked:
     /// (index, owner token, owner lease).
     log_owner: (LogIndex, i64, i64),
@@ -276,6 +287,7 @@ impl<F: ProtocolFactory> World<F> {
         };
         let cfg = AppClusterConfig {
             snapshot_every_entries: Some(100),
+            tick_interval_ms: 20,
             ..AppClusterConfig::default()
         };
         let mut rng = SimRng::new(seed ^ 0x10c5_0000);
@@ -328,7 +340,7 @@ impl<F: ProtocolFactory> World<F> {
             next_fault_ms: first_fault,
             faults: true,
             healed_at_ms: CHAOS_MS,
-            granted: None,
+            grants: Vec::new(),
             log_owner: (LogIndex(0), 0, 0),
             owner_expired_at_ms: None,
             lock_delay_ms,
@@ -588,8 +600,9 @@ impl<F: ProtocolFactory> World<F> {
                             .iter()
                             .position(|c| c.request.is_some_and(|(n, s, _)| n == node && s == seq))
                     {
+                        let sent_ms = self.clients[c].request.map_or(now, |(_, _, at)| at);
                         self.clients[c].request = None;
-                        self.on_response(c, applied, now)?;
+                        self.on_response(c, applied, sent_ms, now)?;
                     }
                 }
             }
@@ -700,6 +713,7 @@ impl<F: ProtocolFactory> World<F> {
         else {
             return Ok(());
         };
+        let sent_ms = self.clients[c].read.map_or(now, |(_, _, at)| at);
         self.clients[c].read = None;
         let Phase::Waiting { lease, key, .. } = self.clients[c].phase.clone() else {
             return Ok(());
@@ -716,7 +730,7 @@ impl<F: ProtocolFactory> World<F> {
                         l.token
                     )));
                 }
-                self.granted_to(c, lease, key, l.token, now)?;
+                self.granted_to(c, lease, key, l.token, sent_ms, now)?;
             }
             Ok(_) => {}
             Err(_) => self.clients[c].phase = Phase::Idle { next_ms: now },
@@ -730,16 +744,27 @@ impl<F: ProtocolFactory> World<F> {
         lease: i64,
         key: Bytes,
         token: i64,
+        asked_ms: Millis,
         now: Millis,
     ) -> Result<(), String> {
-        if let Some((t, who)) = self.granted
-            && (token < t || (token == t && who != c))
-        {
+        // Grants are linearizable: a grant learned by another client before
+        // this one was even asked for has a lower token; no two clients
+        // ever share a token.
+        if let Some(g) = self.grants.iter().find(|g| {
+            g.client != c && (g.token == token || (g.learned_ms < asked_ms && g.token > token))
+        }) {
             return Err(self.fail(format!(
-                "client {c} was granted token {token} after client {who} was granted {t}"
+                "client {c} asked at t={asked_ms}ms and was granted token {token}, but client {} \
+                 was granted token {} at t={}ms (asked at t={}ms)",
+                g.client, g.token, g.learned_ms, g.asked_ms
             )));
         }
-        self.granted = Some((token, c));
+        self.grants.push(Grant {
+            client: c,
+            token,
+            asked_ms,
+            learned_ms: now,
+        });
         let cl = &mut self.clients[c];
         cl.acquisitions += 1;
         if !self.faults && now >= self.healed_at_ms {
@@ -755,7 +780,13 @@ impl<F: ProtocolFactory> World<F> {
         Ok(())
     }
 
-    fn on_response(&mut self, c: usize, applied: Applied, now: Millis) -> Result<(), String> {
+    fn on_response(
+        &mut self,
+        c: usize,
+        applied: Applied,
+        sent_ms: Millis,
+        now: Millis,
+    ) -> Result<(), String> {
         let phase = self.clients[c].phase.clone();
         match (phase, applied.result) {
             (Phase::Granting, Ok(Response::LeaseGrant(g))) => {
@@ -771,7 +802,7 @@ impl<F: ProtocolFactory> World<F> {
             }
             (Phase::Locking { lease }, Ok(Response::Lock(l))) => {
                 if l.acquired {
-                    self.granted_to(c, lease, l.key, l.token, now)?;
+                    self.granted_to(c, lease, l.key, l.token, sent_ms, now)?;
                 } else {
                     self.clients[c].phase = Phase::Waiting {
                         lease,
