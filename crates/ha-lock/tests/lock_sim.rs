@@ -279,7 +279,7 @@ fn rotate(node: NodeId, nodes: u64) -> NodeId {
 }
 
 impl<F: ProtocolFactory> World<F> {
-    fn new(factory: F, seed: u64, limits: Limits) -> Self {
+    fn new(factory: F, seed: u64, limits: Limits, clients: usize) -> Self {
         let lock_delay_ms = limits.lock_delay_ms;
         let make = move |_id: NodeId| match LockMachine::in_memory(limits.clone()) {
             Ok(m) => m,
@@ -305,7 +305,7 @@ impl<F: ProtocolFactory> World<F> {
                 owner_lease_alive,
             });
         }));
-        let clients = (0..CLIENTS)
+        let clients = (0..clients)
             .map(|c| Client {
                 phase: Phase::Idle {
                     next_ms: rng.below(50),
@@ -388,23 +388,37 @@ impl<F: ProtocolFactory> World<F> {
         self.cluster.node_ids().len() as u64
     }
 
+    /// One step of the world at `now` (a multiple of `STEP_MS`).
+    fn step(&mut self, now: Millis) -> Result<(), String> {
+        self.cluster
+            .run_until(now)
+            .map_err(|e| self.fail(e.to_string()))?;
+        self.handle_outputs()?;
+        self.faults_step(now)?;
+        if now.is_multiple_of(LEASE_TICK_MS) {
+            self.lessor_step(now);
+        }
+        for c in 0..self.clients.len() {
+            self.client_step(c, now)?;
+        }
+        Ok(())
+    }
+
+    /// The node whose lessor acts as leader, if one does.
+    fn lessor_leader(&self) -> Option<NodeId> {
+        self.cluster
+            .node_ids()
+            .into_iter()
+            .find(|id| self.lessors[id.0 as usize - 1].lessor.is_leader())
+    }
+
     /// Runs the whole scenario: chaos, heal, settle, judge.
     fn run(mut self) -> Result<Counts, String> {
         let end = CHAOS_MS + AFTER_HEAL_MS;
         let mut now = 0;
         while now < end {
             now += STEP_MS;
-            self.cluster
-                .run_until(now)
-                .map_err(|e| self.fail(e.to_string()))?;
-            self.handle_outputs()?;
-            self.faults_step(now)?;
-            if now.is_multiple_of(LEASE_TICK_MS) {
-                self.lessor_step(now);
-            }
-            for c in 0..self.clients.len() {
-                self.client_step(c, now)?;
-            }
+            self.step(now)?;
             self.check_starvation(now)?;
         }
         for (c, cl) in self.clients.iter().enumerate() {
@@ -1070,7 +1084,7 @@ fn run_seeds<F: ProtocolFactory>(
     let mut total = Counts::default();
     let n = seeds.end - seeds.start;
     for seed in seeds {
-        match World::new(factory(), seed, limits.clone()).run() {
+        match World::new(factory(), seed, limits.clone(), CLIENTS).run() {
             Ok(c) => {
                 total.accepted += c.accepted;
                 total.rejected += c.rejected;
@@ -1116,4 +1130,135 @@ fn lock_safety_on_paxos() {
         t.rejected > 0 || seeds < 50,
         "no stale write was refused: {t:?}"
     );
+}
+
+#[test]
+fn lock_delay_on_raft() {
+    // The delay is longer than a client's whole lock cycle, so a grant
+    // right after an owner's expiry would show.
+    let delay_ms = 300;
+    let seeds = env("HA_LOCK_SIM_DELAY_SEEDS", 100);
+    let t = run_seeds(
+        "raft+lock-delay",
+        raft_factory,
+        0..seeds,
+        &sim_limits(delay_ms),
+    );
+    assert!(t.expiries > 0, "no owner's lease expired: {t:?}");
+    assert!(t.grants > seeds, "too few grants: {t:?}");
+}
+
+/// Acceptance of #7: a lease granted with 10 s that has 4 s left still
+/// has at most 4 s (plus one checkpoint interval) after the leader
+/// crashes — the new leader's lessor resumes from the replicated
+/// checkpoint instead of the full TTL — and it expires about 4 s after
+/// the failover, never before its 10 s are up.
+#[test]
+fn lease_ttl_survives_leader_crash_on_raft() {
+    const LEASE: i64 = 0x7e57;
+    const GRANTED_TTL_MS: i64 = 10_000;
+    for seed in 0..env("HA_LOCK_SIM_TTL_SEEDS", 5) {
+        let mut w = World::new(raft_factory(), seed, sim_limits(0), 0);
+        w.faults = false;
+        let mut now = 0;
+        let step = |w: &mut World<_>, now: &mut Millis| {
+            *now += STEP_MS;
+            if let Err(e) = w.step(*now) {
+                panic!("{e}");
+            }
+        };
+        // A leader whose lessor runs.
+        while w.lessor_leader().is_none() && now < 3_000 {
+            step(&mut w, &mut now);
+        }
+        let Some(first) = w.lessor_leader() else {
+            panic!("seed {seed}: no leader in 3 s");
+        };
+        let grant = Command::LeaseGrant(LeaseGrantRequest {
+            id: LEASE,
+            ttl_ms: GRANTED_TTL_MS,
+        });
+        if let Err(e) = w.cluster.propose(first, encode_command(&grant)) {
+            panic!("seed {seed}: grant refused: {e}");
+        }
+        let remaining_on = |w: &World<_>, id: NodeId, now: Millis| {
+            w.lessors[id.0 as usize - 1].lessor.remaining_ms(LEASE, now)
+        };
+        while remaining_on(&w, first, now).is_none() && now < 4_000 {
+            step(&mut w, &mut now);
+        }
+        let granted_at = now;
+        assert!(
+            remaining_on(&w, first, now).is_some(),
+            "seed {seed}: the grant was not applied on the leader"
+        );
+        // Six seconds later the lease has 4 s left ...
+        while now < granted_at + 6_000 {
+            step(&mut w, &mut now);
+        }
+        assert_eq!(
+            w.lessor_leader(),
+            Some(first),
+            "seed {seed}: leadership moved without a fault"
+        );
+        let replicated = w
+            .cluster
+            .machine(first)
+            .map_or(-1, |m| m.lease_time_to_live(LEASE, false).ttl_ms);
+        let slack = (CHECKPOINT_EVERY_MS + LEASE_TICK_MS + 2 * STEP_MS) as i64;
+        assert!(
+            (4_000 - slack..=4_000 + slack).contains(&replicated),
+            "seed {seed}: the replicated remaining TTL is {replicated} ms, 4 s expected"
+        );
+        // ... and the leader crashes.
+        w.crash(first);
+        let crashed_at = now;
+        while w.lessor_leader().is_none() && now < crashed_at + 3_000 {
+            step(&mut w, &mut now);
+        }
+        let Some(second) = w.lessor_leader() else {
+            panic!("seed {seed}: no new leader 3 s after the crash");
+        };
+        let took_over_at = now;
+        let left = remaining_on(&w, second, now);
+        assert!(
+            left.is_some_and(|ms| ms <= 4_000 + slack),
+            "seed {seed}: after failover the lease has {left:?} ms left (4 s expected, not 10 s)"
+        );
+        let on_machine = w
+            .cluster
+            .machine(second)
+            .map_or(-1, |m| m.lease_time_to_live(LEASE, false).ttl_ms);
+        assert!(
+            (0..=4_000 + slack).contains(&on_machine),
+            "seed {seed}: the new leader's replicated TTL is {on_machine} ms"
+        );
+        // It expires about 4 s after the failover — not 10 s — and never
+        // before the 10 s it was granted for.
+        let alive = |w: &World<_>| {
+            w.cluster
+                .machine(second)
+                .is_some_and(|m| m.lease_time_to_live(LEASE, false).ttl_ms >= 0)
+        };
+        while alive(&w) && now < took_over_at + 9_000 {
+            step(&mut w, &mut now);
+        }
+        assert!(!alive(&w), "seed {seed}: the lease outlived its TTL by far");
+        let expired_after_ms = now - granted_at;
+        assert!(
+            expired_after_ms >= GRANTED_TTL_MS as Millis,
+            "seed {seed}: the lease expired {expired_after_ms} ms after its grant, before its TTL"
+        );
+        let late_ms = now - took_over_at;
+        assert!(
+            late_ms <= 4_000 + 3 * slack as Millis,
+            "seed {seed}: the lease expired {late_ms} ms after the new leader took over (~4 s expected)"
+        );
+        eprintln!(
+            "seed {seed}: leader crashed at +{} ms, {second:?} took over after {} ms with {left:?} ms \
+             left, expired at +{expired_after_ms} ms",
+            crashed_at - granted_at,
+            took_over_at - crashed_at
+        );
+    }
 }
