@@ -885,3 +885,152 @@ impl<F: ProtocolFactory, S: StateMachine> AppCluster<F, S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::Recovered;
+    use crate::kv::{KvCommand, KvResponse, MemKv};
+    use crate::solo::{Solo, SoloConfig};
+
+    type SoloFactory = fn(NodeId, &Membership, Recovered, u64) -> Solo;
+
+    fn solo(id: NodeId, _initial: &Membership, recovered: Recovered, _seed: u64) -> Solo {
+        match Solo::new(SoloConfig::new(id), recovered) {
+            Ok(s) => s,
+            Err(e) => panic!("solo: {e}"),
+        }
+    }
+
+    fn one_node(snapshot_every_entries: Option<u64>) -> AppCluster<SoloFactory, MemKv> {
+        let cfg = AppClusterConfig {
+            nodes: 1,
+            snapshot_every_entries,
+            ..AppClusterConfig::default()
+        };
+        AppCluster::new(solo as SoloFactory, |_| MemKv::default(), cfg, 7)
+    }
+
+    fn put(k: &str, v: &str) -> Bytes {
+        KvCommand::Put {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        }
+        .encode()
+    }
+
+    /// Runs until `node` leads (bounded).
+    fn until_leader(c: &mut AppCluster<SoloFactory, MemKv>) -> NodeId {
+        for _ in 0..100 {
+            if let Some(l) = c.leader() {
+                return l;
+            }
+            let t = c.now_ms() + 10;
+            c.run_until(t).unwrap();
+        }
+        panic!("no leader");
+    }
+
+    #[test]
+    fn proposals_apply_with_their_tag_and_the_hook_sees_the_state() {
+        let mut c = one_node(None);
+        let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let sink = std::rc::Rc::clone(&seen);
+        c.set_apply_hook(Box::new(move |_now, out, kv: &MemKv| {
+            if let AppOutput::Applied { log_id, .. } = out {
+                sink.borrow_mut()
+                    .push((log_id.index, kv.get(b"k").cloned()));
+            }
+        }));
+        let n = until_leader(&mut c);
+        let (seq1, id1) = c.propose(n, put("k", "1")).unwrap();
+        let (seq2, _) = c.propose(n, put("k", "2")).unwrap();
+        c.run_until(c.now_ms() + 50).unwrap();
+        let applied: Vec<_> = c
+            .take_outputs()
+            .into_iter()
+            .filter_map(|o| match o {
+                AppOutput::Applied {
+                    tag: Some(tag),
+                    log_id,
+                    response,
+                    ..
+                } => Some((tag, log_id, KvResponse::decode(&response).unwrap())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(applied.len(), 2);
+        assert_eq!(applied[0].0, (n, seq1));
+        assert_eq!(applied[0].1, id1);
+        assert_eq!(applied[0].2, KvResponse::Written { prev: None });
+        assert_eq!(applied[1].0, (n, seq2));
+        // The hook ran right after each apply, before the next one.
+        let seen = seen.borrow();
+        let at = |i: LogIndex| seen.iter().find(|(x, _)| *x == i).map(|(_, v)| v.clone());
+        assert_eq!(at(id1.index), Some(Some(Bytes::from_static(b"1"))));
+        assert_eq!(
+            c.machine(n).unwrap().get(b"k"),
+            Some(&Bytes::from_static(b"2"))
+        );
+    }
+
+    #[test]
+    fn a_crash_keeps_what_was_synced_and_a_restart_replays_it() {
+        // (No snapshots: Solo only restarts from a snapshot that names its
+        // membership, and the KV machine records none without a
+        // membership entry.)
+        let mut c = one_node(None);
+        let n = until_leader(&mut c);
+        for i in 0..5 {
+            c.propose(n, put("k", &i.to_string())).unwrap();
+        }
+        c.run_until(c.now_ms() + 50).unwrap();
+        c.crash(n);
+        assert!(!c.is_up(n) && c.machine(n).is_none() && c.status(n).is_none());
+        assert!(matches!(
+            c.propose(n, put("k", "x")),
+            Err(ProposeError::NotLeader { .. })
+        ));
+        c.take_outputs();
+        c.restart(n).unwrap();
+        until_leader(&mut c);
+        c.run_until(c.now_ms() + 50).unwrap();
+        // Rebuilt by replaying the synced log.
+        assert_eq!(
+            c.machine(n).unwrap().get(b"k"),
+            Some(&Bytes::from_static(b"4"))
+        );
+        assert_eq!(c.crashes(), 1);
+    }
+
+    #[test]
+    fn read_index_reports_when_the_read_is_safe() {
+        let mut c = one_node(None);
+        let n = until_leader(&mut c);
+        c.propose(n, put("k", "v")).unwrap();
+        c.read_index(n, 42).unwrap();
+        c.run_until(c.now_ms() + 50).unwrap();
+        let outs = c.take_outputs();
+        let read_at = outs
+            .iter()
+            .position(|o| *o == AppOutput::ReadReady { node: n, ctx: 42 });
+        let put_at = outs
+            .iter()
+            .position(|o| matches!(o, AppOutput::Applied { tag: Some(_), .. }));
+        assert!(read_at.is_some() && put_at < read_at, "{outs:?}");
+    }
+
+    #[test]
+    fn the_event_limit_stops_a_run() {
+        let cfg = AppClusterConfig {
+            nodes: 1,
+            events_per_run_max: 5,
+            ..AppClusterConfig::default()
+        };
+        let mut c = AppCluster::new(solo as SoloFactory, |_| MemKv::default(), cfg, 1);
+        assert!(matches!(
+            c.run_until(10_000),
+            Err(AppClusterError::Limit { .. })
+        ));
+    }
+}
