@@ -39,9 +39,11 @@
 //! A second test checks that a lease's remaining TTL survives a leader
 //! crash (the checkpoint path) on Raft.
 //!
-//! Default: 1,000 Raft seeds and 100 Paxos seeds (sized for the debug test
-//! step); `HA_LOCK_SIM_SEEDS=N` / `HA_LOCK_SIM_PAXOS_SEEDS=N` run more,
-//! `HA_LOCK_SIM_SEED=s` runs one Raft seed.
+//! Default: 1,000 Raft seeds, 100 Paxos seeds and 100 Raft seeds with
+//! lock-delay (about a minute of CPU in a debug build); more with
+//! `HA_LOCK_SIM_SEEDS=N`, `HA_LOCK_SIM_PAXOS_SEEDS=N`,
+//! `HA_LOCK_SIM_DELAY_SEEDS=N`, from seed `HA_LOCK_SIM_BASE` (default 0);
+//! `HA_LOCK_SIM_SEED=s` runs one Raft seed. A failure names the seed.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -1127,7 +1129,8 @@ fn lock_safety_on_raft() {
         return;
     }
     let seeds = env("HA_LOCK_SIM_SEEDS", 1_000);
-    let t = run_seeds("raft", raft_factory, 0..seeds, &limits);
+    let base = env("HA_LOCK_SIM_BASE", 0);
+    let t = run_seeds("raft", raft_factory, base..base + seeds, &limits);
     // The runs must exercise what they check: grants, fenced writes, stale
     // writes refused, owners' leases expiring, crashes.
     assert!(t.grants > seeds, "too few grants: {t:?}");
@@ -1140,7 +1143,8 @@ fn lock_safety_on_raft() {
 #[test]
 fn lock_safety_on_paxos() {
     let seeds = env("HA_LOCK_SIM_PAXOS_SEEDS", 100);
-    let t = run_seeds("paxos", paxos_factory, 0..seeds, &sim_limits(0));
+    let base = env("HA_LOCK_SIM_BASE", 0);
+    let t = run_seeds("paxos", paxos_factory, base..base + seeds, &sim_limits(0));
     assert!(t.grants > seeds, "too few grants: {t:?}");
     assert!(
         t.rejected > 0 || seeds < 50,
@@ -1154,10 +1158,11 @@ fn lock_delay_on_raft() {
     // right after an owner's expiry would show.
     let delay_ms = 300;
     let seeds = env("HA_LOCK_SIM_DELAY_SEEDS", 100);
+    let base = env("HA_LOCK_SIM_BASE", 0);
     let t = run_seeds(
         "raft+lock-delay",
         raft_factory,
-        0..seeds,
+        base..base + seeds,
         &sim_limits(delay_ms),
     );
     assert!(t.expiries > 0, "no owner's lease expired: {t:?}");
