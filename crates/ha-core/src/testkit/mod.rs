@@ -30,6 +30,7 @@
 //! trace of events and messages (`Display` shows its tail; set
 //! `HA_SIM_TRACE_DIR` to have the whole trace written to a file).
 
+pub mod app;
 pub mod config;
 pub mod history;
 pub mod linearizability;
