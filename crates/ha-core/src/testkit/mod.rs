@@ -8,6 +8,9 @@
 //!   reproduces a run exactly.
 //! * [`linearizability`] checks client histories (from the simulator or
 //!   from real processes) against a sequential model.
+//! * [`suite`] is the scenario set every protocol runs (same fault mixes,
+//!   seed counts and checks, by construction): a protocol crate implements
+//!   [`suite::SuiteProtocol`] and writes `ha_core::sim_suite!(MyProtocol);`.
 //! * [`history`] is the simulator-independent history format.
 //! * [`rng`] is the pinned PRNG every random choice comes from.
 //!
@@ -35,6 +38,7 @@ pub mod history;
 pub mod linearizability;
 pub mod rng;
 pub mod sim;
+pub mod suite;
 
 pub use config::{
     Checks, ClientConfig, Delay, DiskConfig, Fault, NemesisConfig, NetConfig, PartitionSpec,
