@@ -11,6 +11,8 @@
 //! * [`suite`] is the scenario set every protocol runs (same fault mixes,
 //!   seed counts and checks, by construction): a protocol crate implements
 //!   [`suite::SuiteProtocol`] and writes `ha_core::sim_suite!(MyProtocol);`.
+//! * [`bench`] is the in-memory proposal-throughput bench every protocol's
+//!   `benches/propose.rs` runs (feature `bench` adds the criterion glue).
 //! * [`history`] is the simulator-independent history format.
 //! * [`rng`] is the pinned PRNG every random choice comes from.
 //!
@@ -33,6 +35,7 @@
 //! trace of events and messages (`Display` shows its tail; set
 //! `HA_SIM_TRACE_DIR` to have the whole trace written to a file).
 
+pub mod bench;
 pub mod config;
 pub mod history;
 pub mod linearizability;

@@ -499,48 +499,25 @@ pub fn run_scenario_or_panic<P: SuiteProtocol>(protocol: &P, scenario: Scenario)
 #[macro_export]
 macro_rules! sim_suite {
     ($protocol:expr) => {
-        #[test]
-        fn sim_three_nodes_with_partitions_crashes_and_pauses() {
-            $crate::testkit::suite::run_scenario_or_panic(
-                &$protocol,
-                $crate::testkit::suite::Scenario::ThreeNodes,
-            );
-        }
-        #[test]
-        fn sim_five_nodes_with_partitions_crashes_and_pauses() {
-            $crate::testkit::suite::run_scenario_or_panic(
-                &$protocol,
-                $crate::testkit::suite::Scenario::FiveNodes,
-            );
-        }
-        #[test]
-        fn sim_membership_changes_and_leader_transfers() {
-            $crate::testkit::suite::run_scenario_or_panic(
-                &$protocol,
-                $crate::testkit::suite::Scenario::Membership,
-            );
-        }
-        #[test]
-        fn sim_snapshots_and_lease_reads() {
-            $crate::testkit::suite::run_scenario_or_panic(
-                &$protocol,
-                $crate::testkit::suite::Scenario::Snapshots,
-            );
-        }
-        #[test]
-        fn sim_five_nodes_everything_at_once() {
-            $crate::testkit::suite::run_scenario_or_panic(
-                &$protocol,
-                $crate::testkit::suite::Scenario::Everything,
-            );
-        }
-        #[test]
-        fn sim_asymmetric_partitions_on_a_lossy_network() {
-            $crate::testkit::suite::run_scenario_or_panic(
-                &$protocol,
-                $crate::testkit::suite::Scenario::AsymmetricLossy,
-            );
-        }
+        $crate::sim_suite!(@tests $protocol;
+            sim_three_nodes_with_partitions_crashes_and_pauses => ThreeNodes,
+            sim_five_nodes_with_partitions_crashes_and_pauses => FiveNodes,
+            sim_membership_changes_and_leader_transfers => Membership,
+            sim_snapshots_and_lease_reads => Snapshots,
+            sim_five_nodes_everything_at_once => Everything,
+            sim_asymmetric_partitions_on_a_lossy_network => AsymmetricLossy,
+        );
+    };
+    (@tests $protocol:expr; $($test:ident => $scenario:ident,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                $crate::testkit::suite::run_scenario_or_panic(
+                    &$protocol,
+                    $crate::testkit::suite::Scenario::$scenario,
+                );
+            }
+        )*
     };
 }
 
