@@ -191,9 +191,11 @@ fn test(args: &[String]) -> Result<()> {
 /// the resolved normal + build dependency graph:
 /// - `ha-core` without features builds no RocksDB and no async runtime;
 /// - the protocol crates pull in no async runtime, network stack, storage
-///   engine or OS entropy.
+///   engine or OS entropy;
+/// - ha-shard (shard map, router, placement controller) stays sans-IO: no
+///   async runtime, network stack, storage engine or OS entropy.
 fn dependency_rules() -> Result<()> {
-    let rules: [(&str, &[&str], &[&str]); 3] = [
+    let rules: [(&str, &[&str], &[&str]); 4] = [
         (
             "ha-core",
             &["--no-default-features"],
@@ -206,6 +208,11 @@ fn dependency_rules() -> Result<()> {
         ),
         (
             "ha-paxos",
+            &[],
+            &["tokio", "quinn", "librocksdb-sys", "getrandom"],
+        ),
+        (
+            "ha-shard",
             &[],
             &["tokio", "quinn", "librocksdb-sys", "getrandom"],
         ),

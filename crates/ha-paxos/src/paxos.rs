@@ -293,7 +293,7 @@ impl Paxos {
             }
             if let EntryPayload::Membership(m) = &e.payload {
                 m.validate()?;
-                configs.insert(e.index(), m.clone());
+                configs.insert(e.index(), Membership::clone(m));
             }
             log.insert(e);
         }
@@ -453,7 +453,7 @@ impl Paxos {
         let slot = e.index();
         match &e.payload {
             EntryPayload::Membership(m) => {
-                self.configs.insert(slot, m.clone());
+                self.configs.insert(slot, Membership::clone(m));
             }
             _ if !self.configs.is_empty() => {
                 self.configs.remove(&slot);
@@ -537,7 +537,7 @@ impl Paxos {
                     .get(*slot)
                     .is_some_and(|own| own.term() >= e.term());
                 if !own_higher && !out.contains(m) {
-                    out.push(m.clone());
+                    out.push(Membership::clone(m));
                 }
             }
         }
@@ -1743,7 +1743,7 @@ impl Consensus for Paxos {
             return Err(ProposeError::InProgress);
         }
         let m = self.membership_target(change)?;
-        let id = self.append_entry(EntryPayload::Membership(m));
+        let id = self.append_entry(EntryPayload::Membership(Box::new(m)));
         self.sync_peers();
         Ok(id)
     }
