@@ -137,9 +137,28 @@ fn ctl_kv(c: &Ctx) {
         let n = out.lines().filter(|l| !l.is_empty()).count();
         if n == 3 { Ok(()) } else { Err(out) }
     });
-    // Delete one, then the rest by prefix (through a follower).
-    assert_eq!(ctl_ok(c.fol(), &["del", "ctl/kv/a"]).trim(), "1");
-    assert_eq!(ctl_ok(c.fol(), &["del", "ctl/kv/", "--prefix"]).trim(), "2");
+    // Sorted by modification, newest first; and everything from a key on.
+    let out = ctl_ok(
+        c.fol(),
+        &[
+            "get",
+            "ctl/kv/",
+            "--prefix",
+            "--keys-only",
+            "--sort-by=MODIFY",
+            "--order=DESCEND",
+        ],
+    );
+    let keys: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(keys, ["ctl/kv/a", "ctl/kv/c", "ctl/kv/b"]);
+    let out = ctl_ok(c.fol(), &["get", "ctl/kv/b", "--from-key", "--keys-only"]);
+    let keys: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(keys[..3], ["ctl/kv/b", "ctl/kv/c", "ctl/kx"]);
+    // Delete one (printing what it deleted), then the rest by prefix.
+    let out = ctl_ok(c.fol(), &["del", "ctl/kv/a", "--prev-kv"]);
+    assert_eq!(lines(&out), ["1", "ctl/kv/a", "1b"]);
+    ctl_ok(c.lead(), &["put", "ctl/kv/a", "again"]);
+    assert_eq!(ctl_ok(c.fol(), &["del", "ctl/kv/", "--prefix"]).trim(), "3");
     assert_eq!(ctl_ok(c.lead(), &["get", "ctl/kv/", "--prefix"]), "");
     assert_eq!(
         lines(&ctl_ok(c.lead(), &["get", "ctl/kx"])),
@@ -157,6 +176,14 @@ fn ctl_txn(c: &Ctx) {
     assert_eq!(lines(&o.stdout), ["SUCCESS", "", "OK", "", "OK"]);
     let out = ctl_ok(c.lead(), &["get", "ctl/tx/", "--prefix"]);
     assert_eq!(lines(&out), ["ctl/tx/k", "new", "ctl/tx/ok", "yes"]);
+    // A compare on a missing key (create revision 0), as lock recipes use.
+    let absent = "create(\"ctl/tx/none\") = \"0\"\n\nput ctl/tx/none first\n\n\n";
+    let o = ctl_run(c.lead(), &["txn"], Some(absent));
+    assert!(o.success, "{}{}", o.stdout, o.stderr);
+    assert_eq!(lines(&o.stdout), ["SUCCESS", "", "OK"]);
+    let o = ctl_run(c.lead(), &["txn"], Some(absent));
+    assert_eq!(lines(&o.stdout), ["FAILURE"], "{}", o.stderr);
+    ctl_ok(c.lead(), &["del", "ctl/tx/none"]);
     // Same script again: the compare fails, the else branch runs.
     let o = ctl_run(c.fol(), &["txn"], Some(script));
     assert!(o.success, "{}{}", o.stdout, o.stderr);
@@ -217,6 +244,11 @@ fn ctl_lease(c: &Ctx) {
     assert!(out.contains("TTL(60)"), "{out}");
     let out = ctl_ok(c.fol(), &["lease", "list"]);
     assert!(out.contains(&id), "{out}");
+    // The streaming keep-alive, through a follower.
+    let mut keeper = CtlStream::spawn(c.fol(), &["lease", "keep-alive", &id]);
+    let line = keeper.next_lines(1, HANDOVER_WAIT);
+    assert_eq!(line, [format!("lease {id} keepalived with TTL(60)")]);
+    keeper.interrupt_and_wait(HANDOVER_WAIT);
     let out = ctl_ok(c.fol(), &["lease", "revoke", &id]);
     assert!(out.contains("revoked"), "{out}");
     assert_eq!(ctl_ok(c.lead(), &["get", "ctl/l/", "--prefix"]), "");
@@ -1061,6 +1093,13 @@ fn member_remove_then_add(cl: &mut Cluster) {
         ],
     );
     assert!(out.contains("Member") && out.contains("added"), "{out}");
+    // Listed before it starts: unstarted, no name, its peer URL.
+    let out = ctl_ok(&lead, &["member", "list"]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        out.contains(&format!(", unstarted, , {}, , false", m.peer_url())),
+        "{out}"
+    );
     m.initial_cluster = cl
         .live()
         .iter()
@@ -1200,8 +1239,21 @@ fn run_suite(consensus: &str) {
 
     let logs = cl.logs();
     let mut codes = Vec::new();
+    let mut logs = logs;
     for i in cl.live() {
-        codes.push((cl.members[i].name.clone(), cl.stop(i)));
+        let (code, tail) = cl.stop_with_log(i);
+        if code != 0 {
+            let start = tail.len().saturating_sub(16 * 1024);
+            let start = (start..tail.len())
+                .find(|s| tail.is_char_boundary(*s))
+                .unwrap_or(tail.len());
+            logs.push_str(&format!(
+                "--- {} stderr at shutdown (tail) ---\n{}\n",
+                cl.members[i].name,
+                &tail[start..]
+            ));
+        }
+        codes.push((cl.members[i].name.clone(), code));
     }
     eprintln!("[{consensus}] suite done in {:?}", started.elapsed());
     assert!(

@@ -586,9 +586,17 @@ impl Cluster {
 
     /// SIGTERMs member `i`; its exit code.
     pub fn stop(&mut self, i: usize) -> i32 {
+        self.stop_with_log(i).0
+    }
+
+    /// SIGTERMs member `i`; its exit code and the tail of its stderr.
+    pub fn stop_with_log(&mut self, i: usize) -> (i32, String) {
         match self.procs[i].take() {
-            Some(mut p) => p.sigterm_and_wait(),
-            None => -1,
+            Some(mut p) => {
+                let code = p.sigterm_and_wait();
+                (code, p.stderr_tail())
+            }
+            None => (-1, String::new()),
         }
     }
 
