@@ -403,11 +403,20 @@ async fn removed_member_re_added_with_fresh_data_catches_up() {
     write(&h, "before", "remove").await.unwrap();
 
     // Remove the follower (found by name, as etcd clients do), then stop it.
-    let members = h.members().await.unwrap();
-    let victim = members
-        .iter()
-        .find(|m| m.name == sp[fi].name)
-        .expect("founding members are listed by name");
+    // (The first leader bootstraps the member table shortly after its
+    // election.)
+    let victim = eventually(ELECTION_WAIT, "member table bootstrapped", || {
+        let h = h.clone();
+        let name = sp[fi].name.clone();
+        async move {
+            h.members()
+                .await?
+                .into_iter()
+                .find(|m| m.name == name)
+                .ok_or_else(|| NodeError::Unavailable("founding member not listed".into()))
+        }
+    })
+    .await;
     assert_eq!(victim.id, sp[fi].id().0);
     let members = h.member_remove(victim.id).await.unwrap();
     assert_eq!(members.len(), 2);
@@ -484,6 +493,69 @@ async fn removed_member_re_added_with_fresh_data_catches_up() {
         Some(&b"rejoin"[..])
     );
     j.shutdown().await.unwrap();
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// A removal whose caller stops waiting (a client deadline) still runs to
+/// completion: consensus configuration and member table end up agreeing,
+/// never half-changed. The removal cannot commit while the only other voter
+/// is down, so the caller gives up in the middle of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abandoned_member_remove_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = specs(dir.path(), 3);
+    let mut nodes = Vec::new();
+    for s in &sp {
+        nodes.push(Some(start(s, &sp).await));
+    }
+    let leader = leader_of(&nodes).await;
+    let li = sp.iter().position(|s| s.id() == leader).unwrap();
+    let victim = (li + 1) % sp.len();
+    let other = (li + 2) % sp.len();
+    let h = nodes[li].as_ref().unwrap().handle();
+    eventually(ELECTION_WAIT, "member table bootstrapped", || {
+        let h = h.clone();
+        async move { h.members().await }
+    })
+    .await;
+    nodes[other].take().unwrap().shutdown().await.unwrap();
+
+    let vid = sp[victim].id().0;
+    let abandoned = tokio::time::timeout(Duration::from_millis(500), h.member_remove(vid)).await;
+    assert!(
+        abandoned.is_err(),
+        "cannot commit without a quorum of the new configuration"
+    );
+
+    nodes[other] = Some(start(&sp[other], &sp).await);
+    eventually(ELECTION_WAIT, "removal completed", || {
+        let h = h.clone();
+        async move {
+            let st = h.status().await?;
+            let in_table = h.local_members().members.contains_key(&vid);
+            if !st.membership.all_nodes().contains(&NodeId(vid)) && !in_table {
+                Ok(())
+            } else {
+                Err(NodeError::Unavailable(format!(
+                    "in configuration: {}, in table: {in_table}",
+                    st.membership.all_nodes().contains(&NodeId(vid))
+                )))
+            }
+        }
+    })
+    .await;
+    let listed: std::collections::BTreeSet<NodeId> = eventually(ELECTION_WAIT, "list", || {
+        let h = h.clone();
+        async move { h.members().await }
+    })
+    .await
+    .iter()
+    .map(|m| NodeId(m.id))
+    .collect();
+    assert_eq!(listed, h.status().await.unwrap().membership.all_nodes());
+    assert_eq!(listed.len(), 2);
     for n in nodes.into_iter().flatten() {
         n.shutdown().await.unwrap();
     }
