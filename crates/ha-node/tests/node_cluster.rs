@@ -317,7 +317,14 @@ async fn member_add_promote_remove() {
         port: free_udp_port(),
         dir: dir.path().join("m4"),
     };
-    let (added, members) = h.member_add(vec![joiner.url()], true).await.unwrap();
+    // (The first leader bootstraps the member table shortly after its
+    // election; until then a change is refused as unavailable.)
+    let (added, members) = eventually(ELECTION_WAIT, "member add", || {
+        let h = h.clone();
+        let url = joiner.url();
+        async move { h.member_add(vec![url], true).await }
+    })
+    .await;
     assert!(added.is_learner);
     assert_eq!(members.len(), 4);
     let jid = ids::added_member_id(TOKEN, &[joiner.url()]);

@@ -241,7 +241,10 @@ impl<S: StateMachine> ClusterMachine<S> {
                 }
             }
             MetaCommand::AddMember(m) => {
-                if let Err(e) = m.check() {
+                if !t.initialized {
+                    // The founding Bootstrap would replace the table.
+                    Err("the member table is not bootstrapped yet".into())
+                } else if let Err(e) = m.check() {
                     Err(e)
                 } else if t.members.contains_key(&m.id) {
                     Err(format!("member {:x} already exists", m.id))
@@ -483,6 +486,25 @@ mod tests {
         ));
         assert_eq!(m.table(), &before);
         assert_eq!(m.last_applied(), LogId::new(1, 5));
+    }
+
+    #[test]
+    fn add_before_bootstrap_is_refused_and_bootstrap_still_founds_the_table() {
+        let mut m = machine();
+        assert!(matches!(
+            meta(&mut m, 1, MetaCommand::AddMember(member(2, "", "https://b:1"))),
+            MetaResponse::Refused(e) if e.contains("not bootstrapped")
+        ));
+        assert_eq!(m.table(), &MemberTable::default());
+        let boot = MetaCommand::Bootstrap {
+            cluster_id: 9,
+            members: vec![member(1, "a", "https://a:1")],
+        };
+        assert!(matches!(meta(&mut m, 2, boot), MetaResponse::Ok(v) if v.len() == 1));
+        assert!(matches!(
+            meta(&mut m, 3, MetaCommand::AddMember(member(2, "", "https://b:1"))),
+            MetaResponse::Ok(v) if v.len() == 2
+        ));
     }
 
     #[test]

@@ -1107,6 +1107,11 @@ impl<S: StateMachine> NodeHandle<S> {
     /// - promote: consensus `Promote`, then the table.
     async fn change_members(&self, req: PeerRequest) -> Result<PeerResponse, NodeError> {
         self.require_leader().await?;
+        if !self.local_members().initialized {
+            return Err(NodeError::Unavailable(
+                "the member table is not bootstrapped yet (a new leader does it first)".into(),
+            ));
+        }
         match req {
             PeerRequest::MemberAdd {
                 peer_urls,
