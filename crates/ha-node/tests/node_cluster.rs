@@ -310,6 +310,12 @@ async fn member_add_promote_remove() {
     leader_of(&nodes).await;
     let h = nodes[1].as_ref().unwrap().handle();
     write(&h, "before", "join").await.unwrap();
+    // Membership changes wait for the founding member table.
+    eventually(ELECTION_WAIT, "member table bootstrapped", || {
+        let h = h.clone();
+        async move { h.members().await }
+    })
+    .await;
 
     // Add a learner through a follower or the leader (forwarded as needed).
     let joiner = Spec {

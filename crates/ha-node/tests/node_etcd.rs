@@ -258,6 +258,38 @@ fn run_suite(consensus: &str) {
         assert!(out.contains(&format!(", started, {}, ", m.name)), "{out}");
     }
 
+    // Leases through a follower: keep-alives forwarded to the leader renew
+    // the leader's lease clock; without them the lease expires.
+    let out = etcdctl(&ms[fi].endpoint(), &["lease", "grant", "3"]).unwrap();
+    let lease = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no lease id in {out:?}"))
+        .to_string();
+    etcdctl(
+        &ms[fi].endpoint(),
+        &["put", "leased", "x", &format!("--lease={lease}")],
+    )
+    .unwrap();
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(1_000));
+        etcdctl(
+            &ms[fi].endpoint(),
+            &["lease", "keep-alive", "--once", &lease],
+        )
+        .unwrap();
+    }
+    let out = etcdctl(&ms[fi].endpoint(), &["get", "leased"]).unwrap();
+    assert_eq!(out, "leased\nx\n", "kept alive past its 3 s TTL");
+    retry("leased key expires without keep-alives", || {
+        let out = etcdctl(&ms[li].endpoint(), &["get", "leased"])?;
+        if out.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still there: {out}"))
+        }
+    });
+
     // SIGKILL the leader: writes through the survivors resume.
     procs[li].kill9();
     let killed = Instant::now();

@@ -222,6 +222,11 @@ impl<S: StateMachine> ClusterMachine<S> {
             Err(e) => return MetaResponse::Refused(format!("undecodable meta command: {e}")),
         };
         let t = &mut self.table;
+        if !t.initialized && !matches!(cmd, MetaCommand::Bootstrap { .. }) {
+            return MetaResponse::Refused(
+                "the member table is not bootstrapped yet; retry shortly".into(),
+            );
+        }
         let result: Result<(), String> = match cmd {
             MetaCommand::Bootstrap {
                 cluster_id,
@@ -241,10 +246,7 @@ impl<S: StateMachine> ClusterMachine<S> {
                 }
             }
             MetaCommand::AddMember(m) => {
-                if !t.initialized {
-                    // The founding Bootstrap would replace the table.
-                    Err("the member table is not bootstrapped yet".into())
-                } else if let Err(e) = m.check() {
+                if let Err(e) = m.check() {
                     Err(e)
                 } else if t.members.contains_key(&m.id) {
                     Err(format!("member {:x} already exists", m.id))
@@ -446,6 +448,17 @@ mod tests {
             .apply(LogId::new(1, 1), Applied::Command(&boot.encode_entry()))
             .unwrap();
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn changes_before_bootstrap_are_refused() {
+        let mut m = machine();
+        assert!(matches!(
+            meta(&mut m, 1, MetaCommand::AddMember(member(2, "x", "https://x:1"))),
+            MetaResponse::Refused(e) if e.contains("not bootstrapped")
+        ));
+        assert!(!m.table().initialized);
+        assert!(m.table().members.is_empty());
     }
 
     #[test]

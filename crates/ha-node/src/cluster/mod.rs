@@ -1023,6 +1023,16 @@ impl<S: StateMachine> NodeHandle<S> {
         Err(last)
     }
 
+    fn require_bootstrapped(&self) -> Result<(), NodeError> {
+        if self.local_members().initialized {
+            Ok(())
+        } else {
+            Err(NodeError::Unavailable(
+                "the member table is not bootstrapped yet; retry shortly".into(),
+            ))
+        }
+    }
+
     async fn require_leader(&self) -> Result<(), NodeError> {
         let st = self.shared.replica.status().await?;
         if st.protocol.role == Role::Leader {
@@ -1107,11 +1117,7 @@ impl<S: StateMachine> NodeHandle<S> {
     /// - promote: consensus `Promote`, then the table.
     async fn change_members(&self, req: PeerRequest) -> Result<PeerResponse, NodeError> {
         self.require_leader().await?;
-        if !self.local_members().initialized {
-            return Err(NodeError::Unavailable(
-                "the member table is not bootstrapped yet (a new leader does it first)".into(),
-            ));
-        }
+        self.require_bootstrapped()?;
         match req {
             PeerRequest::MemberAdd {
                 peer_urls,
