@@ -264,10 +264,15 @@ pub fn generate_certs(
         return Ok(());
     }
     let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    // A member removed and added back gets an id derived from its peer URL
+    // (see `ha_node::ids`), so it needs a certificate for that id too.
+    let peers: Vec<String> = members.iter().map(MemberSpec::peer_url).collect();
     let out = Command::new(binary)
         .arg("certs")
         .arg("--names")
         .arg(names.join(","))
+        .arg("--added-peer-urls")
+        .arg(peers.join(","))
         .arg("--initial-cluster-token")
         .arg(token)
         .arg("--out")
@@ -308,6 +313,9 @@ pub struct Cluster {
     /// `--initial-cluster` per member for its next (re)start, and whether
     /// it joins an existing cluster.
     joins: Vec<(String, bool)>,
+    /// Member id of each member that was added back at run time (its
+    /// certificate is `added-<id hex>.pem`).
+    rejoined_ids: Vec<Option<u64>>,
     /// Members removed from the cluster (never restarted until re-added).
     removed: Vec<bool>,
 }
@@ -355,6 +363,7 @@ impl Cluster {
         let n = cfg.members.len();
         Ok(Self {
             joins: vec![(initial, false); n],
+            rejoined_ids: vec![None; n],
             children: (0..n).map(|_| None).collect(),
             paused: vec![false; n],
             removed: vec![false; n],
@@ -461,7 +470,10 @@ impl Cluster {
             } => {
                 cmd.arg("--consensus").arg(consensus);
                 if let Some(dir) = certs_dir {
-                    let c = locate_certs(dir, i + 1, &m.name)?;
+                    let c = match self.rejoined_ids[i] {
+                        Some(id) => locate_certs(dir, i + 1, &format!("added-{id:x}"))?,
+                        None => locate_certs(dir, i + 1, &m.name)?,
+                    };
                     cmd.arg("--peer-trusted-ca-file")
                         .arg(c.ca)
                         .arg("--peer-cert-file")
@@ -613,7 +625,13 @@ impl Cluster {
     /// Prepares member `i` to join the running cluster as a new member
     /// with a fresh data directory (after a member-add), with the given
     /// `--initial-cluster` value.
-    pub fn prepare_rejoin(&mut self, i: usize, initial_cluster: String) -> Result<(), ServerError> {
+    /// `member_id` is the id the cluster gave it.
+    pub fn prepare_rejoin(
+        &mut self,
+        i: usize,
+        initial_cluster: String,
+        member_id: u64,
+    ) -> Result<(), ServerError> {
         let dir = self.cfg.members[i].data_dir.clone();
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(|source| ServerError::Io {
@@ -623,6 +641,7 @@ impl Cluster {
             })?;
         }
         self.joins[i] = (initial_cluster, true);
+        self.rejoined_ids[i] = Some(member_id);
         self.removed[i] = false;
         Ok(())
     }

@@ -72,6 +72,13 @@ pub struct CertsArgs {
     /// Directory to write the files into (created; existing files are not overwritten).
     #[arg(long)]
     pub out: PathBuf,
+    /// Also issue certificates for members that will be added at run time
+    /// (`MemberAdd`) with these peer URLs, one URL per member, comma
+    /// separated: such a member's id derives from its peer URLs
+    /// ([`ids::added_member_id`]), not its name. Files: `added-<id hex>.pem`
+    /// and `added-<id hex>-key.pem`.
+    #[arg(long)]
+    pub added_peer_urls: Option<String>,
     /// The `--initial-cluster-token` the members will use (ids depend on it).
     #[arg(long, default_value = crate::config::DEFAULT_TOKEN)]
     pub initial_cluster_token: String,
@@ -94,6 +101,42 @@ pub struct IssuedMember {
 }
 
 impl CertsArgs {
+    /// The peer URLs of members to be added, checked.
+    pub fn added_peer_urls(&self) -> Result<Vec<String>, CertError> {
+        let Some(list) = &self.added_peer_urls else {
+            return Ok(Vec::new());
+        };
+        let urls: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        if urls.len() > MAX_CERT_MEMBERS {
+            return Err(CertError::Invalid(format!(
+                "at most {MAX_CERT_MEMBERS} added peer URLs, got {}",
+                urls.len()
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for u in &urls {
+            let parsed = crate::config::SimpleUrl::parse(u)
+                .map_err(|e| CertError::Invalid(format!("added peer URL {u:?}: {e}")))?;
+            if parsed.port.is_none() || u.len() > crate::config::MAX_URL_BYTES {
+                return Err(CertError::Invalid(format!(
+                    "added peer URL {u:?}: needs a port and at most {} bytes",
+                    crate::config::MAX_URL_BYTES
+                )));
+            }
+            if !seen.insert(u.clone()) {
+                return Err(CertError::Invalid(format!(
+                    "added peer URL {u:?} given twice"
+                )));
+            }
+        }
+        Ok(urls)
+    }
+
     /// The member names asked for.
     pub fn member_names(&self) -> Result<Vec<String>, CertError> {
         let names: Vec<String> = match (&self.nodes, &self.names) {
@@ -160,6 +203,7 @@ fn write_new(path: &Path, contents: &str, private: bool) -> Result<(), CertError
 /// `members.txt` (name, id). Refuses to overwrite existing files.
 pub fn generate(args: &CertsArgs) -> Result<Vec<IssuedMember>, CertError> {
     let names = args.member_names()?;
+    let added = args.added_peer_urls()?;
     if args.validity_days == 0 || args.validity_days > 36_500 {
         return Err(CertError::Invalid(
             "--validity-days must be in 1..=36500".into(),
@@ -196,6 +240,22 @@ pub fn generate(args: &CertsArgs) -> Result<Vec<IssuedMember>, CertError> {
         listing.push_str(&format!("{name} {:x}\n", id.0));
         issued.push(IssuedMember {
             name,
+            id,
+            cert,
+            key,
+        });
+    }
+    for url in added {
+        let id = ids::added_member_id(token, std::slice::from_ref(&url));
+        let ident = ca.issue(id, Validity::days_from_now(args.validity_days))?;
+        let stem = format!("added-{:x}", id.0);
+        let cert = out.join(format!("{stem}.pem"));
+        let key = out.join(format!("{stem}-key.pem"));
+        write_new(&cert, &ident.cert_chain_pem(), false)?;
+        write_new(&key, &ident.key_pem(), true)?;
+        listing.push_str(&format!("{stem} {:x} (added with peer URL {url})\n", id.0));
+        issued.push(IssuedMember {
+            name: stem,
             id,
             cert,
             key,
@@ -328,6 +388,7 @@ mod tests {
             nodes: Some(2),
             names: None,
             out: dir.path().join("certs"),
+            added_peer_urls: None,
             initial_cluster_token: "t".into(),
             validity_days: 10,
         };
@@ -341,5 +402,35 @@ mod tests {
         let wrong = load_identity(issued[0].id, &ca, &issued[1].cert, &issued[1].key);
         assert!(wrong.is_err());
         assert!(generate(&args).is_err(), "existing files are kept");
+    }
+
+    #[test]
+    fn added_members_get_certificates_for_their_url_derived_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "https://10.0.0.2:2380".to_string();
+        let args = CertsArgs {
+            nodes: None,
+            names: Some("n1".into()),
+            out: dir.path().join("certs"),
+            added_peer_urls: Some(url.clone()),
+            initial_cluster_token: "t".into(),
+            validity_days: 10,
+        };
+        let issued = generate(&args).unwrap();
+        assert_eq!(issued.len(), 2);
+        let id = ids::added_member_id("t", std::slice::from_ref(&url));
+        assert_eq!(issued[1].id, id);
+        assert_eq!(issued[1].name, format!("added-{:x}", id.0));
+        let ca = args.out.join("ca.pem");
+        let ident = load_identity(id, &ca, &issued[1].cert, &issued[1].key).unwrap();
+        assert_eq!(ident.node_id, id);
+
+        let bad = CertsArgs {
+            out: dir.path().join("other"),
+            added_peer_urls: Some("no-port-url".into()),
+            ..args
+        };
+        assert!(matches!(generate(&bad), Err(CertError::Invalid(_))));
+        assert!(!bad.out.join("ca.pem").exists(), "bad input writes nothing");
     }
 }

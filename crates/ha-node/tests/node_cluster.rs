@@ -323,7 +323,14 @@ async fn member_add_promote_remove() {
         port: free_udp_port(),
         dir: dir.path().join("m4"),
     };
-    let (added, members) = h.member_add(vec![joiner.url()], true).await.unwrap();
+    // (The first leader bootstraps the member table shortly after its
+    // election; until then a change is refused as unavailable.)
+    let (added, members) = eventually(ELECTION_WAIT, "member add", || {
+        let h = h.clone();
+        let url = joiner.url();
+        async move { h.member_add(vec![url], true).await }
+    })
+    .await;
     assert!(added.is_learner);
     assert_eq!(members.len(), 4);
     let jid = ids::added_member_id(TOKEN, &[joiner.url()]);
@@ -383,6 +390,185 @@ async fn member_add_promote_remove() {
     assert_eq!(members.len(), 3);
     write(&h, "after", "remove").await.unwrap();
     j.shutdown().await.unwrap();
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// etcd's flow for replacing a member (the chaos tool's membership
+/// nemesis): remove a follower, stop it, add it back by peer URL while it is
+/// down (the add must answer once the configuration change commits, not
+/// wait for the member), start it with a fresh data directory and no
+/// founding list; it catches up and serves a linearizable read. The member
+/// list and the consensus configuration agree throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removed_member_re_added_with_fresh_data_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = specs(dir.path(), 3);
+    let mut nodes = Vec::new();
+    for s in &sp {
+        nodes.push(Some(start(s, &sp).await));
+    }
+    let leader = leader_of(&nodes).await;
+    let li = sp.iter().position(|s| s.id() == leader).unwrap();
+    let fi = (li + 1) % sp.len();
+    let h = nodes[li].as_ref().unwrap().handle();
+    write(&h, "before", "remove").await.unwrap();
+
+    // Remove the follower (found by name, as etcd clients do), then stop it.
+    // (The first leader bootstraps the member table shortly after its
+    // election.)
+    let victim = eventually(ELECTION_WAIT, "member table bootstrapped", || {
+        let h = h.clone();
+        let name = sp[fi].name.clone();
+        async move {
+            h.members()
+                .await?
+                .into_iter()
+                .find(|m| m.name == name)
+                .ok_or_else(|| NodeError::Unavailable("founding member not listed".into()))
+        }
+    })
+    .await;
+    assert_eq!(victim.id, sp[fi].id().0);
+    let members = h.member_remove(victim.id).await.unwrap();
+    assert_eq!(members.len(), 2);
+    assert!(members.iter().all(|m| m.id != victim.id));
+    nodes[fi].take().unwrap().shutdown().await.unwrap();
+    let e = h.member_remove(victim.id).await.unwrap_err();
+    assert!(matches!(e, NodeError::MemberNotFound(_)), "{e}");
+    write(&h, "while", "removed").await.unwrap();
+
+    // Re-add it while it is down: the change commits with the two running
+    // voters, so the add answers promptly.
+    let (added, members) = tokio::time::timeout(
+        Duration::from_secs(5),
+        h.member_add(vec![sp[fi].url()], false),
+    )
+    .await
+    .expect("MemberAdd answers once the configuration change commits")
+    .unwrap();
+    let new_id = ids::added_member_id(TOKEN, &[sp[fi].url()]);
+    assert_eq!(added.id, new_id.0);
+    assert_ne!(new_id, sp[fi].id(), "the new incarnation has a new id");
+    assert_eq!(members.len(), 3);
+    let st = h.status().await.unwrap();
+    let listed: std::collections::BTreeSet<NodeId> = h
+        .members()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| NodeId(m.id))
+        .collect();
+    assert_eq!(listed, st.membership.all_nodes());
+
+    // Start it with a fresh data directory, joining the existing cluster.
+    let fresh = Spec {
+        name: sp[fi].name.clone(),
+        port: sp[fi].port,
+        dir: dir.path().join("fresh"),
+    };
+    let cfg = config(&fresh, &sp, None, new_id);
+    let j = Node::start(cfg, MemKv::default(), Arc::new(Metrics::new()))
+        .await
+        .unwrap();
+    let jh = j.handle();
+    let v = eventually(ELECTION_WAIT, "re-added member reads linearizably", || {
+        let jh = jh.clone();
+        async move {
+            match get(&jh, "while").await? {
+                Some(v) => Ok(v),
+                None => Err(NodeError::Unavailable("not caught up yet".into())),
+            }
+        }
+    })
+    .await;
+    assert_eq!(&v[..], b"removed");
+    assert_eq!(jh.cluster_id(), 0xc1);
+    // It publishes its name, so name lookups work again.
+    eventually(ELECTION_WAIT, "re-added member published its name", || {
+        let h = h.clone();
+        let name = fresh.name.clone();
+        async move {
+            let m = h.members().await?;
+            if m.iter().any(|m| m.id == new_id.0 && m.name == name) {
+                Ok(())
+            } else {
+                Err(NodeError::Unavailable("not yet".into()))
+            }
+        }
+    })
+    .await;
+    // Writes through it reach the others.
+    write(&jh, "after", "rejoin").await.unwrap();
+    assert_eq!(
+        get(&h, "after").await.unwrap().as_deref(),
+        Some(&b"rejoin"[..])
+    );
+    j.shutdown().await.unwrap();
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// A removal whose caller stops waiting (a client deadline) still runs to
+/// completion: consensus configuration and member table end up agreeing,
+/// never half-changed. The removal cannot commit while the only other voter
+/// is down, so the caller gives up in the middle of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abandoned_member_remove_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = specs(dir.path(), 3);
+    let mut nodes = Vec::new();
+    for s in &sp {
+        nodes.push(Some(start(s, &sp).await));
+    }
+    let leader = leader_of(&nodes).await;
+    let li = sp.iter().position(|s| s.id() == leader).unwrap();
+    let victim = (li + 1) % sp.len();
+    let other = (li + 2) % sp.len();
+    let h = nodes[li].as_ref().unwrap().handle();
+    eventually(ELECTION_WAIT, "member table bootstrapped", || {
+        let h = h.clone();
+        async move { h.members().await }
+    })
+    .await;
+    nodes[other].take().unwrap().shutdown().await.unwrap();
+
+    let vid = sp[victim].id().0;
+    let abandoned = tokio::time::timeout(Duration::from_millis(500), h.member_remove(vid)).await;
+    assert!(
+        abandoned.is_err(),
+        "cannot commit without a quorum of the new configuration"
+    );
+
+    nodes[other] = Some(start(&sp[other], &sp).await);
+    eventually(ELECTION_WAIT, "removal completed", || {
+        let h = h.clone();
+        async move {
+            let st = h.status().await?;
+            let in_table = h.local_members().members.contains_key(&vid);
+            if !st.membership.all_nodes().contains(&NodeId(vid)) && !in_table {
+                Ok(())
+            } else {
+                Err(NodeError::Unavailable(format!(
+                    "in configuration: {}, in table: {in_table}",
+                    st.membership.all_nodes().contains(&NodeId(vid))
+                )))
+            }
+        }
+    })
+    .await;
+    let listed: std::collections::BTreeSet<NodeId> = eventually(ELECTION_WAIT, "list", || {
+        let h = h.clone();
+        async move { h.members().await }
+    })
+    .await
+    .iter()
+    .map(|m| NodeId(m.id))
+    .collect();
+    assert_eq!(listed, h.status().await.unwrap().membership.all_nodes());
+    assert_eq!(listed.len(), 2);
     for n in nodes.into_iter().flatten() {
         n.shutdown().await.unwrap();
     }

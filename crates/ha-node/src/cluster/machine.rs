@@ -502,6 +502,25 @@ mod tests {
     }
 
     #[test]
+    fn add_before_bootstrap_is_refused_and_bootstrap_still_founds_the_table() {
+        let mut m = machine();
+        assert!(matches!(
+            meta(&mut m, 1, MetaCommand::AddMember(member(2, "", "https://b:1"))),
+            MetaResponse::Refused(e) if e.contains("not bootstrapped")
+        ));
+        assert_eq!(m.table(), &MemberTable::default());
+        let boot = MetaCommand::Bootstrap {
+            cluster_id: 9,
+            members: vec![member(1, "a", "https://a:1")],
+        };
+        assert!(matches!(meta(&mut m, 2, boot), MetaResponse::Ok(v) if v.len() == 1));
+        assert!(matches!(
+            meta(&mut m, 3, MetaCommand::AddMember(member(2, "", "https://b:1"))),
+            MetaResponse::Ok(v) if v.len() == 2
+        ));
+    }
+
+    #[test]
     fn snapshot_carries_table_and_application() {
         let mut m = machine();
         meta(

@@ -26,12 +26,20 @@
 //!
 //! ## Membership
 //!
-//! Changes run on the leader: add = table entry, then consensus
-//! `AddLearner`/`AddVoter` (the table entry is withdrawn if that fails);
-//! remove = table entry removed, then consensus `Remove` (re-added if that
-//! fails); promote = consensus `Promote`, then the table. Members added at
-//! run time get [`ids::added_member_id`] and publish their name and client
-//! URLs once they run.
+//! Changes run on the leader, one at a time, each in its own task (a caller
+//! that stops waiting cannot stop a change half-way): add = table entry,
+//! then consensus `AddLearner`/`AddVoter` (the table entry is withdrawn if
+//! that fails); remove = consensus `Remove`, then the table entry;
+//! promote = consensus `Promote`, then the table. A change answers once its
+//! configuration entry has committed (etcd's rule), so a re-added member can
+//! be started after `MemberAdd` returns.
+//!
+//! Invariant: the member list a client sees is the table filtered by the
+//! consensus configuration, so it never names a member that is not in the
+//! configuration; the leader withdraws table entries that are not in the
+//! configuration (a lost second step). Members added at run time get
+//! [`ids::added_member_id`] and publish their name and client URLs once they
+//! run.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -83,6 +91,10 @@ pub const MAX_COMMAND_BYTES: usize = 2 << 20;
 const PROPOSAL_OVERHEAD_BYTES: usize = 64;
 /// Pause between two tries when waiting for a leader, in milliseconds.
 const LEADER_POLL_MS: u64 = 20;
+/// Status polls between two checks of the member table against the
+/// consensus configuration on the leader (with the default 200 ms poll:
+/// every second).
+const RECONCILE_EVERY_TICKS: u64 = 5;
 
 /// Why a node call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -278,11 +290,26 @@ impl NodeConfig {
             ),
             crate::config::ClusterState::Existing => None,
         };
+        // A contact's id follows from its name if it founded the cluster,
+        // from its peer URLs if it was added later; a member joining an
+        // existing cluster cannot tell which, so it dials both candidates
+        // (the wrong one is never addressed and is dropped once the member
+        // table arrives).
         let contacts = cfg
             .initial_cluster
             .iter()
             .filter(|m| m.name != cfg.name)
-            .map(|m| (ids::member_id(&cfg.token, &m.name), m.peer_urls.clone()))
+            .flat_map(|m| {
+                let founding = (ids::member_id(&cfg.token, &m.name), m.peer_urls.clone());
+                let added = match cfg.initial_cluster_state {
+                    crate::config::ClusterState::New => None,
+                    crate::config::ClusterState::Existing => Some((
+                        ids::added_member_id(&cfg.token, &m.peer_urls),
+                        m.peer_urls.clone(),
+                    )),
+                };
+                std::iter::once(founding).chain(added)
+            })
             .collect();
         #[cfg(feature = "rocksdb")]
         let storage = StorageKind::Rocks(cfg.data_dir.join("db"));
@@ -404,6 +431,9 @@ struct Shared<S> {
     metrics: Arc<Metrics>,
     db_size_bytes: AtomicU64,
     leader_hook: std::sync::OnceLock<LeaderHook>,
+    /// Serialises membership changes on this member (see
+    /// [`NodeHandle::change_members`]).
+    membership_lock: tokio::sync::Mutex<()>,
 }
 
 /// Called on the leader after an application command it proposed (its own
@@ -563,6 +593,7 @@ impl<S: StateMachine> Node<S> {
             metrics: Arc::clone(&metrics),
             db_size_bytes: AtomicU64::new(0),
             leader_hook: std::sync::OnceLock::new(),
+            membership_lock: tokio::sync::Mutex::new(()),
         });
         let handle = NodeHandle { shared };
         let (stop, stop_rx) = watch::channel(false);
@@ -813,13 +844,13 @@ impl<S: StateMachine> NodeHandle<S> {
     /// The members, after a linearizable read barrier.
     pub async fn members(&self) -> Result<Vec<Member>, NodeError> {
         self.shared.replica.read_index().await?;
-        let table = self.local_members();
-        if !table.initialized {
+        if !self.local_members().initialized {
             return Err(NodeError::Unavailable(
                 "the member table is not bootstrapped yet".into(),
             ));
         }
-        Ok(table.list())
+        let config = self.current_membership().await?;
+        Ok(self.members_in(&config))
     }
 
     /// Adds a member by peer URLs (as a learner or a voter); returns it and
@@ -1014,14 +1045,88 @@ impl<S: StateMachine> NodeHandle<S> {
                 }
                 Ok(PeerResponse::Applied(out))
             }
+            PeerRequest::MemberAdd { .. }
+            | PeerRequest::MemberRemove { .. }
+            | PeerRequest::MemberPromote { .. } => {
+                // A membership change is two log entries (table, consensus
+                // configuration). It runs in its own task, one at a time, so
+                // that a caller that stops waiting (client deadline, the
+                // forwarding member's timeout) cannot cut it in half.
+                let node = self.clone();
+                let task = tokio::spawn(async move {
+                    let _serial = node.shared.membership_lock.lock().await;
+                    node.change_members(req).await
+                });
+                match task.await {
+                    Ok(r) => r,
+                    Err(e) => Err(NodeError::OutcomeUnknown(format!(
+                        "the membership change task ended abnormally: {e}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The table's members that are in the consensus configuration `m`
+    /// (hides a table entry whose configuration change failed or was not
+    /// made yet; the leader withdraws such entries, see
+    /// [`reconcile_table`](Self::reconcile_table)).
+    fn members_in(&self, m: &Membership) -> Vec<Member> {
+        let nodes = m.all_nodes();
+        self.local_members()
+            .members
+            .values()
+            .filter(|x| nodes.contains(&NodeId(x.id)))
+            .cloned()
+            .collect()
+    }
+
+    async fn current_membership(&self) -> Result<Membership, NodeError> {
+        Ok(self.shared.replica.status().await?.protocol.membership)
+    }
+
+    /// Runs one membership change on the leader (the caller holds
+    /// `membership_lock`).
+    ///
+    /// - add: table entry, then consensus `AddLearner`/`AddVoter` (the
+    ///   entry is withdrawn if that fails; a leftover entry of an earlier
+    ///   failed add with the same id is replaced);
+    /// - remove: consensus `Remove`, then the table entry (so the table
+    ///   never lacks a member of the configuration; if the second step is
+    ///   lost, the leader's reconciliation removes the entry);
+    /// - promote: consensus `Promote`, then the table.
+    async fn change_members(&self, req: PeerRequest) -> Result<PeerResponse, NodeError> {
+        self.require_leader().await?;
+        self.require_bootstrapped()?;
+        match req {
             PeerRequest::MemberAdd {
                 peer_urls,
                 is_learner,
             } => {
                 check_peer_urls(&peer_urls)?;
-                self.require_leader().await?;
-                self.require_bootstrapped()?;
                 let id = ids::added_member_id(&self.shared.token, &peer_urls);
+                let config = self.current_membership().await?;
+                if config.all_nodes().contains(&id) {
+                    return Err(NodeError::Invalid(format!(
+                        "member {:x} (peer URLs {peer_urls:?}) already exists",
+                        id.0
+                    )));
+                }
+                // Withdraw table entries not in the configuration that use
+                // this id or one of these peer URLs: leftovers of an add
+                // whose configuration change failed.
+                let stale: Vec<u64> = self
+                    .local_members()
+                    .members
+                    .values()
+                    .filter(|m| !config.all_nodes().contains(&NodeId(m.id)))
+                    .filter(|m| m.id == id.0 || m.peer_urls.iter().any(|u| peer_urls.contains(u)))
+                    .map(|m| m.id)
+                    .collect();
+                for old in stale {
+                    self.propose_meta(MetaCommand::RemoveMember { id: old })
+                        .await?;
+                }
                 let member = Member {
                     id: id.0,
                     name: String::new(),
@@ -1041,39 +1146,42 @@ impl<S: StateMachine> NodeHandle<S> {
                         .propose_meta(MetaCommand::RemoveMember { id: id.0 })
                         .await
                     {
-                        tracing::warn!(error = %undo, "could not withdraw the member table entry of a failed add");
+                        tracing::warn!(error = %undo, "could not withdraw the member table entry of a failed add; reconciliation will");
                     }
                     return Err(e.into());
                 }
+                let config = self.current_membership().await?;
                 Ok(PeerResponse::Members {
                     added: Some(member),
-                    members: self.local_members().list(),
+                    members: self.members_in(&config),
                 })
             }
             PeerRequest::MemberRemove { id } => {
-                self.require_leader().await?;
-                let Some(old) = self.local_members().members.get(&id).cloned() else {
+                let config = self.current_membership().await?;
+                let in_config = config.all_nodes().contains(&NodeId(id));
+                if !in_config {
                     return Err(NodeError::MemberNotFound(id));
-                };
-                self.propose_meta(MetaCommand::RemoveMember { id }).await?;
-                if let Err(e) = self
-                    .shared
+                }
+                self.shared
                     .replica
                     .change_membership(MembershipChange::Remove(NodeId(id)))
-                    .await
+                    .await?;
+                // The removal has committed: that is the answer. The table
+                // entry follows; if that step is lost (leader change), the
+                // entry is hidden (not in the configuration) and the next
+                // leader's reconciliation withdraws it.
+                if self.local_members().members.contains_key(&id)
+                    && let Err(e) = self.propose_meta(MetaCommand::RemoveMember { id }).await
                 {
-                    if let Err(undo) = self.propose_meta(MetaCommand::AddMember(old)).await {
-                        tracing::warn!(error = %undo, "could not restore the member table entry of a failed removal");
-                    }
-                    return Err(e.into());
+                    tracing::warn!(error = %e, member = %format!("{id:x}"), "removed from the configuration; the table entry stays until reconciliation");
                 }
+                let config = self.current_membership().await?;
                 Ok(PeerResponse::Members {
                     added: None,
-                    members: self.local_members().list(),
+                    members: self.members_in(&config),
                 })
             }
             PeerRequest::MemberPromote { id } => {
-                self.require_leader().await?;
                 match self.local_members().members.get(&id) {
                     None => return Err(NodeError::MemberNotFound(id)),
                     Some(m) if !m.is_learner => {
@@ -1087,13 +1195,46 @@ impl<S: StateMachine> NodeHandle<S> {
                     .replica
                     .change_membership(MembershipChange::Promote(NodeId(id)))
                     .await?;
-                let members = self.propose_meta(MetaCommand::PromoteMember { id }).await?;
+                self.propose_meta(MetaCommand::PromoteMember { id }).await?;
+                let config = self.current_membership().await?;
                 Ok(PeerResponse::Members {
                     added: None,
-                    members,
+                    members: self.members_in(&config),
                 })
             }
+            PeerRequest::Propose(_) => Err(NodeError::Invalid("not a membership change".into())),
         }
+    }
+
+    /// On the leader, withdraws table entries whose member is not in the
+    /// consensus configuration (an add whose configuration change failed,
+    /// a removal whose table step was lost). Runs only when no membership
+    /// change is in progress here and the configuration has committed.
+    async fn reconcile_table(&self) -> Result<(), NodeError> {
+        let Ok(_serial) = self.shared.membership_lock.try_lock() else {
+            return Ok(());
+        };
+        let st = self.shared.replica.status().await?;
+        let p = &st.protocol;
+        if p.role != Role::Leader || st.applied < p.last_index || p.membership.is_joint() {
+            return Ok(());
+        }
+        let nodes = p.membership.all_nodes();
+        let table = self.local_members();
+        if !table.initialized {
+            return Ok(());
+        }
+        let stale: Vec<u64> = table
+            .members
+            .keys()
+            .filter(|id| !nodes.contains(&NodeId(**id)))
+            .copied()
+            .collect();
+        for id in stale {
+            tracing::info!(member = %format!("{id:x}"), "withdrawing a member table entry that is not in the configuration");
+            self.propose_meta(MetaCommand::RemoveMember { id }).await?;
+        }
+        Ok(())
     }
 }
 
@@ -1274,6 +1415,7 @@ async fn housekeeping<S: StateMachine>(
     let mut ticks: u64 = 0;
     let mut bootstrap_in_flight: Option<JoinHandle<()>> = None;
     let mut publish_in_flight: Option<JoinHandle<()>> = None;
+    let mut reconcile_in_flight: Option<JoinHandle<()>> = None;
     loop {
         match sh.replica.status().await {
             Ok(st) => {
@@ -1323,6 +1465,22 @@ async fn housekeeping<S: StateMachine>(
                     }));
                 }
                 if table.initialized
+                    && p.role == Role::Leader
+                    && ticks.is_multiple_of(RECONCILE_EVERY_TICKS)
+                    && idle(&reconcile_in_flight)
+                    && table
+                        .members
+                        .keys()
+                        .any(|id| !p.membership.all_nodes().contains(&NodeId(*id)))
+                {
+                    let n = node.clone();
+                    reconcile_in_flight = Some(tokio::spawn(async move {
+                        if let Err(e) = n.reconcile_table().await {
+                            tracing::debug!(error = %e, "member table reconciliation not done yet");
+                        }
+                    }));
+                }
+                if table.initialized
                     && p.leader.is_some()
                     && idle(&publish_in_flight)
                     && let Some(me) = table.members.get(&sh.me.0)
@@ -1354,7 +1512,7 @@ async fn housekeeping<S: StateMachine>(
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
             _ = stop.changed() => {
-                for h in [bootstrap_in_flight, publish_in_flight].into_iter().flatten() {
+                for h in [bootstrap_in_flight, publish_in_flight, reconcile_in_flight].into_iter().flatten() {
                     h.abort();
                 }
                 return;
