@@ -37,9 +37,30 @@
 //! Invariant: the member list a client sees is the table filtered by the
 //! consensus configuration, so it never names a member that is not in the
 //! configuration; the leader withdraws table entries that are not in the
-//! configuration (a lost second step). Members added at run time get
-//! [`ids::added_member_id`] and publish their name and client URLs once they
-//! run.
+//! configuration (a lost second step). Members added at run time get a
+//! fresh id from the member table (never one used before in the cluster,
+//! see [`machine`]) and publish their name and client URLs once they run.
+//!
+//! Invariant: frames and requests from a removed member's id (a tombstone
+//! in the member table) are dropped/refused on every member, logged once
+//! per id and counted ([`NodeHandle::removed_refusals`]).
+//!
+//! A learner is promoted only when it is in sync: the leader asks it for its
+//! applied index ([`PeerRequest::Progress`]) and refuses (etcd's "can only
+//! promote a learner member which is in sync with leader") when it is more
+//! than [`PROMOTE_MAX_LAG_ENTRIES`] behind the leader's commit index or does
+//! not answer within [`PROGRESS_TIMEOUT_MS`].
+//!
+//! ## Joining
+//!
+//! A member joining an existing cluster knows its own id (from its data dir
+//! or its certificate, which the operator issued for the id `MemberAdd`
+//! returned) but not the ids of the members it is told to contact when
+//! those were added at run time. It dials each contact under the id the
+//! contact would have as a founder; and the leader dials *it* (the table
+//! gives the leader its id and address): a sender it does not know yet is
+//! tried at the contacts' addresses in turn until the connection comes up,
+//! so replies reach the leader and the member table arrives through the log.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -95,6 +116,17 @@ const LEADER_POLL_MS: u64 = 20;
 /// consensus configuration on the leader (with the default 200 ms poll:
 /// every second).
 const RECONCILE_EVERY_TICKS: u64 = 5;
+/// How far (in log entries) a learner's applied index may trail the
+/// leader's commit index for `MemberPromote` to accept it. A learner this
+/// close catches up within a few heartbeats; one further behind would stall
+/// commits (Raft) or accept rounds (Paxos) of the configuration it joins.
+pub const PROMOTE_MAX_LAG_ENTRIES: u64 = 1_000;
+/// How long the leader waits for a learner's progress answer before a
+/// promotion is refused as not in sync, in milliseconds.
+pub const PROGRESS_TIMEOUT_MS: u64 = 1_000;
+/// Most not-yet-known senders a joining member remembers while it learns
+/// their addresses (see [Joining](self#joining)).
+pub const MAX_UNKNOWN_SENDERS: usize = 64;
 
 /// Why a node call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,6 +162,18 @@ pub enum NodeError {
     /// No member with this id.
     #[error("member {0:x} not found")]
     MemberNotFound(u64),
+    /// A learner is not (known to be) in sync with the leader; nothing was
+    /// done.
+    #[error("can only promote a learner member which is in sync with leader: {0}")]
+    LearnerNotReady(String),
+    /// The id belongs to a member that was removed from the cluster; ids
+    /// are never admitted again.
+    #[error(
+        "member {0:x} was removed from the cluster and cannot rejoin under this id: \
+         add it again (`member add`), issue a certificate for the new id and start it \
+         with an empty data dir"
+    )]
+    Removed(u64),
     /// The node is shutting down (for a write: outcome unknown).
     #[error("node is shutting down")]
     Shutdown,
@@ -190,6 +234,8 @@ impl From<NodeError> for WireError {
             )),
             NodeError::Invalid(m) => WireError::Invalid(m),
             NodeError::MemberNotFound(id) => WireError::MemberNotFound(id),
+            NodeError::LearnerNotReady(m) => WireError::LearnerNotReady(m),
+            NodeError::Removed(id) => WireError::Removed(id),
             NodeError::OutcomeUnknown(m) => WireError::OutcomeUnknown(m),
             NodeError::Shutdown => WireError::OutcomeUnknown("the leader is shutting down".into()),
             NodeError::Unavailable(m) | NodeError::Fatal(m) | NodeError::Start(m) => {
@@ -210,6 +256,8 @@ impl From<WireError> for NodeError {
             WireError::OutcomeUnknown(m) => NodeError::OutcomeUnknown(m),
             WireError::Invalid(m) => NodeError::Invalid(m),
             WireError::MemberNotFound(id) => NodeError::MemberNotFound(id),
+            WireError::LearnerNotReady(m) => NodeError::LearnerNotReady(m),
+            WireError::Removed(id) => NodeError::Removed(id),
         }
     }
 }
@@ -233,7 +281,7 @@ pub struct NodeConfig {
     pub member_id: NodeId,
     /// Cluster id from the configuration (0 = learn it from the cluster).
     pub cluster_id: u64,
-    /// Cluster token (ids of added members derive from it).
+    /// Cluster token (founding member ids derive from it).
     pub token: String,
     /// Founding members when founding a cluster; `None` when joining.
     pub founding: Option<Vec<Member>>,
@@ -290,26 +338,15 @@ impl NodeConfig {
             ),
             crate::config::ClusterState::Existing => None,
         };
-        // A contact's id follows from its name if it founded the cluster,
-        // from its peer URLs if it was added later; a member joining an
-        // existing cluster cannot tell which, so it dials both candidates
-        // (the wrong one is never addressed and is dropped once the member
-        // table arrives).
+        // A contact's id follows from its name if it founded the cluster; a
+        // contact added at run time has an id the cluster assigned, which a
+        // joining member learns from the leader's traffic (see the module
+        // docs, "Joining").
         let contacts = cfg
             .initial_cluster
             .iter()
             .filter(|m| m.name != cfg.name)
-            .flat_map(|m| {
-                let founding = (ids::member_id(&cfg.token, &m.name), m.peer_urls.clone());
-                let added = match cfg.initial_cluster_state {
-                    crate::config::ClusterState::New => None,
-                    crate::config::ClusterState::Existing => Some((
-                        ids::added_member_id(&cfg.token, &m.peer_urls),
-                        m.peer_urls.clone(),
-                    )),
-                };
-                std::iter::once(founding).chain(added)
-            })
+            .map(|m| (ids::member_id(&cfg.token, &m.name), m.peer_urls.clone()))
             .collect();
         #[cfg(feature = "rocksdb")]
         let storage = StorageKind::Rocks(cfg.data_dir.join("db"));
@@ -424,7 +461,6 @@ struct Shared<S> {
     view: watch::Receiver<Arc<MemberTable>>,
     me: NodeId,
     name: String,
-    token: String,
     cluster_id_cfg: u64,
     advertise_client_urls: Vec<String>,
     forward_timeout_ms: u64,
@@ -434,6 +470,16 @@ struct Shared<S> {
     /// Serialises membership changes on this member (see
     /// [`NodeHandle::change_members`]).
     membership_lock: tokio::sync::Mutex<()>,
+    /// Peer URLs this member advertises.
+    advertise_peer_urls: Vec<String>,
+    /// Frames and requests refused because the sender's id is a tombstone.
+    removed_refusals: AtomicU64,
+    /// Removed ids already logged at warn level (later refusals log at
+    /// debug; bounded by the table's tombstones).
+    removed_logged: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    /// Senders not in the member table (or before it is known), at most
+    /// [`MAX_UNKNOWN_SENDERS`]: a joining member learns their addresses.
+    unknown_senders: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
 }
 
 /// Called on the leader after an application command it proposed (its own
@@ -540,6 +586,9 @@ impl<S: StateMachine> Node<S> {
 
         let mut qc = QuicConfig::new(cfg.listen_peer);
         qc.max_request_budget_ms = qc.max_request_budget_ms.max(cfg.forward_timeout_ms);
+        // Frames pass through the tombstone filter on their way to the
+        // replica; its queue is as long as the transport's.
+        let (admitted_tx, admitted_rx) = tokio::sync::mpsc::channel(qc.inbound_queue_frames.max(1));
         let bound = QuicTransport::bind(cfg.identity.clone(), qc).map_err(|e| match e {
             TransportError::Bind { addr, source } => NodeError::Start(format!(
                 "cannot listen for peers on {addr} (--listen-peer-urls): {source}"
@@ -547,6 +596,7 @@ impl<S: StateMachine> Node<S> {
             other => NodeError::Start(format!("peer transport: {other}")),
         })?;
         let transport = Arc::new(bound.transport);
+        let transport_inbound = bound.inbound;
         let (view_tx, view_rx) = watch::channel(Arc::new(MemberTable::default()));
         let machine = ClusterMachine::new(app, Arc::new(view_tx));
 
@@ -558,7 +608,7 @@ impl<S: StateMachine> Node<S> {
                 dyn_store,
                 machine,
                 &transport,
-                bound.inbound,
+                admitted_rx,
             )?,
             #[cfg(feature = "paxos")]
             ConsensusKind::Paxos => start_replica(
@@ -567,7 +617,7 @@ impl<S: StateMachine> Node<S> {
                 dyn_store,
                 machine,
                 &transport,
-                bound.inbound,
+                admitted_rx,
             )?,
             // Config validation refuses protocols that are not compiled in;
             // this arm only keeps the match total in single-protocol builds.
@@ -586,7 +636,6 @@ impl<S: StateMachine> Node<S> {
             view: view_rx,
             me: cfg.member_id,
             name: cfg.name.clone(),
-            token: cfg.token.clone(),
             cluster_id_cfg: cfg.cluster_id,
             advertise_client_urls: cfg.advertise_client_urls.clone(),
             forward_timeout_ms: cfg.forward_timeout_ms,
@@ -594,10 +643,20 @@ impl<S: StateMachine> Node<S> {
             db_size_bytes: AtomicU64::new(0),
             leader_hook: std::sync::OnceLock::new(),
             membership_lock: tokio::sync::Mutex::new(()),
+            advertise_peer_urls: cfg.advertise_peer_urls.clone(),
+            removed_refusals: AtomicU64::new(0),
+            removed_logged: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            unknown_senders: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         });
         let handle = NodeHandle { shared };
         let (stop, stop_rx) = watch::channel(false);
         let tasks = vec![
+            tokio::spawn(admit_inbound(
+                handle.clone(),
+                transport_inbound,
+                admitted_tx,
+                stop_rx.clone(),
+            )),
             tokio::spawn(serve_requests(
                 handle.clone(),
                 bound.requests,
@@ -1024,12 +1083,79 @@ impl<S: StateMachine> NodeHandle<S> {
         }
     }
 
-    async fn propose_meta(&self, cmd: MetaCommand) -> Result<Vec<Member>, NodeError> {
+    /// Proposes a table change locally; returns the member it added (for
+    /// [`MetaCommand::AddNewMember`]) and the table after it.
+    async fn propose_meta(
+        &self,
+        cmd: MetaCommand,
+    ) -> Result<(Option<Member>, Vec<Member>), NodeError> {
         let out = self.shared.replica.propose(cmd.encode_entry()).await?;
         match codec::decode::<MetaResponse>(&out) {
-            Ok(MetaResponse::Ok(members)) => Ok(members),
+            Ok(MetaResponse::Ok(members)) => Ok((None, members)),
+            Ok(MetaResponse::Added { member, members }) => Ok((Some(member), members)),
             Ok(MetaResponse::Refused(e)) => Err(NodeError::Invalid(e)),
             Err(e) => Err(NodeError::Fatal(format!("undecodable meta response: {e}"))),
+        }
+    }
+
+    /// Frames and requests refused because the sender was removed.
+    pub fn removed_refusals(&self) -> u64 {
+        self.shared.removed_refusals.load(Ordering::Relaxed)
+    }
+
+    /// Whether `from` is a removed member; if so, counts and logs the
+    /// refusal (warn once per id, then debug).
+    fn refuse_removed(&self, table: &MemberTable, from: NodeId, what: &str) -> bool {
+        if !table.is_removed(from.0) {
+            return false;
+        }
+        self.shared.removed_refusals.fetch_add(1, Ordering::Relaxed);
+        let first = self
+            .shared
+            .removed_logged
+            .lock()
+            .map(|mut l| {
+                // Bounded like the tombstones it mirrors.
+                if l.len() >= machine::MAX_TOMBSTONES {
+                    l.clear();
+                }
+                l.insert(from.0)
+            })
+            .unwrap_or(false);
+        let id = format!("{:x}", from.0);
+        if first {
+            tracing::warn!(member = %id, what, "refused: this id belongs to a member removed from the cluster (ids are never reused; a re-added member has a new id)");
+        } else {
+            tracing::debug!(member = %id, what, "refused a removed member");
+        }
+        true
+    }
+
+    /// The learner's applied index, asked over the transport.
+    async fn learner_applied(&self, id: NodeId) -> Result<u64, NodeError> {
+        let answer = self
+            .shared
+            .transport
+            .request(
+                id,
+                GROUP,
+                PeerRequest::Progress.encode(),
+                PROGRESS_TIMEOUT_MS,
+            )
+            .await
+            .map_err(|e| {
+                NodeError::LearnerNotReady(format!("learner {:x} did not answer: {e}", id.0))
+            })?;
+        match PeerResponse::decode(&answer) {
+            Ok(PeerResponse::Progress { applied_index }) => Ok(applied_index),
+            Ok(other) => Err(NodeError::LearnerNotReady(format!(
+                "learner {:x} answered {other:?}",
+                id.0
+            ))),
+            Err(e) => Err(NodeError::LearnerNotReady(format!(
+                "learner {:x}: undecodable answer: {e}",
+                id.0
+            ))),
         }
     }
 
@@ -1045,6 +1171,9 @@ impl<S: StateMachine> NodeHandle<S> {
                 }
                 Ok(PeerResponse::Applied(out))
             }
+            PeerRequest::Progress => Ok(PeerResponse::Progress {
+                applied_index: self.shared.replica.status().await?.applied.0,
+            }),
             PeerRequest::MemberAdd { .. }
             | PeerRequest::MemberRemove { .. }
             | PeerRequest::MemberPromote { .. } => {
@@ -1104,38 +1233,32 @@ impl<S: StateMachine> NodeHandle<S> {
                 is_learner,
             } => {
                 check_peer_urls(&peer_urls)?;
-                let id = ids::added_member_id(&self.shared.token, &peer_urls);
                 let config = self.current_membership().await?;
-                if config.all_nodes().contains(&id) {
-                    return Err(NodeError::Invalid(format!(
-                        "member {:x} (peer URLs {peer_urls:?}) already exists",
-                        id.0
-                    )));
-                }
                 // Withdraw table entries not in the configuration that use
-                // this id or one of these peer URLs: leftovers of an add
-                // whose configuration change failed.
+                // one of these peer URLs: leftovers of an add whose
+                // configuration change failed.
                 let stale: Vec<u64> = self
                     .local_members()
                     .members
                     .values()
                     .filter(|m| !config.all_nodes().contains(&NodeId(m.id)))
-                    .filter(|m| m.id == id.0 || m.peer_urls.iter().any(|u| peer_urls.contains(u)))
+                    .filter(|m| m.peer_urls.iter().any(|u| peer_urls.contains(u)))
                     .map(|m| m.id)
                     .collect();
                 for old in stale {
                     self.propose_meta(MetaCommand::RemoveMember { id: old })
                         .await?;
                 }
-                let member = Member {
-                    id: id.0,
-                    name: String::new(),
-                    peer_urls,
-                    client_urls: Vec::new(),
-                    is_learner,
-                };
-                self.propose_meta(MetaCommand::AddMember(member.clone()))
+                // The table assigns the id (fresh, never used before).
+                let (added, _) = self
+                    .propose_meta(MetaCommand::AddNewMember {
+                        peer_urls,
+                        is_learner,
+                    })
                     .await?;
+                let member = added
+                    .ok_or_else(|| NodeError::Fatal("the member table added no member".into()))?;
+                let id = NodeId(member.id);
                 let change = if is_learner {
                     MembershipChange::AddLearner(id)
                 } else {
@@ -1150,6 +1273,7 @@ impl<S: StateMachine> NodeHandle<S> {
                     }
                     return Err(e.into());
                 }
+                tracing::info!(member = %format!("{:x}", id.0), peer_urls = ?member.peer_urls, is_learner, "member added");
                 let config = self.current_membership().await?;
                 Ok(PeerResponse::Members {
                     added: Some(member),
@@ -1191,6 +1315,14 @@ impl<S: StateMachine> NodeHandle<S> {
                     }
                     Some(_) => {}
                 }
+                let commit = self.shared.replica.status().await?.protocol.commit.0;
+                let applied = self.learner_applied(NodeId(id)).await?;
+                if !learner_in_sync(commit, applied, PROMOTE_MAX_LAG_ENTRIES) {
+                    return Err(NodeError::LearnerNotReady(format!(
+                        "learner {id:x} has applied index {applied}, the leader's commit index is \
+                         {commit} (at most {PROMOTE_MAX_LAG_ENTRIES} entries behind is in sync)"
+                    )));
+                }
                 self.shared
                     .replica
                     .change_membership(MembershipChange::Promote(NodeId(id)))
@@ -1202,7 +1334,9 @@ impl<S: StateMachine> NodeHandle<S> {
                     members: self.members_in(&config),
                 })
             }
-            PeerRequest::Propose(_) => Err(NodeError::Invalid("not a membership change".into())),
+            PeerRequest::Propose(_) | PeerRequest::Progress => {
+                Err(NodeError::Invalid("not a membership change".into()))
+            }
         }
     }
 
@@ -1235,6 +1369,48 @@ impl<S: StateMachine> NodeHandle<S> {
             self.propose_meta(MetaCommand::RemoveMember { id }).await?;
         }
         Ok(())
+    }
+}
+
+/// Whether a learner that has applied `learner_applied` is close enough to
+/// the leader's `leader_commit` to be promoted (see
+/// [`PROMOTE_MAX_LAG_ENTRIES`]).
+pub fn learner_in_sync(leader_commit: u64, learner_applied: u64, max_lag_entries: u64) -> bool {
+    leader_commit.saturating_sub(learner_applied) <= max_lag_entries
+}
+
+/// Passes frames from the transport to the replica, dropping those from
+/// removed members, and remembers senders the member table does not know
+/// yet (a joining member learns their addresses, see
+/// [`manage_peers`]).
+async fn admit_inbound<S: StateMachine>(
+    node: NodeHandle<S>,
+    mut from_transport: tokio::sync::mpsc::Receiver<ha_core::transport::Inbound>,
+    to_replica: tokio::sync::mpsc::Sender<ha_core::transport::Inbound>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut view = node.shared.view.clone();
+    let mut table = Arc::clone(&view.borrow_and_update());
+    loop {
+        let frame = tokio::select! {
+            f = from_transport.recv() => match f { Some(f) => f, None => return },
+            _ = stop.changed() => return,
+        };
+        if view.has_changed().unwrap_or(false) {
+            table = Arc::clone(&view.borrow_and_update());
+        }
+        if node.refuse_removed(&table, frame.from, "consensus frame") {
+            continue;
+        }
+        if !table.members.contains_key(&frame.from.0)
+            && let Ok(mut unknown) = node.shared.unknown_senders.lock()
+            && unknown.len() < MAX_UNKNOWN_SENDERS
+        {
+            unknown.insert(frame.from);
+        }
+        if to_replica.send(frame).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -1278,7 +1454,9 @@ async fn serve_requests<S: StateMachine>(
         let node = node.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let answer = if req.group != GROUP {
+            let answer = if node.refuse_removed(&node.local_members(), req.from, "request") {
+                PeerResponse::Error(WireError::Removed(req.from.0))
+            } else if req.group != GROUP {
                 PeerResponse::Error(WireError::Invalid(format!("unknown group {}", req.group)))
             } else {
                 match PeerRequest::decode(&req.payload) {
@@ -1325,6 +1503,7 @@ async fn manage_peers<S: StateMachine>(
 ) {
     let mut view = node.shared.view.clone();
     let mut known: HashMap<NodeId, SocketAddr> = HashMap::new();
+    let mut round: usize = 0;
     loop {
         let table = Arc::clone(&view.borrow_and_update());
         let mut wanted: Vec<(NodeId, Vec<String>)> = if table.initialized {
@@ -1354,6 +1533,36 @@ async fn manage_peers<S: StateMachine>(
                     Err(e) => tracing::warn!(peer = %id, error = %e, "cannot add peer"),
                 }
             }
+        }
+        // Before the table is known: senders we cannot place (a leader added
+        // at run time, dialling this joining member) are tried at the
+        // contacts' addresses in turn until their connection comes up.
+        if !table.initialized {
+            let contact_addrs: Vec<SocketAddr> = wanted
+                .iter()
+                .filter_map(|(id, _)| known.get(id).copied())
+                .collect();
+            let unknown: Vec<NodeId> = node
+                .shared
+                .unknown_senders
+                .lock()
+                .map(|u| {
+                    u.iter()
+                        .filter(|id| !wanted.iter().any(|(w, _)| w == *id))
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (k, id) in unknown.into_iter().enumerate() {
+                if contact_addrs.is_empty() || node.shared.transport.is_connected(id) {
+                    continue;
+                }
+                let addr = contact_addrs[(round + k) % contact_addrs.len()];
+                if node.shared.transport.add_peer(id, addr).is_ok() {
+                    tracing::debug!(peer = %format!("{:x}", id.0), %addr, "trying a contact address for a sender not known yet");
+                }
+            }
+            round = round.wrapping_add(1);
         }
         // Forget peers that left both the table and the consensus
         // configuration (a member being removed must still get the entry
@@ -1401,6 +1610,35 @@ fn dir_size_bytes(dir: &std::path::Path) -> u64 {
     total
 }
 
+/// Checks this member's id against the member table once it is known and
+/// logs an error when the cluster removed it or knows its peer URL under
+/// another id. Returns whether the check is done.
+fn check_own_identity<S: StateMachine>(node: &NodeHandle<S>, table: &MemberTable) -> bool {
+    let me = node.shared.me.0;
+    if table.is_removed(me) {
+        tracing::error!(member = %format!("{me:x}"), "{}", NodeError::Removed(me));
+        return true;
+    }
+    if table.members.contains_key(&me) {
+        return true;
+    }
+    match table.by_peer_urls(&node.shared.advertise_peer_urls) {
+        Some(other) => {
+            tracing::error!(
+                member = %format!("{me:x}"),
+                "the cluster lists this member's peer URLs under member id {:x}, but this \
+                 member runs as {me:x}: start it with a certificate for {:x} and an empty data dir",
+                other.id,
+                other.id
+            );
+            true
+        }
+        // Not added (yet): a member is only sent the log once it is in the
+        // configuration, so this is a stale view; check again later.
+        None => false,
+    }
+}
+
 /// Status polling (metrics, health), bootstrap of the member table by the
 /// first leader, and publishing this member's name and client URLs.
 async fn housekeeping<S: StateMachine>(
@@ -1416,6 +1654,7 @@ async fn housekeeping<S: StateMachine>(
     let mut bootstrap_in_flight: Option<JoinHandle<()>> = None;
     let mut publish_in_flight: Option<JoinHandle<()>> = None;
     let mut reconcile_in_flight: Option<JoinHandle<()>> = None;
+    let mut identity_checked = false;
     loop {
         match sh.replica.status().await {
             Ok(st) => {
@@ -1444,6 +1683,9 @@ async fn housekeeping<S: StateMachine>(
                 sh.metrics.record_storage(w, f, b);
 
                 let table = node.local_members();
+                if table.initialized && !identity_checked {
+                    identity_checked = check_own_identity(&node, &table);
+                }
                 let idle = |h: &Option<JoinHandle<()>>| h.as_ref().is_none_or(|h| h.is_finished());
                 if !table.initialized
                     && p.role == Role::Leader
