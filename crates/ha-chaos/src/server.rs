@@ -264,15 +264,10 @@ pub fn generate_certs(
         return Ok(());
     }
     let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
-    // A member removed and added back gets an id derived from its peer URL
-    // (see `ha_node::ids`), so it needs a certificate for that id too.
-    let peers: Vec<String> = members.iter().map(MemberSpec::peer_url).collect();
     let out = Command::new(binary)
         .arg("certs")
         .arg("--names")
         .arg(names.join(","))
-        .arg("--added-peer-urls")
-        .arg(peers.join(","))
         .arg("--initial-cluster-token")
         .arg(token)
         .arg("--out")
@@ -286,6 +281,55 @@ pub fn generate_certs(
     if !out.status.success() {
         return Err(ServerError::Config(format!(
             "`{} certs` failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// File stem of the certificate of a member added at run time with `id`
+/// (what `ha-node certs --member-ids` writes).
+pub fn added_member_cert_stem(id: u64) -> String {
+    format!("member-{id:x}")
+}
+
+/// Runs `ha-node certs --ca-dir DIR --member-ids ID --out DIR`: a
+/// certificate, signed by the cluster CA in `dir`, for the member the
+/// cluster added with `id` (ids of added members are assigned by the
+/// cluster, so the certificate can only be issued after the add). Kept if it
+/// exists already (an add whose answer was lost and is found listed).
+pub fn issue_added_member_cert(
+    binary: &Path,
+    token: &str,
+    dir: &Path,
+    id: u64,
+) -> Result<(), ServerError> {
+    if dir
+        .join(format!("{}.pem", added_member_cert_stem(id)))
+        .is_file()
+    {
+        return Ok(());
+    }
+    let out = Command::new(binary)
+        .arg("certs")
+        .arg("--ca-dir")
+        .arg(dir)
+        .arg("--member-ids")
+        .arg(format!("{id:x}"))
+        .arg("--initial-cluster-token")
+        .arg(token)
+        .arg("--out")
+        .arg(dir)
+        .output()
+        .map_err(|source| ServerError::Spawn {
+            member: format!("(certificate of member {id:x})"),
+            program: binary.display().to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ServerError::Config(format!(
+            "`{} certs --member-ids {id:x}` failed: {}",
             binary.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
@@ -314,7 +358,7 @@ pub struct Cluster {
     /// it joins an existing cluster.
     joins: Vec<(String, bool)>,
     /// Member id of each member that was added back at run time (its
-    /// certificate is `added-<id hex>.pem`).
+    /// certificate is `member-<id hex>.pem`, issued at the re-add).
     rejoined_ids: Vec<Option<u64>>,
     /// Members removed from the cluster (never restarted until re-added).
     removed: Vec<bool>,
@@ -471,7 +515,19 @@ impl Cluster {
                 cmd.arg("--consensus").arg(consensus);
                 if let Some(dir) = certs_dir {
                     let c = match self.rejoined_ids[i] {
-                        Some(id) => locate_certs(dir, i + 1, &format!("added-{id:x}"))?,
+                        Some(id) => {
+                            let stem = added_member_cert_stem(id);
+                            let c = locate_certs(dir, i + 1, &stem)?;
+                            // Never fall back to the founding certificate:
+                            // its id was removed and is refused.
+                            if c.cert != dir.join(format!("{stem}.pem")) {
+                                return Err(ServerError::Config(format!(
+                                    "no certificate {stem}.pem for re-added member {}",
+                                    m.name
+                                )));
+                            }
+                            c
+                        }
                         None => locate_certs(dir, i + 1, &m.name)?,
                     };
                     cmd.arg("--peer-trusted-ca-file")
@@ -624,14 +680,22 @@ impl Cluster {
 
     /// Prepares member `i` to join the running cluster as a new member
     /// with a fresh data directory (after a member-add), with the given
-    /// `--initial-cluster` value.
-    /// `member_id` is the id the cluster gave it.
+    /// `--initial-cluster` value. `member_id` is the id the cluster gave
+    /// it; for ha-node, its certificate is issued here with the cluster CA.
     pub fn prepare_rejoin(
         &mut self,
         i: usize,
         initial_cluster: String,
         member_id: u64,
     ) -> Result<(), ServerError> {
+        if let ServerKind::HaNode {
+            binary,
+            certs_dir: Some(certs),
+            ..
+        } = &self.cfg.kind
+        {
+            issue_added_member_cert(binary, &self.cfg.token, certs, member_id)?;
+        }
         let dir = self.cfg.members[i].data_dir.clone();
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(|source| ServerError::Io {
