@@ -7,6 +7,21 @@
 //! `ha-node certs --nodes 3 --out certs` writes a dev CA and member
 //! certificates.
 //!
+//! Adding a member (etcd's flow, with one more step for its certificate):
+//!
+//! ```text
+//! etcdctl member add n4 --peer-urls=https://10.0.0.4:2380
+//!   → Member 5a3c1b2e added to cluster …   (a fresh id, never used before)
+//! ha-node certs --ca-dir certs --member-ids 5a3c1b2e --out certs \
+//!   --initial-cluster-token TOKEN           → certs/member-5a3c1b2e.pem
+//! ha-node --name n4 --initial-cluster-state existing --initial-cluster … \
+//!   --peer-cert-file certs/member-5a3c1b2e.pem …   (empty data dir)
+//! ```
+//!
+//! The joining member takes its id from the certificate (or `--member-id`)
+//! and records it in its data dir; a data dir or certificate of another id
+//! is refused at start. A removed member's id is never admitted again.
+//!
 //! Exit codes: 0 after a clean shutdown (SIGTERM / Ctrl-C), 2 for invalid
 //! settings, 1 for any other failure (port in use, data dir of another
 //! cluster, storage errors).

@@ -1681,6 +1681,8 @@ async fn housekeeping<S: StateMachine>(
                 sh.metrics.record_transport(&sh.transport.stats());
                 let (w, f, b) = store.counters();
                 sh.metrics.record_storage(w, f, b);
+                sh.metrics
+                    .record_removed_refusals(sh.removed_refusals.load(Ordering::Relaxed));
 
                 let table = node.local_members();
                 if table.initialized && !identity_checked {
