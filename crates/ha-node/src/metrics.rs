@@ -198,7 +198,7 @@ impl Metrics {
             m.db_size_bytes.clone(),
         );
         let mi = &m.mirrors;
-        let counters: [(&str, &str, &Mirror); 25] = [
+        let counters: [(&str, &str, &Mirror); 26] = [
             (
                 "consensus_proposals",
                 "Proposals accepted by the protocol",
