@@ -11,7 +11,9 @@ use ha_core::kv::{KvCommand, KvResponse, MemKv};
 use ha_core::replica::ReplicaConfig;
 use ha_core::{Bytes, NodeId};
 use ha_node::certs::insecure_dev_identity;
-use ha_node::cluster::{GROUP, Member, Node, NodeConfig, NodeError, NodeHandle, StorageKind};
+use ha_node::cluster::{
+    GROUP, Member, Node, NodeConfig, NodeError, NodeHandle, PROMOTE_MAX_LAG_ENTRIES, StorageKind,
+};
 use ha_node::config::ConsensusKind;
 use ha_node::ids;
 use ha_node::metrics::Metrics;
@@ -728,7 +730,7 @@ async fn promote_of_a_lagging_learner_is_refused_until_it_catches_up() {
     })
     .await;
     let lid = NodeId(added.id);
-    for i in 0..50 {
+    for i in 0..200 {
         write(&h, &format!("k{i}"), "v").await.unwrap();
     }
     let e = h.member_promote(lid.0).await.unwrap_err();
@@ -768,7 +770,13 @@ async fn promote_of_a_lagging_learner_is_refused_until_it_catches_up() {
     .await;
     assert!(members.iter().any(|m| m.id == lid.0 && !m.is_learner));
     let lst = l.handle().status().await.unwrap();
-    assert!(lst.applied_index >= 50, "it had caught up");
+    let commit = h.status().await.unwrap().commit_index;
+    assert!(
+        ha_node::cluster::learner_in_sync(commit, lst.applied_index, PROMOTE_MAX_LAG_ENTRIES),
+        "it had caught up: applied {} of {commit}",
+        lst.applied_index
+    );
+    assert!(lst.applied_index >= 180, "{}", lst.applied_index);
     assert!(!h.status().await.unwrap().membership.is_learner(lid));
     drop(h);
     l.shutdown().await.unwrap();
