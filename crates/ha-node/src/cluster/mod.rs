@@ -48,8 +48,9 @@
 //! A learner is promoted only when it is in sync: the leader asks it for its
 //! applied index ([`PeerRequest::Progress`]) and refuses (etcd's "can only
 //! promote a learner member which is in sync with leader") when it is more
-//! than [`PROMOTE_MAX_LAG_ENTRIES`] behind the leader's commit index or does
-//! not answer within [`PROGRESS_TIMEOUT_MS`].
+//! than 10 % of the leader's commit index behind ([`learner_in_sync`],
+//! capped by [`PROMOTE_MAX_LAG_ENTRIES`]) or does not answer within
+//! [`PROGRESS_TIMEOUT_MS`].
 //!
 //! ## Joining
 //!
@@ -116,11 +117,14 @@ const LEADER_POLL_MS: u64 = 20;
 /// consensus configuration on the leader (with the default 200 ms poll:
 /// every second).
 const RECONCILE_EVERY_TICKS: u64 = 5;
-/// How far (in log entries) a learner's applied index may trail the
-/// leader's commit index for `MemberPromote` to accept it. A learner this
-/// close catches up within a few heartbeats; one further behind would stall
-/// commits (Raft) or accept rounds (Paxos) of the configuration it joins.
+/// Most log entries a learner's applied index may trail the leader's
+/// commit index for `MemberPromote` to accept it (the cap of the relative
+/// rule in [`learner_in_sync`]). A learner this close catches up within a
+/// few heartbeats; one further behind would stall commits (Raft) or accept
+/// rounds (Paxos) of the configuration it joins.
 pub const PROMOTE_MAX_LAG_ENTRIES: u64 = 1_000;
+/// Lag in entries always tolerated (small logs, writes in flight).
+pub const PROMOTE_MIN_LAG_ENTRIES: u64 = 16;
 /// How long the leader waits for a learner's progress answer before a
 /// promotion is refused as not in sync, in milliseconds.
 pub const PROGRESS_TIMEOUT_MS: u64 = 1_000;
@@ -1320,7 +1324,7 @@ impl<S: StateMachine> NodeHandle<S> {
                 if !learner_in_sync(commit, applied, PROMOTE_MAX_LAG_ENTRIES) {
                     return Err(NodeError::LearnerNotReady(format!(
                         "learner {id:x} has applied index {applied}, the leader's commit index is \
-                         {commit} (at most {PROMOTE_MAX_LAG_ENTRIES} entries behind is in sync)"
+                         {commit}"
                     )));
                 }
                 self.shared
@@ -1373,10 +1377,14 @@ impl<S: StateMachine> NodeHandle<S> {
 }
 
 /// Whether a learner that has applied `learner_applied` is close enough to
-/// the leader's `leader_commit` to be promoted (see
-/// [`PROMOTE_MAX_LAG_ENTRIES`]).
+/// the leader's `leader_commit` to be promoted: etcd's rule (the learner
+/// has at least 90 % of the leader's log), with the tolerated lag at least
+/// [`PROMOTE_MIN_LAG_ENTRIES`] and at most `max_lag_entries`.
 pub fn learner_in_sync(leader_commit: u64, learner_applied: u64, max_lag_entries: u64) -> bool {
-    leader_commit.saturating_sub(learner_applied) <= max_lag_entries
+    let allowed = (leader_commit / 10)
+        .max(PROMOTE_MIN_LAG_ENTRIES)
+        .min(max_lag_entries);
+    leader_commit.saturating_sub(learner_applied) <= allowed
 }
 
 /// Passes frames from the transport to the replica, dropping those from
@@ -1762,5 +1770,30 @@ async fn housekeeping<S: StateMachine>(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learner_in_sync_follows_etcds_ninety_percent_rule_within_bounds() {
+        // Small logs: a lag of up to PROMOTE_MIN_LAG_ENTRIES is tolerated.
+        assert!(learner_in_sync(10, 0, PROMOTE_MAX_LAG_ENTRIES));
+        assert!(learner_in_sync(200, 184, PROMOTE_MAX_LAG_ENTRIES));
+        assert!(!learner_in_sync(200, 179, PROMOTE_MAX_LAG_ENTRIES));
+        // 90 % of the leader's log.
+        assert!(learner_in_sync(1_000, 900, PROMOTE_MAX_LAG_ENTRIES));
+        assert!(!learner_in_sync(1_000, 899, PROMOTE_MAX_LAG_ENTRIES));
+        // Capped for long logs.
+        assert!(learner_in_sync(1_000_000, 999_000, PROMOTE_MAX_LAG_ENTRIES));
+        assert!(!learner_in_sync(
+            1_000_000,
+            998_999,
+            PROMOTE_MAX_LAG_ENTRIES
+        ));
+        // Ahead of the leader's commit (it learned a later commit first).
+        assert!(learner_in_sync(5, 7, PROMOTE_MAX_LAG_ENTRIES));
     }
 }
