@@ -752,3 +752,96 @@ async fn more_snapshot_transfers_than_streams_do_not_stall() {
         t.shutdown(500).await;
     }
 }
+
+/// A peer that dies without a word (`kill -9`: its runtime is gone, no
+/// CONNECTION_CLOSE is sent) and comes back on the same address must be
+/// reachable again long before the idle timeout: the new process answers
+/// the stale connection's packets with a stateless reset the others accept
+/// (the reset key derives from the node's identity, not from the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_killed_without_closing_is_reachable_again_before_the_idle_timeout() {
+    const IDLE_MS: u64 = 30_000;
+    let ca = DevCa::generate("ca", Validity::days_from_now(1)).unwrap();
+    let tune = |c: &mut QuicConfig| {
+        c.idle_timeout_ms = IDLE_MS;
+        c.keep_alive_ms = 1_000;
+    };
+    let mut c1 = test_config(loopback());
+    tune(&mut c1);
+    let b1 = start(&ca, 1, c1);
+    let addr1 = b1.transport.local_addr().unwrap();
+
+    // Node 3 lives on its own runtime, so it can be killed without closing.
+    let bind3 = |addr: SocketAddr| {
+        let ident3 = ident(&ca, 3);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut c = test_config(addr);
+            c.idle_timeout_ms = IDLE_MS;
+            c.keep_alive_ms = 1_000;
+            c.peers.insert(NodeId(1), addr1);
+            let bound = rt.block_on(async { QuicTransport::bind(ident3, c) });
+            (rt, bound)
+        })
+        .join()
+        .unwrap()
+    };
+    let (rt3, bound3) = bind3(loopback());
+    let b3 = bound3.unwrap();
+    let addr3 = b3.transport.local_addr().unwrap();
+    b1.transport.add_peer(NodeId(3), addr3).unwrap();
+    let mut rx3 = b3.inbound;
+    b1.transport.send(NodeId(3), proto(0, "before"));
+    assert_eq!(&recv_from(&mut rx3, 1).await.frame.payload[..], b"before");
+    assert!(b1.transport.is_connected(NodeId(3)));
+
+    // kill -9: the runtime and every task of node 3 vanish, nothing is sent.
+    drop(rx3);
+    drop(b3.transport);
+    rt3.shutdown_background();
+    assert!(b1.transport.is_connected(NodeId(3)), "node 1 was not told");
+
+    let mut restarted = None;
+    for _ in 0..100 {
+        let (rt, bound) = bind3(addr3);
+        match bound {
+            Ok(b) => {
+                restarted = Some((rt, b));
+                break;
+            }
+            Err(_) => {
+                rt.shutdown_background();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let (rt3, b3) = restarted.expect("could not rebind node 3's address");
+    let mut rx3 = b3.inbound;
+    let started = Instant::now();
+    // Well under the idle timeout (after which any stale connection would
+    // be dropped anyway).
+    let deadline = started + Duration::from_millis(IDLE_MS / 3);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 did not reach the restarted node 3 within {:?}",
+            deadline - started
+        );
+        b1.transport.send(NodeId(3), proto(0, "after"));
+        match timeout(Duration::from_millis(100), rx3.recv()).await {
+            Ok(Some(m)) if m.from == NodeId(1) => {
+                assert_eq!(&m.frame.payload[..], b"after");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(b1.transport.stats().reconnects >= 1);
+    b1.transport.shutdown(1_000).await;
+    drop(b3.transport);
+    rt3.shutdown_background();
+}
