@@ -179,6 +179,15 @@ fn test(args: &[String]) -> Result<()> {
             .env("HA_RAFT_SIM_SEEDS", RELEASE_SIM_SEEDS_PER_SCENARIO)
             .env("HA_PAXOS_SIM_SEEDS", RELEASE_SIM_SEEDS_PER_SCENARIO),
     )?;
+    // ha-lock's lock-safety simulation on real Raft (the debug run above
+    // covers 1,000 seeds; issue 7 asks for at least that many, a release
+    // run gives a wider margin for ~1 minute).
+    run(
+        "ha-lock lock safety on Raft over 5,000 seeds (release)",
+        cargo()
+            .args(["test", "--release", "-p", "ha-lock", "--test", "lock_sim"])
+            .env("HA_LOCK_SIM_SEEDS", "5000"),
+    )?;
     chaos_scenario()?;
     eprintln!(
         "xtask: all checks passed in {:.1}s",
@@ -623,17 +632,20 @@ fn chaos(args: &[String]) -> Result<()> {
 
 /// Seed of the fast default chaos scenario of `cargo xtask test`.
 const TEST_CHAOS_SEED: &str = "1";
-/// Workload time of that scenario (each fault kind once at 6 s a fault).
-const TEST_CHAOS_DURATION: &str = "45s";
+/// Workload time of that scenario: each of the seven fault kinds once at
+/// 6 s a fault, plus room for the slower heals (a membership re-add starts
+/// a member that must catch up).
+const TEST_CHAOS_DURATION: &str = "55s";
 
 /// The fast default chaos scenario of `cargo xtask test`: a fixed-seed run
 /// against ha-node/raft that must pass, then the same with a deliberately
 /// broken client (acknowledges writes it never sent) that must be caught.
 /// Skipped, saying so, while `ha-node` does not serve the etcd API.
-/// Faults of the default chaos scenario: every nemesis but `membership`,
-/// whose remove/re-add flow does not yet complete against ha-node (MemberAdd
-/// of the removed member timed out in the first run; issue 9 note).
-const TEST_CHAOS_NEMESES: &str = "kill,pause,isolate-leader,majority-minority,one-way,bridge";
+/// Faults of the default chaos scenario: every nemesis, `membership`
+/// included (remove a follower, wipe it, add it back under a new id with a
+/// certificate issued for that id; issues 8 and 9).
+const TEST_CHAOS_NEMESES: &str =
+    "kill,pause,isolate-leader,majority-minority,one-way,bridge,membership";
 
 fn chaos_scenario() -> Result<()> {
     let Some(bin) = build_ha_node(false, false)? else {

@@ -35,6 +35,7 @@
 //! trace of events and messages (`Display` shows its tail; set
 //! `HA_SIM_TRACE_DIR` to have the whole trace written to a file).
 
+pub mod app;
 pub mod bench;
 pub mod config;
 pub mod history;
