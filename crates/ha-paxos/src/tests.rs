@@ -1107,3 +1107,48 @@ fn recovery_rejects_impossible_state() {
     );
     assert!(matches!(r, Err(crate::PaxosError::BadId(_))));
 }
+
+#[test]
+fn followers_at_the_same_slot_get_the_same_batch_stamped_with_the_ballot() {
+    let mut c = Cluster::new(&[1, 2, 3, 4]);
+    let l = c.elect(3_000);
+    c.commit(l, b"warm-up");
+    let ballot = c.node(l.0).px.ballot();
+    let mut slots = Vec::new();
+    for data in [&b"a"[..], b"b", b"c"] {
+        match c.px(l.0).propose(Bytes::from_static(data)) {
+            Ok(id) => slots.push(id.index),
+            Err(e) => panic!("proposal refused: {e}"),
+        }
+    }
+    assert!(c.px(l.0).has_ready());
+    let rd = c.px(l.0).ready();
+    let mut batches = BTreeMap::new();
+    for m in rd.messages.iter().chain(&rd.persisted_messages) {
+        if let Message::Accept(a) = &m.msg
+            && !a.entries.is_empty()
+        {
+            batches.insert(m.to, a.entries.clone());
+        }
+    }
+    assert_eq!(batches.len(), 3, "one Accept per follower: {batches:?}");
+    for (to, entries) in &batches {
+        let got: Vec<LogIndex> = entries.iter().map(Entry::index).collect();
+        assert_eq!(got, slots, "{to:?}");
+        assert!(entries.iter().all(|e| e.term() == ballot), "{to:?}");
+        let payloads: Vec<&EntryPayload> = entries.iter().map(|e| &e.payload).collect();
+        assert_eq!(
+            payloads,
+            [b"a", b"b", b"c"]
+                .iter()
+                .map(|d| EntryPayload::Normal(Bytes::from_static(&d[..])))
+                .collect::<Vec<_>>()
+                .iter()
+                .collect::<Vec<_>>(),
+            "{to:?}"
+        );
+    }
+    c.px(l.0).advance(rd.number);
+    c.run_for(100);
+    assert!(c.node(l.0).px.commit_index() >= slots[2]);
+}

@@ -11,10 +11,9 @@
 //! writes the whole trace to a file). `cargo xtask sim --protocol paxos
 //! --seeds N` runs the suite in release.
 
-use ha_core::consensus::{Recovered, Role};
-use ha_core::testkit::suite::{ProtocolOptions, SuiteProtocol};
+use ha_core::consensus::Role;
+use ha_core::testkit::suite::{NodeStart, ProtocolOptions, SuiteProtocol};
 use ha_core::testkit::{Checks, ClusterView};
-use ha_core::{Membership, NodeId};
 use ha_paxos::{Config, Paxos};
 
 struct PaxosSuite;
@@ -26,14 +25,7 @@ impl SuiteProtocol for PaxosSuite {
         "paxos"
     }
 
-    fn build(
-        &self,
-        id: NodeId,
-        initial: &Membership,
-        recovered: Recovered,
-        seed: u64,
-        options: &ProtocolOptions,
-    ) -> Paxos {
+    fn build(&self, node: NodeStart<'_>, options: &ProtocolOptions) -> Paxos {
         let cfg = Config {
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
@@ -47,7 +39,8 @@ impl SuiteProtocol for PaxosSuite {
             lease_drift_margin_ms: options.lease_drift_margin_ms,
             ..Config::default()
         };
-        Paxos::new(id, cfg, recovered, initial.clone(), seed)
+        let id = node.id;
+        Paxos::new(id, cfg, node.recovered, node.initial.clone(), node.seed)
             .unwrap_or_else(|e| panic!("node {id:?} cannot start: {e}"))
     }
 

@@ -9,10 +9,8 @@
 //! whole trace to a file). `cargo xtask sim --protocol raft --seeds N` runs
 //! the suite in release.
 
-use ha_core::consensus::Recovered;
 use ha_core::testkit::ClusterView;
-use ha_core::testkit::suite::{ProtocolOptions, SuiteProtocol};
-use ha_core::{Membership, NodeId};
+use ha_core::testkit::suite::{NodeStart, ProtocolOptions, SuiteProtocol};
 use ha_raft::{Config, Raft};
 
 struct RaftSuite;
@@ -24,14 +22,7 @@ impl SuiteProtocol for RaftSuite {
         "raft"
     }
 
-    fn build(
-        &self,
-        id: NodeId,
-        initial: &Membership,
-        recovered: Recovered,
-        seed: u64,
-        options: &ProtocolOptions,
-    ) -> Raft {
+    fn build(&self, node: NodeStart<'_>, options: &ProtocolOptions) -> Raft {
         let cfg = Config {
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
@@ -44,7 +35,8 @@ impl SuiteProtocol for RaftSuite {
             lease_drift_margin_ms: options.lease_drift_margin_ms,
             ..Config::default()
         };
-        Raft::new(id, cfg, recovered, initial.clone(), seed)
+        let id = node.id;
+        Raft::new(id, cfg, node.recovered, node.initial.clone(), node.seed)
             .unwrap_or_else(|e| panic!("node {id:?} cannot start: {e}"))
     }
 

@@ -12,7 +12,7 @@
 //! impl ha_core::testkit::suite::SuiteProtocol for MySuite {
 //!     type Protocol = MyProtocol;
 //!     fn name(&self) -> &'static str { "mine" } // HA_MINE_SIM_SEEDS, ha-mine
-//!     fn build(&self, id, initial, recovered, seed, options) -> MyProtocol { … }
+//!     fn build(&self, node: NodeStart<'_>, options: &ProtocolOptions) -> MyProtocol { … }
 //! }
 //! ha_core::sim_suite!(MySuite);
 //! ```
@@ -77,6 +77,19 @@ impl Default for ProtocolOptions {
     }
 }
 
+/// Everything the simulator knows when it starts (or restarts) a node.
+#[derive(Debug)]
+pub struct NodeStart<'a> {
+    /// The node.
+    pub id: NodeId,
+    /// The cluster's initial configuration.
+    pub initial: &'a Membership,
+    /// What the node found in its store.
+    pub recovered: Recovered,
+    /// Seed for the protocol's randomness.
+    pub seed: u64,
+}
+
 /// A protocol under the shared suite: the factory plus what the suite
 /// cannot know about it.
 pub trait SuiteProtocol: 'static {
@@ -88,17 +101,9 @@ pub trait SuiteProtocol: 'static {
     /// line names the package `ha-<name>`.
     fn name(&self) -> &'static str;
 
-    /// Builds node `id` at first start and at every restart: the cluster's
-    /// initial configuration, what the node recovered from its store, the
-    /// protocol's seed, and the scenario's options.
-    fn build(
-        &self,
-        id: NodeId,
-        initial: &Membership,
-        recovered: Recovered,
-        seed: u64,
-        options: &ProtocolOptions,
-    ) -> Self::Protocol;
+    /// Builds a node at first start and at every restart, with the
+    /// scenario's options.
+    fn build(&self, node: NodeStart<'_>, options: &ProtocolOptions) -> Self::Protocol;
 
     /// The properties checked. Default: all of them; a protocol switches
     /// off only what it does not promise (Paxos logs have gaps and per-slot
@@ -437,7 +442,13 @@ pub fn run_plan<P: SuiteProtocol>(
     let options = scenario.protocol_options();
     let harness = Harness::new(
         |id: NodeId, initial: &Membership, recovered: Recovered, seed: u64| {
-            protocol.build(id, initial, recovered, seed, &options)
+            let node = NodeStart {
+                id,
+                initial,
+                recovered,
+                seed,
+            };
+            protocol.build(node, &options)
         },
     )
     .with_invariant(&format!("{}-local", protocol.name()), P::local_invariant);
@@ -586,17 +597,10 @@ mod tests {
         fn name(&self) -> &'static str {
             "mute"
         }
-        fn build(
-            &self,
-            id: NodeId,
-            initial: &Membership,
-            _recovered: Recovered,
-            _seed: u64,
-            _options: &ProtocolOptions,
-        ) -> Mute {
+        fn build(&self, node: NodeStart<'_>, _options: &ProtocolOptions) -> Mute {
             Mute {
-                id,
-                membership: initial.clone(),
+                id: node.id,
+                membership: node.initial.clone(),
             }
         }
     }
