@@ -418,11 +418,6 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 impl Conn {
-    /// The target's handle, or an unreachable error.
-    fn target<E: std::error::Error>(&self) -> Result<Raft, RPCError<NodeId, BasicNode, E>> {
-        self.router.get(self.target).map_err(RPCError::Unreachable)
-    }
-
     /// Turns the target's own error into a remote error; a target that has
     /// shut down is reported as a network error so the sender retries.
     fn remote<E: std::error::Error>(
@@ -442,7 +437,10 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let raft = self.target()?;
+        let raft = self
+            .router
+            .get(self.target)
+            .map_err(RPCError::Unreachable)?;
         raft.append_entries(rpc).await.map_err(|e| self.remote(e))
     }
 
@@ -451,7 +449,10 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        let raft = self.target()?;
+        let raft = self
+            .router
+            .get(self.target)
+            .map_err(RPCError::Unreachable)?;
         raft.install_snapshot(rpc).await.map_err(|e| self.remote(e))
     }
 
@@ -460,7 +461,10 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        let raft = self.target()?;
+        let raft = self
+            .router
+            .get(self.target)
+            .map_err(RPCError::Unreachable)?;
         raft.vote(rpc).await.map_err(|e| self.remote(e))
     }
 }
