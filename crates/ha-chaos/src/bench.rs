@@ -351,6 +351,11 @@ pub async fn run_point(
     })
 }
 
+/// Width of the bench charts, px.
+pub const CHART_WIDTH_PX: u32 = 640;
+/// Height of one panel of the bench charts, px.
+pub const CHART_PANEL_HEIGHT_PX: u32 = 300;
+
 /// Percentiles sampled for each point's latency CDF.
 pub const CDF_PERCENTILES: [f64; 22] = [
     0.0, 1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 97.5, 99.0, 99.5,
@@ -611,25 +616,6 @@ fn cdf_panel(points: &[Point], workload: &str, clients: usize) -> Chart {
     }
 }
 
-/// Stacks chart panels vertically into one SVG document.
-fn stack(panels: &[Chart]) -> String {
-    let (w, h) = (640u32, 300u32);
-    let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{}">"#,
-        h as usize * panels.len()
-    );
-    for (i, p) in panels.iter().enumerate() {
-        let _ = write!(
-            s,
-            r#"<g transform="translate(0,{})">{}</g>"#,
-            i as u32 * h,
-            p.render(w, h)
-        );
-    }
-    s.push_str("</svg>");
-    s
-}
-
 /// SVG of every workload: its throughput vs clients and its latency CDF at
 /// the largest client count.
 pub fn chart(points: &[Point]) -> String {
@@ -639,7 +625,7 @@ pub fn chart(points: &[Point]) -> String {
         panels.push(throughput_panel(points, w));
         panels.push(cdf_panel(points, w, max_clients));
     }
-    stack(&panels)
+    crate::svg::stack(&panels, CHART_WIDTH_PX, CHART_PANEL_HEIGHT_PX)
 }
 
 /// SVG of one workload: throughput vs clients, then a latency CDF panel
@@ -654,7 +640,7 @@ pub fn workload_chart(points: &[Point], workload: &str) -> String {
     clients.dedup();
     let mut panels = vec![throughput_panel(points, workload)];
     panels.extend(clients.into_iter().map(|c| cdf_panel(points, workload, c)));
-    stack(&panels)
+    crate::svg::stack(&panels, CHART_WIDTH_PX, CHART_PANEL_HEIGHT_PX)
 }
 
 fn write_outputs(dir: &Path, points: &[Point]) -> Result<()> {
@@ -765,15 +751,22 @@ pub const FAILOVER_WRITE_TIMEOUT_MS: u64 = 300;
 /// Longest one failover may take before it counts as unrecovered.
 pub const FAILOVER_BOUND_MS: u64 = 30_000;
 
+/// Default pause between "every member answers and a leader exists" and
+/// the next kill, ms.
+pub const FAILOVER_SETTLE_MS: u64 = 300;
+
 /// Kills the leader `kills` times under a write load of `clients` writers
 /// spread over all members and measures time to the first successful write
-/// invoked after each kill. The killed member is restarted and the cluster
-/// waited on before the next kill.
+/// invoked after each kill. The killed member is restarted; before the next
+/// kill the tool waits until every member answers and one leads, then
+/// `settle_ms` more (a long settle separates failover from effects of the
+/// previous restart that last a while, such as peers' stale connections).
 pub async fn failover(
     kind: &ServerKind,
     opts: &BenchOptions,
     kills: usize,
     clients: usize,
+    settle_ms: u64,
 ) -> Result<Failover> {
     let (mut cluster, _tmp) = start_cluster(
         kind,
@@ -836,11 +829,15 @@ pub async fn failover(
     let all: Vec<usize> = (0..opts.nodes).collect();
     let outcome: Result<()> = async {
         for k in 0..kills {
+            if wait_ready(&urls, &all, READY_TIMEOUT_MS).await.is_none() {
+                bail!("kill {k}: no leader with all members up within {READY_TIMEOUT_MS} ms");
+            }
+            // Let the load settle on the current leader.
+            tokio::time::sleep(Duration::from_millis(settle_ms)).await;
+            // The leader may have changed while settling.
             let Some(leader) = wait_ready(&urls, &all, READY_TIMEOUT_MS).await else {
                 bail!("kill {k}: no leader with all members up within {READY_TIMEOUT_MS} ms");
             };
-            // Let the load settle on the current leader.
-            tokio::time::sleep(Duration::from_millis(300)).await;
             first_ok_ns.store(u64::MAX, Ordering::SeqCst);
             let t_kill = epoch.elapsed().as_nanos() as u64;
             kill_ns.store(t_kill, Ordering::SeqCst);

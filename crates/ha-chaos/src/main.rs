@@ -276,6 +276,10 @@ struct BenchArgs {
     /// Failover: concurrent writers.
     #[arg(long, default_value_t = 16)]
     writers: usize,
+    /// Failover: pause after the cluster is ready again before the next
+    /// kill, ms.
+    #[arg(long, default_value_t = bench::FAILOVER_SETTLE_MS)]
+    settle_ms: u64,
     #[command(flatten)]
     server_args: ServerArgs,
 }
@@ -327,7 +331,7 @@ async fn bench_cmd(a: BenchArgs) -> Result<()> {
         for kind in &systems {
             eprintln!("ha-chaos bench failover: {kind}, {} kills", a.kills);
             let f = tokio::select! {
-                f = bench::failover(kind, &opts, a.kills, a.writers) => f?,
+                f = bench::failover(kind, &opts, a.kills, a.writers, a.settle_ms) => f?,
                 _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             };
             all.push(f);
