@@ -5,7 +5,7 @@
 //!   pulls no tokio, quinn, RocksDB or OS entropy), clippy with
 //!   `-D warnings`, every test of the workspace (protocol simulators at 20
 //!   seeds per scenario in that debug step), then in a release build the
-//!   test kit's 10,000-seed run of its correct toy protocol and 10,000
+//!   test kit's 10,000-seed run of its correct toy protocol and 12,000
 //!   seeds of each protocol's simulator suite (raft, paxos). This is the
 //!   command `.ci/run` runs.
 //! - `cargo xtask test --quick` — the same without fmt/clippy.
@@ -106,7 +106,8 @@ fn run(step: &str, cmd: &mut Command) -> Result<()> {
 
 /// Seeds per simulator scenario in the debug test step.
 const DEBUG_SIM_SEEDS: &str = "20";
-/// Seeds per simulator scenario in the release step (5 scenarios: 10,000).
+/// Seeds per simulator scenario in the release step (the shared suite's 6
+/// scenarios: 12,000 seeds per protocol).
 const RELEASE_SIM_SEEDS_PER_SCENARIO: &str = "2000";
 
 fn test(args: &[String]) -> Result<()> {
@@ -159,10 +160,11 @@ fn test(args: &[String]) -> Result<()> {
             ])
             .env("HA_SIM_SEEDS", "10000"),
     )?;
-    // Both protocols' simulator suites: five scenarios x 2,000 seeds =
-    // 10,000 seeds each (~15 ms of CPU per seed in release).
+    // Both protocols' simulator suites (ha_core::testkit::suite): six
+    // scenarios x 2,000 seeds = 12,000 seeds each (~15 ms of CPU per seed
+    // in release).
     run(
-        "raft + paxos simulators over 10,000 seeds each (release)",
+        "raft + paxos simulators over 12,000 seeds each (release)",
         cargo()
             .args([
                 "test",
@@ -189,9 +191,11 @@ fn test(args: &[String]) -> Result<()> {
 /// the resolved normal + build dependency graph:
 /// - `ha-core` without features builds no RocksDB and no async runtime;
 /// - the protocol crates pull in no async runtime, network stack, storage
-///   engine or OS entropy.
+///   engine or OS entropy;
+/// - ha-shard (shard map, router, placement controller) stays sans-IO: no
+///   async runtime, network stack, storage engine or OS entropy.
 fn dependency_rules() -> Result<()> {
-    let rules: [(&str, &[&str], &[&str]); 3] = [
+    let rules: [(&str, &[&str], &[&str]); 4] = [
         (
             "ha-core",
             &["--no-default-features"],
@@ -204,6 +208,11 @@ fn dependency_rules() -> Result<()> {
         ),
         (
             "ha-paxos",
+            &[],
+            &["tokio", "quinn", "librocksdb-sys", "getrandom"],
+        ),
+        (
+            "ha-shard",
             &[],
             &["tokio", "quinn", "librocksdb-sys", "getrandom"],
         ),
@@ -621,10 +630,11 @@ const TEST_CHAOS_DURATION: &str = "45s";
 /// against ha-node/raft that must pass, then the same with a deliberately
 /// broken client (acknowledges writes it never sent) that must be caught.
 /// Skipped, saying so, while `ha-node` does not serve the etcd API.
-/// Faults of the default chaos scenario: every nemesis but `membership`,
-/// whose remove/re-add flow does not yet complete against ha-node (MemberAdd
-/// of the removed member timed out in the first run; issue 9 note).
-const TEST_CHAOS_NEMESES: &str = "kill,pause,isolate-leader,majority-minority,one-way,bridge";
+/// Faults of the default chaos scenario: every nemesis, `membership`
+/// included (remove a follower, wipe it, add it back under a new id with a
+/// certificate issued for that id; issues 8 and 9).
+const TEST_CHAOS_NEMESES: &str =
+    "kill,pause,isolate-leader,majority-minority,one-way,bridge,membership";
 
 fn chaos_scenario() -> Result<()> {
     let Some(bin) = build_ha_node(false, false)? else {

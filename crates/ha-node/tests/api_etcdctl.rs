@@ -32,10 +32,7 @@ fn etcdctl_path() -> PathBuf {
 }
 
 fn command(endpoint: &str, args: &[&str]) -> Command {
-    // Without the scheme: etcdctl 3.4's per-endpoint commands (endpoint
-    // status/health) send `:authority: http://host:port`, which the HTTP/2
-    // server (h2) rejects as malformed; the bare host:port works everywhere.
-    let endpoint = endpoint.trim_start_matches("http://");
+    // Endpoints are URLs (`http://host:port`), as etcd users give them.
     let mut cmd = Command::new(etcdctl_path());
     cmd.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
@@ -322,6 +319,29 @@ async fn etcdctl_member_list_and_endpoint_status() {
         let (success, out, err) = run(&ep, &["endpoint", "health"], None).await;
         assert!(success, "{out}{err}");
         assert!(err.contains("is healthy"), "{out}{err}");
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_endpoint_status_accepts_url_and_bare_endpoints() {
+    bounded(async {
+        let server = TestServer::start().await;
+        // etcdctl 3.4 sends `:authority: http://host:port` for per-endpoint
+        // calls given a URL; h2 alone refuses that (RST_STREAM
+        // PROTOCOL_ERROR), the server repairs it.
+        let url = server.endpoint();
+        assert!(url.starts_with("http://"), "{url}");
+        for ep in [url.clone(), format!("{url}/"), server.addr.to_string()] {
+            let (success, out, err) = run(&ep, &["endpoint", "status"], None).await;
+            assert!(success, "endpoint status at {ep}: {out}{err}");
+            assert!(out.starts_with(&format!("{ep}, ")), "{out}");
+            assert!(out.contains(", 3.5."), "{out}");
+            let (success, out, err) = run(&ep, &["endpoint", "health"], None).await;
+            assert!(success, "endpoint health at {ep}: {out}{err}");
+            assert!(err.contains(&format!("{ep} is healthy")), "{out}{err}");
+        }
         server.stop().await;
     })
     .await;

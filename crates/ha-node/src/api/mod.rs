@@ -44,16 +44,17 @@
 //!
 //! # Known differences from etcd
 //!
-//! - The HTTP/2 server (h2) rejects a malformed `:authority`; etcdctl 3.4's
-//!   per-endpoint commands (`endpoint status`, `endpoint health`) send
-//!   `http://host:port` there when the endpoint is given with a scheme, so
-//!   give etcdctl 3.4 bare `host:port` endpoints. Other clients are unaffected.
+//! - The HTTP/2 server (h2) refuses a malformed `:authority`, which etcd
+//!   accepts; etcdctl 3.4's per-endpoint commands (`endpoint status`) send
+//!   `http://host:port` there when the endpoint is given as a URL. [`serve`]
+//!   repairs such values on the way in ([`authority`]), so both forms work.
 //! - Watch responses are split at `watch_max_events_per_response` /
 //!   `watch_max_response_bytes` (etcd sends one response per revision batch);
 //!   `fragment` is set on the non-final parts when the watch asked for it.
 //! - Lease TTLs keep their remaining time across leader changes (etcd
 //!   resets them to the full TTL).
 
+pub mod authority;
 mod backend;
 mod cluster;
 mod convert;
@@ -342,6 +343,10 @@ pub async fn serve<B: Backend>(
 ) -> Result<(), ServeError> {
     let (router, stop) = router(backend, config)?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Clients that send a whole URL as `:authority` (etcdctl 3.4) are
+    // repaired before h2 sees them.
+    let incoming =
+        tokio_stream::StreamExt::map(incoming, |conn| conn.map(authority::AuthorityFix::new));
     router
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
