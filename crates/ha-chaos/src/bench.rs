@@ -332,12 +332,10 @@ pub async fn run_point(
     }
     let seconds = duration_ms as f64 / 1000.0;
     let ops = total.len();
-    let cdf = [
-        0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 100.0,
-    ]
-    .iter()
-    .map(|&p| (total.value_at_percentile(p) as f64 / 1000.0, p))
-    .collect();
+    let cdf = CDF_PERCENTILES
+        .iter()
+        .map(|&p| (total.value_at_percentile(p) as f64 / 1000.0, p))
+        .collect();
     Ok(Point {
         system: system.to_owned(),
         workload: workload.name(),
@@ -353,37 +351,98 @@ pub async fn run_point(
     })
 }
 
-/// Runs every point of `opts`, printing a line per point; writes
-/// `results.csv`, `results.md`, `chart.svg` into `opts.out_dir`.
+/// Width of the bench charts, px.
+pub const CHART_WIDTH_PX: u32 = 640;
+/// Height of one panel of the bench charts, px.
+pub const CHART_PANEL_HEIGHT_PX: u32 = 300;
+
+/// Percentiles sampled for each point's latency CDF.
+pub const CDF_PERCENTILES: [f64; 22] = [
+    0.0, 1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 97.5, 99.0, 99.5,
+    99.75, 99.9, 99.95, 99.99, 99.999, 100.0,
+];
+
+/// Address prefix of the `i`-th system's cluster when several run at once:
+/// `a.b.c` becomes `a.b.(c + i)`, so each cluster has a loopback range of
+/// its own and the same ports.
+pub fn system_ip_prefix(base: &str, i: usize) -> Result<String> {
+    let (head, last) = base
+        .rsplit_once('.')
+        .with_context(|| format!("address prefix `{base}` is not `a.b.c`"))?;
+    let last: usize = last
+        .parse()
+        .with_context(|| format!("address prefix `{base}`: last part is not a number"))?;
+    let third = last + i;
+    if third > 255 {
+        bail!(
+            "address prefix `{base}` leaves no room for {} clusters",
+            i + 1
+        );
+    }
+    Ok(format!("{head}.{third}"))
+}
+
+/// Runs every point of `opts`, printing a line per point; writes the
+/// combined `results.{csv,md,svg,json}` and per workload
+/// `<workload>.{csv,md,svg}` into `opts.out_dir`.
+///
+/// All systems' clusters run at once (each on its own loopback range, see
+/// [`system_ip_prefix`]) and the points are interleaved: for each workload
+/// and client count, every system in turn. On a shared machine whose load
+/// changes over minutes, this keeps the ratios between systems fair.
 pub async fn run(opts: &BenchOptions) -> Result<Vec<Point>> {
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("creating {}", opts.out_dir.display()))?;
-    let mut points = Vec::new();
-    for kind in &opts.systems {
+    let mut clusters: Vec<(String, Cluster, tempfile::TempDir)> = Vec::new();
+    let stop_all = |clusters: &mut Vec<(String, Cluster, tempfile::TempDir)>| {
+        for (_, c, _) in clusters.iter_mut() {
+            c.stop_all();
+        }
+    };
+    for (i, kind) in opts.systems.iter().enumerate() {
         eprintln!("ha-chaos bench: starting {} × {kind}", opts.nodes);
-        let (mut cluster, _tmp) = start_cluster(
-            kind,
-            opts.nodes,
-            &opts.ip_prefix,
-            opts.base_port,
-            opts.heartbeat_ms,
-            opts.election_timeout_ms,
-            opts.data_root.as_deref(),
-        )
-        .await?;
-        let urls = cluster.client_urls();
-        for &w in &opts.workloads {
-            for &c in &opts.clients {
-                let label = kind.label();
+        let started = match system_ip_prefix(&opts.ip_prefix, i) {
+            Ok(prefix) => {
+                start_cluster(
+                    kind,
+                    opts.nodes,
+                    &prefix,
+                    opts.base_port,
+                    opts.heartbeat_ms,
+                    opts.election_timeout_ms,
+                    opts.data_root.as_deref(),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok((c, tmp)) => clusters.push((kind.label(), c, tmp)),
+            Err(e) => {
+                stop_all(&mut clusters);
+                return Err(e);
+            }
+        }
+    }
+    let mut points = Vec::new();
+    for &w in &opts.workloads {
+        for &c in &opts.clients {
+            for i in 0..clusters.len() {
+                let label = clusters[i].0.clone();
+                let urls = clusters[i].1.client_urls();
                 let p = tokio::select! {
                     p = run_point(&label, &urls, w, c, opts.warmup_ms, opts.duration_ms) => p,
-                    _ = tokio::signal::ctrl_c() => { cluster.stop_all(); bail!("interrupted"); }
+                    _ = tokio::signal::ctrl_c() => {
+                        stop_all(&mut clusters);
+                        bail!("interrupted");
+                    }
                 };
                 let p = match p {
                     Ok(p) => p,
                     Err(e) => {
-                        cluster.stop_all();
-                        return Err(e.context(format!("{kind} {} × {c}", w.name())));
+                        let e = e.context(format!("{label} {} × {c}", w.name()));
+                        stop_all(&mut clusters);
+                        return Err(e);
                     }
                 };
                 eprintln!(
@@ -400,8 +459,8 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Point>> {
                 points.push(p);
             }
         }
-        cluster.stop_all();
     }
+    stop_all(&mut clusters);
     write_outputs(&opts.out_dir, &points)?;
     Ok(points)
 }
@@ -430,25 +489,64 @@ pub fn csv(points: &[Point]) -> String {
     s
 }
 
-/// Markdown table of the points, with the ratio to etcd where it ran.
-pub fn markdown(points: &[Point]) -> String {
-    let mut s = String::from(
-        "| workload | clients | system | ops/s | p50 ms | p99 ms | p99.9 ms | errors | ops/s vs etcd |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n",
-    );
+/// The workloads present in `points`, in first-seen order.
+fn workloads_of(points: &[Point]) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
     for p in points {
+        if !out.contains(&p.workload) {
+            out.push(p.workload);
+        }
+    }
+    out
+}
+
+/// The systems present in `points`, in first-seen order.
+fn systems_of(points: &[Point]) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for p in points {
+        if !out.contains(&p.system.as_str()) {
+            out.push(&p.system);
+        }
+    }
+    out
+}
+
+/// Markdown: one table per workload (a `### <workload>` heading each),
+/// see [`markdown_table`].
+pub fn markdown(points: &[Point]) -> String {
+    let mut s = String::new();
+    for w in workloads_of(points) {
+        let _ = writeln!(s, "### {w}\n");
+        s.push_str(&markdown_table(points, w));
+        s.push('\n');
+    }
+    s
+}
+
+/// Markdown table of one workload's points, with throughput and p99 as
+/// ratios to etcd's at the same client count where etcd ran (throughput:
+/// higher is better; p99: lower is better).
+pub fn markdown_table(points: &[Point], workload: &str) -> String {
+    let mut s = String::from(
+        "| clients | system | ops/s | p50 ms | p99 ms | p99.9 ms | errors | ops/s vs etcd | p99 vs etcd |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut rows: Vec<&Point> = points.iter().filter(|p| p.workload == workload).collect();
+    rows.sort_by_key(|p| p.clients);
+    for p in rows {
         let etcd = points
             .iter()
-            .find(|q| q.system == "etcd" && q.workload == p.workload && q.clients == p.clients);
-        let ratio = match etcd {
-            Some(e) if e.ops_per_s > 0.0 && p.system != "etcd" => {
-                format!("{:.2}×", p.ops_per_s / e.ops_per_s)
-            }
-            _ => "—".into(),
+            .find(|q| q.system == "etcd" && q.workload == p.workload && q.clients == p.clients)
+            .filter(|_| p.system != "etcd");
+        let (ratio, p99_ratio) = match etcd {
+            Some(e) if e.ops_per_s > 0.0 && e.p99_us > 0 => (
+                format!("{:.2}×", p.ops_per_s / e.ops_per_s),
+                format!("{:.2}×", p.p99_us as f64 / e.p99_us as f64),
+            ),
+            _ => ("—".into(), "—".into()),
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
-            p.workload,
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
             p.clients,
             p.system,
             p.ops_per_s,
@@ -456,83 +554,93 @@ pub fn markdown(points: &[Point]) -> String {
             p.p99_us as f64 / 1000.0,
             p.p999_us as f64 / 1000.0,
             p.errors,
-            ratio
+            ratio,
+            p99_ratio
         );
     }
     s
 }
 
-/// SVG: throughput vs clients per workload, and the put latency CDF at the
-/// largest client count.
-pub fn chart(points: &[Point]) -> String {
-    let mut systems: Vec<&str> = points.iter().map(|p| p.system.as_str()).collect();
-    systems.dedup();
-    systems.sort_unstable();
-    systems.dedup();
-    let mut workloads: Vec<&str> = points.iter().map(|p| p.workload).collect();
-    workloads.dedup();
-    let mut panels = Vec::new();
-    for w in &workloads {
-        let series = systems
-            .iter()
-            .map(|s| Series {
-                name: (*s).to_owned(),
-                points: points
-                    .iter()
-                    .filter(|p| p.system == *s && p.workload == *w)
-                    .map(|p| (p.clients as f64, p.ops_per_s))
-                    .collect(),
-            })
-            .collect();
-        panels.push(Chart {
-            title: format!("{w}: throughput vs clients"),
-            x_label: "clients".into(),
-            y_label: "ops/s".into(),
-            x_scale: Scale::Log,
-            y_scale: Scale::Linear,
-            series,
-            scatter: false,
-        });
+/// CSV of the points' latency CDFs: one row per (system, workload,
+/// clients, percentile).
+pub fn cdf_csv(points: &[Point]) -> String {
+    let mut s = String::from("system,workload,clients,percentile,latency_ms\n");
+    for p in points {
+        for &(ms, pct) in &p.cdf {
+            let _ = writeln!(s, "{},{},{},{pct},{ms:.3}", p.system, p.workload, p.clients);
+        }
     }
-    let cdf_workload = workloads.first().copied().unwrap_or("put");
-    let max_clients = points.iter().map(|p| p.clients).max().unwrap_or(1);
-    panels.push(Chart {
-        title: format!("{cdf_workload} latency CDF at {max_clients} clients"),
+    s
+}
+
+fn throughput_panel(points: &[Point], workload: &str) -> Chart {
+    let series = systems_of(points)
+        .into_iter()
+        .map(|sys| Series {
+            name: sys.to_owned(),
+            points: points
+                .iter()
+                .filter(|p| p.system == sys && p.workload == workload)
+                .map(|p| (p.clients as f64, p.ops_per_s))
+                .collect(),
+        })
+        .collect();
+    Chart {
+        title: format!("{workload}: throughput vs clients"),
+        x_label: "clients".into(),
+        y_label: "ops/s".into(),
+        x_scale: Scale::Log,
+        y_scale: Scale::Linear,
+        series,
+        scatter: false,
+    }
+}
+
+fn cdf_panel(points: &[Point], workload: &str, clients: usize) -> Chart {
+    let series = points
+        .iter()
+        .filter(|p| p.workload == workload && p.clients == clients)
+        .map(|p| Series {
+            name: p.system.clone(),
+            points: p.cdf.clone(),
+        })
+        .collect();
+    Chart {
+        title: format!("{workload}: latency CDF at {clients} clients"),
         x_label: "latency (ms)".into(),
         y_label: "percentile".into(),
         x_scale: Scale::Log,
         y_scale: Scale::Linear,
-        series: systems
-            .iter()
-            .filter_map(|s| {
-                points
-                    .iter()
-                    .find(|p| {
-                        p.system == *s && p.workload == cdf_workload && p.clients == max_clients
-                    })
-                    .map(|p| Series {
-                        name: (*s).to_owned(),
-                        points: p.cdf.clone(),
-                    })
-            })
-            .collect(),
+        series,
         scatter: false,
-    });
-    let (w, h) = (640u32, 300u32);
-    let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{}">"#,
-        h as usize * panels.len()
-    );
-    for (i, p) in panels.iter().enumerate() {
-        let _ = write!(
-            s,
-            r#"<g transform="translate(0,{})">{}</g>"#,
-            i as u32 * h,
-            p.render(w, h)
-        );
     }
-    s.push_str("</svg>");
-    s
+}
+
+/// SVG of every workload: its throughput vs clients and its latency CDF at
+/// the largest client count.
+pub fn chart(points: &[Point]) -> String {
+    let max_clients = points.iter().map(|p| p.clients).max().unwrap_or(1);
+    let mut panels = Vec::new();
+    for w in workloads_of(points) {
+        panels.push(throughput_panel(points, w));
+        panels.push(cdf_panel(points, w, max_clients));
+    }
+    crate::svg::stack(&panels, CHART_WIDTH_PX, CHART_PANEL_HEIGHT_PX)
+}
+
+/// SVG of one workload: throughput vs clients, then a latency CDF panel
+/// per client count (one line per system).
+pub fn workload_chart(points: &[Point], workload: &str) -> String {
+    let mut clients: Vec<usize> = points
+        .iter()
+        .filter(|p| p.workload == workload)
+        .map(|p| p.clients)
+        .collect();
+    clients.sort_unstable();
+    clients.dedup();
+    let mut panels = vec![throughput_panel(points, workload)];
+    panels.extend(clients.into_iter().map(|c| cdf_panel(points, workload, c)));
+    crate::svg::stack(&panels, CHART_WIDTH_PX, CHART_PANEL_HEIGHT_PX)
 }
 
 fn write_outputs(dir: &Path, points: &[Point]) -> Result<()> {
@@ -541,12 +649,20 @@ fn write_outputs(dir: &Path, points: &[Point]) -> Result<()> {
         std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
     };
     write("results.csv", csv(points))?;
+    write("results-cdf.csv", cdf_csv(points))?;
     write("results.md", markdown(points))?;
     write("chart.svg", chart(points))?;
     write(
         "results.json",
         serde_json::to_string_pretty(points).context("encoding results")?,
     )?;
+    for w in workloads_of(points) {
+        let mine: Vec<Point> = points.iter().filter(|p| p.workload == w).cloned().collect();
+        write(&format!("{w}.csv"), csv(&mine))?;
+        write(&format!("{w}-cdf.csv"), cdf_csv(&mine))?;
+        write(&format!("{w}.md"), markdown_table(&mine, w))?;
+        write(&format!("{w}.svg"), workload_chart(&mine, w))?;
+    }
     Ok(())
 }
 
@@ -586,6 +702,47 @@ impl Failover {
     pub fn max_ms(&self) -> f64 {
         self.pct(1.0)
     }
+    /// The target of issue 9: p99 recovery at most
+    /// [`FAILOVER_TARGET_ELECTION_TIMEOUTS`] election timeouts, ms.
+    pub fn target_ms(&self) -> f64 {
+        FAILOVER_TARGET_ELECTION_TIMEOUTS * self.election_timeout_ms as f64
+    }
+    /// Whether every kill recovered and p99 is within [`target_ms`](Self::target_ms).
+    pub fn meets_target(&self) -> bool {
+        self.unrecovered == 0 && !self.recoveries_ms.is_empty() && self.p99_ms() <= self.target_ms()
+    }
+}
+
+/// Failover target: p99 time from a leader kill to the first successful
+/// write, in election timeouts.
+pub const FAILOVER_TARGET_ELECTION_TIMEOUTS: f64 = 2.0;
+
+/// Markdown table of failover results: percentiles, p99 in election
+/// timeouts, and whether the target is met.
+pub fn failover_markdown(results: &[Failover]) -> String {
+    let mut s = String::from(
+        "| system | election timeout ms | kills | recovered | p50 ms | p99 ms | max ms | p99 / election timeout | target p99 ≤ 2× |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for f in results {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {} |",
+            f.system,
+            f.election_timeout_ms,
+            f.recoveries_ms.len() + f.unrecovered,
+            f.recoveries_ms.len(),
+            f.p50_ms(),
+            f.p99_ms(),
+            f.max_ms(),
+            f.p99_ms() / f.election_timeout_ms.max(1) as f64,
+            if f.meets_target() {
+                "met"
+            } else {
+                "**not met**"
+            }
+        );
+    }
+    s
 }
 
 /// Per-write timeout during failover (a write stuck on the dead leader is
@@ -594,15 +751,22 @@ pub const FAILOVER_WRITE_TIMEOUT_MS: u64 = 300;
 /// Longest one failover may take before it counts as unrecovered.
 pub const FAILOVER_BOUND_MS: u64 = 30_000;
 
+/// Default pause between "every member answers and a leader exists" and
+/// the next kill, ms.
+pub const FAILOVER_SETTLE_MS: u64 = 300;
+
 /// Kills the leader `kills` times under a write load of `clients` writers
 /// spread over all members and measures time to the first successful write
-/// invoked after each kill. The killed member is restarted and the cluster
-/// waited on before the next kill.
+/// invoked after each kill. The killed member is restarted; before the next
+/// kill the tool waits until every member answers and one leads, then
+/// `settle_ms` more (a long settle separates failover from effects of the
+/// previous restart that last a while, such as peers' stale connections).
 pub async fn failover(
     kind: &ServerKind,
     opts: &BenchOptions,
     kills: usize,
     clients: usize,
+    settle_ms: u64,
 ) -> Result<Failover> {
     let (mut cluster, _tmp) = start_cluster(
         kind,
@@ -665,11 +829,15 @@ pub async fn failover(
     let all: Vec<usize> = (0..opts.nodes).collect();
     let outcome: Result<()> = async {
         for k in 0..kills {
+            if wait_ready(&urls, &all, READY_TIMEOUT_MS).await.is_none() {
+                bail!("kill {k}: no leader with all members up within {READY_TIMEOUT_MS} ms");
+            }
+            // Let the load settle on the current leader.
+            tokio::time::sleep(Duration::from_millis(settle_ms)).await;
+            // The leader may have changed while settling.
             let Some(leader) = wait_ready(&urls, &all, READY_TIMEOUT_MS).await else {
                 bail!("kill {k}: no leader with all members up within {READY_TIMEOUT_MS} ms");
             };
-            // Let the load settle on the current leader.
-            tokio::time::sleep(Duration::from_millis(300)).await;
             first_ok_ns.store(u64::MAX, Ordering::SeqCst);
             let t_kill = epoch.elapsed().as_nanos() as u64;
             kill_ns.store(t_kill, Ordering::SeqCst);
@@ -735,27 +903,75 @@ mod tests {
     }
 
     #[test]
-    fn markdown_reports_ratio_to_etcd() {
-        let pts = [point("etcd", 64, 1000.0), point("ha-node/raft", 64, 3500.0)];
+    fn markdown_reports_ratios_to_etcd() {
+        let mut ha = point("ha-node/raft", 64, 3500.0);
+        ha.p99_us = 1500;
+        let pts = [point("etcd", 64, 1000.0), ha];
         let md = markdown(&pts);
+        assert!(md.starts_with("### put\n"), "{md}");
         assert!(
-            md.contains("| put | 64 | ha-node/raft | 3500 | 1.50 | 3.00 | 4.00 | 0 | 3.50× |"),
+            md.contains("| 64 | ha-node/raft | 3500 | 1.50 | 1.50 | 4.00 | 0 | 3.50× | 0.50× |"),
             "{md}"
         );
         assert!(
-            md.contains("| put | 64 | etcd | 1000 | 1.50 | 3.00 | 4.00 | 0 | — |"),
+            md.contains("| 64 | etcd | 1000 | 1.50 | 3.00 | 4.00 | 0 | — | — |"),
             "{md}"
         );
         let c = csv(&pts);
         assert_eq!(c.lines().count(), 3);
-        assert!(c.contains("ha-node/raft,put,64,10,0,1.000,3500.0,1500,3000,4000"));
+        assert!(c.contains("ha-node/raft,put,64,10,0,1.000,3500.0,1500,1500,4000"));
+    }
+
+    #[test]
+    fn tables_are_per_workload_and_sorted_by_clients() {
+        let mut txn = point("etcd", 16, 5.0);
+        txn.workload = "txn";
+        let pts = [point("etcd", 64, 1.0), txn, point("etcd", 1, 2.0)];
+        let md = markdown(&pts);
+        let put_at = md.find("### put").unwrap_or(usize::MAX);
+        let txn_at = md.find("### txn").unwrap_or(usize::MAX);
+        assert!(put_at < txn_at && txn_at < md.len(), "{md}");
+        let put = markdown_table(&pts, "put");
+        let one = put.find("| 1 | etcd").unwrap_or(usize::MAX);
+        let many = put.find("| 64 | etcd").unwrap_or(usize::MAX);
+        assert!(one < many && many < put.len(), "{put}");
+        assert!(!put.contains("| 16 |"), "{put}");
+    }
+
+    #[test]
+    fn cdf_csv_has_a_row_per_percentile() {
+        let c = cdf_csv(&[point("etcd", 1, 10.0)]);
+        assert_eq!(c.lines().count(), 3);
+        assert!(c.contains("etcd,put,1,99,3.000"), "{c}");
     }
 
     #[test]
     fn chart_has_a_panel_per_workload_and_a_cdf() {
-        let svg = chart(&[point("etcd", 1, 10.0), point("etcd", 64, 100.0)]);
+        let mut txn = point("etcd", 64, 5.0);
+        txn.workload = "txn";
+        let pts = [point("etcd", 1, 10.0), point("etcd", 64, 100.0), txn];
+        let svg = chart(&pts);
         assert!(svg.contains("put: throughput vs clients"));
-        assert!(svg.contains("latency CDF at 64 clients"));
+        assert!(svg.contains("put: latency CDF at 64 clients"));
+        assert!(svg.contains("txn: latency CDF at 64 clients"));
+        let one = workload_chart(&pts, "put");
+        assert!(one.contains("put: latency CDF at 1 clients"));
+        assert!(one.contains("put: latency CDF at 64 clients"));
+        assert!(!one.contains("txn"));
+    }
+
+    #[test]
+    fn system_prefixes_are_disjoint_loopback_ranges() {
+        assert_eq!(
+            system_ip_prefix("127.0.10", 0).ok().as_deref(),
+            Some("127.0.10")
+        );
+        assert_eq!(
+            system_ip_prefix("127.0.10", 2).ok().as_deref(),
+            Some("127.0.12")
+        );
+        assert!(system_ip_prefix("127.0.255", 1).is_err());
+        assert!(system_ip_prefix("localhost", 0).is_err());
     }
 
     #[test]
@@ -769,6 +985,28 @@ mod tests {
         assert_eq!(f.p50_ms(), 10.0);
         assert_eq!(f.p99_ms(), 20.0);
         assert_eq!(f.max_ms(), 20.0);
+    }
+
+    #[test]
+    fn failover_target_is_two_election_timeouts() {
+        let mut f = Failover {
+            system: "ha-node/raft".into(),
+            election_timeout_ms: 1000,
+            recoveries_ms: vec![900.0, 1500.0, 2000.0],
+            unrecovered: 0,
+        };
+        assert!(f.meets_target());
+        let md = failover_markdown(std::slice::from_ref(&f));
+        assert!(
+            md.contains("| ha-node/raft | 1000 | 3 | 3 | 1500 | 2000 | 2000 | 2.00 | met |"),
+            "{md}"
+        );
+        f.recoveries_ms.push(2001.0);
+        assert!(!f.meets_target());
+        f.recoveries_ms.pop();
+        f.unrecovered = 1;
+        assert!(!f.meets_target());
+        assert!(failover_markdown(&[f]).contains("| 4 | 3 |"));
     }
 
     #[test]

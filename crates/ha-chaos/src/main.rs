@@ -276,6 +276,10 @@ struct BenchArgs {
     /// Failover: concurrent writers.
     #[arg(long, default_value_t = 16)]
     writers: usize,
+    /// Failover: pause after the cluster is ready again before the next
+    /// kill, ms.
+    #[arg(long, default_value_t = bench::FAILOVER_SETTLE_MS)]
+    settle_ms: u64,
     #[command(flatten)]
     server_args: ServerArgs,
 }
@@ -323,28 +327,16 @@ async fn bench_cmd(a: BenchArgs) -> Result<()> {
     if a.mode.as_deref() == Some("failover") {
         std::fs::create_dir_all(&a.out_dir)
             .with_context(|| format!("creating {}", a.out_dir.display()))?;
-        let mut md = String::from(
-            "| system | election timeout ms | kills | recovered | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|---:|\n",
-        );
         let mut all = Vec::new();
         for kind in &systems {
             eprintln!("ha-chaos bench failover: {kind}, {} kills", a.kills);
             let f = tokio::select! {
-                f = bench::failover(kind, &opts, a.kills, a.writers) => f?,
+                f = bench::failover(kind, &opts, a.kills, a.writers, a.settle_ms) => f?,
                 _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             };
-            md.push_str(&format!(
-                "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} |\n",
-                f.system,
-                f.election_timeout_ms,
-                a.kills,
-                f.recoveries_ms.len(),
-                f.p50_ms(),
-                f.p99_ms(),
-                f.max_ms()
-            ));
             all.push(f);
         }
+        let md = bench::failover_markdown(&all);
         std::fs::write(a.out_dir.join("failover.md"), &md)?;
         std::fs::write(
             a.out_dir.join("failover.json"),
@@ -357,7 +349,7 @@ async fn bench_cmd(a: BenchArgs) -> Result<()> {
     let points = bench::run(&opts).await?;
     println!("{}", bench::markdown(&points));
     println!(
-        "written: {}/{{results.csv,results.md,chart.svg,results.json}}",
+        "written: {}/{{results.csv,results-cdf.csv,results.md,chart.svg,results.json}} and <workload>.{{csv,md,svg}}",
         a.out_dir.display()
     );
     Ok(())

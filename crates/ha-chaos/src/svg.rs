@@ -140,7 +140,7 @@ impl Chart {
         );
         let _ = write!(
             s,
-            r#"<rect width="100%" height="100%" fill="white"/><text x="{}" y="18" font-size="13" font-weight="bold">{}</text>"#,
+            r#"<rect width="{width}" height="{height}" fill="white"/><text x="{}" y="18" font-size="13" font-weight="bold">{}</text>"#,
             ml,
             esc(&self.title)
         );
@@ -236,6 +236,31 @@ impl Chart {
     }
 }
 
+/// Stacks panels vertically into one SVG document, each `width` ×
+/// `height`. Each panel's drawing goes into a translated group (not a
+/// nested `<svg>`, which some renderers lay out wrongly).
+pub fn stack(panels: &[Chart], width: u32, height: u32) -> String {
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{}" font-family="sans-serif" font-size="11">"#,
+        height as usize * panels.len()
+    );
+    for (i, p) in panels.iter().enumerate() {
+        let one = p.render(width, height);
+        let body = one
+            .find('>')
+            .map(|open_end| &one[open_end + 1..])
+            .and_then(|b| b.strip_suffix("</svg>"))
+            .unwrap_or(&one);
+        let _ = write!(
+            s,
+            r#"<g transform="translate(0,{})">{body}</g>"#,
+            i as u32 * height
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +290,27 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("a&lt;b") && !svg.contains("a<b"));
         assert!(svg.contains(">etcd<") && svg.contains(">ha<"));
+    }
+
+    #[test]
+    fn stacked_panels_are_groups_at_their_offsets() {
+        let c = |t: &str| Chart {
+            title: t.into(),
+            x_label: String::new(),
+            y_label: String::new(),
+            x_scale: Scale::Linear,
+            y_scale: Scale::Linear,
+            series: vec![],
+            scatter: false,
+        };
+        let svg = stack(&[c("first"), c("second")], 400, 200);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert!(svg.contains(r#"height="400""#), "{svg}");
+        assert_eq!(svg.matches("<svg").count(), 1, "{svg}");
+        let second = svg.find("second").unwrap_or(0);
+        let offset = svg.find(r#"translate(0,200)"#).unwrap_or(usize::MAX);
+        assert!(offset < second, "{svg}");
+        assert!(!svg.contains("100%"), "{svg}");
     }
 
     #[test]

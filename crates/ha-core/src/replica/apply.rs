@@ -117,13 +117,18 @@ async fn run_inner<S: StateMachine>(
     streams: &mut Vec<JoinHandle<()>>,
 ) -> ApplyExit<S> {
     let mut queries_open = true;
+    // A message taken while merging batches that was not a batch; it is
+    // handled next, before anything newer.
+    let mut stash: Option<ApplyMsg> = None;
     loop {
         streams.retain(|s| !s.is_finished());
+        let stashed = stash.take();
+        let has_stash = stashed.is_some();
         tokio::select! {
             // Committed entries first: a query should see the newest state.
             biased;
-            msg = batches.recv() => {
-                let batch = match msg {
+            msg = async { match stashed { Some(m) => Some(m), None => batches.recv().await } } => {
+                let mut batch = match msg {
                     None => break,
                     Some(ApplyMsg::Batch(batch)) => batch,
                     Some(ApplyMsg::Install { meta, chunks, done }) => {
@@ -213,8 +218,27 @@ async fn run_inner<S: StateMachine>(
                         continue;
                     }
                 };
+                // Everything already queued shares this trip to the blocking
+                // pool: further batches (in order) and then waiting queries,
+                // which see the state after them.
+                for _ in 1..MAX_BATCHES_PER_CALL {
+                    match batches.try_recv() {
+                        Ok(ApplyMsg::Batch(more)) => batch.extend(more),
+                        Ok(other) => {
+                            stash = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let waiting = drain_queries(&mut queries, None, queries_open);
                 let done = tokio::task::spawn_blocking(move || {
                     let out = apply_batch(&mut sm, batch);
+                    if out.1.is_none() {
+                        for q in waiting {
+                            q(&sm);
+                        }
+                    }
                     (sm, out)
                 })
                 .await;
@@ -239,13 +263,16 @@ async fn run_inner<S: StateMachine>(
                     }
                 }
             }
-            q = queries.recv(), if queries_open => {
+            q = queries.recv(), if queries_open && !has_stash => {
                 let Some(q) = q else {
                     queries_open = false;
                     continue;
                 };
+                let waiting = drain_queries(&mut queries, Some(q), queries_open);
                 let done = tokio::task::spawn_blocking(move || {
-                    q(&sm);
+                    for q in waiting {
+                        q(&sm);
+                    }
                     sm
                 })
                 .await;
@@ -268,6 +295,28 @@ async fn run_inner<S: StateMachine>(
         state_machine: Some(sm),
         error: None,
     }
+}
+
+/// Most queued committed batches merged into one call on the blocking pool.
+pub(super) const MAX_BATCHES_PER_CALL: usize = 64;
+/// Most queued queries run in one call on the blocking pool (each trip
+/// there costs a thread hand-off; a burst of reads shares one).
+pub(super) const MAX_QUERIES_PER_CALL: usize = 256;
+
+/// `first` and the queries already queued, at most [`MAX_QUERIES_PER_CALL`].
+fn drain_queries<S>(
+    queries: &mut mpsc::Receiver<Query<S>>,
+    first: Option<Query<S>>,
+    open: bool,
+) -> Vec<Query<S>> {
+    let mut out: Vec<Query<S>> = first.into_iter().collect();
+    while open && out.len() < MAX_QUERIES_PER_CALL {
+        match queries.try_recv() {
+            Ok(q) => out.push(q),
+            Err(_) => break,
+        }
+    }
+    out
 }
 
 /// Applies `batch` in order. Returns the last index applied and, if the state

@@ -945,19 +945,26 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
                 };
                 let store = Arc::clone(&self.store);
                 let group = self.config.group;
-                *persist = Some(tokio::spawn(async move {
-                    if let Some(done) = installed {
+                let write_now = move || {
+                    store
+                        .write(group, write)
+                        .map_err(|e| ReplicaError::Storage(e.to_string()))
+                };
+                *persist = Some(match installed {
+                    // The common case: straight to the blocking pool (one
+                    // hand-off per Ready, no task in between).
+                    None => tokio::task::spawn_blocking(write_now),
+                    Some(done) => tokio::spawn(async move {
                         done.await.unwrap_or(Err(ReplicaError::StateMachine(
                             "the apply task stopped during a snapshot install".into(),
                         )))?;
-                    }
-                    tokio::task::spawn_blocking(move || store.write(group, write))
-                        .await
-                        .map_err(|join| {
-                            ReplicaError::Storage(format!("log store write panicked: {join}"))
-                        })?
-                        .map_err(|e| ReplicaError::Storage(e.to_string()))
-                }));
+                        tokio::task::spawn_blocking(write_now)
+                            .await
+                            .map_err(|join| {
+                                ReplicaError::Storage(format!("log store write panicked: {join}"))
+                            })?
+                    }),
+                });
                 self.in_flight = Some(flight);
             } else {
                 self.complete(flight);

@@ -1387,3 +1387,35 @@ mod snapshot_transfer {
         follower.replica.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_queries_larger_than_one_call_is_answered_in_order_of_state() {
+    let mut t = Rig::new(ReplicaConfig {
+        max_queued_queries: 1024,
+        ..config()
+    });
+    // More queries than one trip to the blocking pool runs, queued at once
+    // behind a committed entry: each is answered exactly once, and every
+    // query that was queued after the entry was handed over sees it.
+    let p = spawn_propose(&t.h, b"w");
+    t.until("proposal", |s| s.proposals.len() == 1).await;
+    let e = t.proposal(0);
+    t.push(Ready {
+        entries: vec![e.clone()],
+        committed: vec![e],
+        ..ready()
+    });
+    t.kick().await;
+    p.await.unwrap().unwrap();
+    let n = apply::MAX_QUERIES_PER_CALL * 2 + 3;
+    let queries: Vec<_> = (0..n)
+        .map(|i| {
+            let h = t.h.clone();
+            tokio::spawn(async move { h.query(move |sm: &RecSm| (i, sm.applied.len())).await })
+        })
+        .collect();
+    for (i, q) in queries.into_iter().enumerate() {
+        assert_eq!(q.await.unwrap(), Ok((i, 1)), "query {i}");
+    }
+    t.shutdown().await.unwrap();
+}
