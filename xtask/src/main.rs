@@ -5,7 +5,7 @@
 //!   pulls no tokio, quinn, RocksDB or OS entropy), clippy with
 //!   `-D warnings`, every test of the workspace (protocol simulators at 20
 //!   seeds per scenario in that debug step), then in a release build the
-//!   test kit's 10,000-seed run of its correct toy protocol and 10,000
+//!   test kit's 10,000-seed run of its correct toy protocol and 12,000
 //!   seeds of each protocol's simulator suite (raft, paxos). This is the
 //!   command `.ci/run` runs.
 //! - `cargo xtask test --quick` — the same without fmt/clippy.
@@ -106,7 +106,8 @@ fn run(step: &str, cmd: &mut Command) -> Result<()> {
 
 /// Seeds per simulator scenario in the debug test step.
 const DEBUG_SIM_SEEDS: &str = "20";
-/// Seeds per simulator scenario in the release step (5 scenarios: 10,000).
+/// Seeds per simulator scenario in the release step (the shared suite's 6
+/// scenarios: 12,000 seeds per protocol).
 const RELEASE_SIM_SEEDS_PER_SCENARIO: &str = "2000";
 
 fn test(args: &[String]) -> Result<()> {
@@ -159,10 +160,11 @@ fn test(args: &[String]) -> Result<()> {
             ])
             .env("HA_SIM_SEEDS", "10000"),
     )?;
-    // Both protocols' simulator suites: five scenarios x 2,000 seeds =
-    // 10,000 seeds each (~15 ms of CPU per seed in release).
+    // Both protocols' simulator suites (ha_core::testkit::suite): six
+    // scenarios x 2,000 seeds = 12,000 seeds each (~15 ms of CPU per seed
+    // in release).
     run(
-        "raft + paxos simulators over 10,000 seeds each (release)",
+        "raft + paxos simulators over 12,000 seeds each (release)",
         cargo()
             .args([
                 "test",
@@ -177,6 +179,15 @@ fn test(args: &[String]) -> Result<()> {
             .env("HA_RAFT_SIM_SEEDS", RELEASE_SIM_SEEDS_PER_SCENARIO)
             .env("HA_PAXOS_SIM_SEEDS", RELEASE_SIM_SEEDS_PER_SCENARIO),
     )?;
+    // ha-lock's lock-safety simulation on real Raft (the debug run above
+    // covers 1,000 seeds; issue 7 asks for at least that many, a release
+    // run gives a wider margin for ~1 minute).
+    run(
+        "ha-lock lock safety on Raft over 5,000 seeds (release)",
+        cargo()
+            .args(["test", "--release", "-p", "ha-lock", "--test", "lock_sim"])
+            .env("HA_LOCK_SIM_SEEDS", "5000"),
+    )?;
     chaos_scenario()?;
     eprintln!(
         "xtask: all checks passed in {:.1}s",
@@ -189,9 +200,11 @@ fn test(args: &[String]) -> Result<()> {
 /// the resolved normal + build dependency graph:
 /// - `ha-core` without features builds no RocksDB and no async runtime;
 /// - the protocol crates pull in no async runtime, network stack, storage
-///   engine or OS entropy.
+///   engine or OS entropy;
+/// - ha-shard (shard map, router, placement controller) stays sans-IO: no
+///   async runtime, network stack, storage engine or OS entropy.
 fn dependency_rules() -> Result<()> {
-    let rules: [(&str, &[&str], &[&str]); 3] = [
+    let rules: [(&str, &[&str], &[&str]); 4] = [
         (
             "ha-core",
             &["--no-default-features"],
@@ -204,6 +217,11 @@ fn dependency_rules() -> Result<()> {
         ),
         (
             "ha-paxos",
+            &[],
+            &["tokio", "quinn", "librocksdb-sys", "getrandom"],
+        ),
+        (
+            "ha-shard",
             &[],
             &["tokio", "quinn", "librocksdb-sys", "getrandom"],
         ),
@@ -614,17 +632,20 @@ fn chaos(args: &[String]) -> Result<()> {
 
 /// Seed of the fast default chaos scenario of `cargo xtask test`.
 const TEST_CHAOS_SEED: &str = "1";
-/// Workload time of that scenario (each fault kind once at 6 s a fault).
-const TEST_CHAOS_DURATION: &str = "45s";
+/// Workload time of that scenario: each of the seven fault kinds once at
+/// 6 s a fault, plus room for the slower heals (a membership re-add starts
+/// a member that must catch up).
+const TEST_CHAOS_DURATION: &str = "55s";
 
 /// The fast default chaos scenario of `cargo xtask test`: a fixed-seed run
 /// against ha-node/raft that must pass, then the same with a deliberately
 /// broken client (acknowledges writes it never sent) that must be caught.
 /// Skipped, saying so, while `ha-node` does not serve the etcd API.
-/// Faults of the default chaos scenario: every nemesis but `membership`,
-/// whose remove/re-add flow does not yet complete against ha-node (MemberAdd
-/// of the removed member timed out in the first run; issue 9 note).
-const TEST_CHAOS_NEMESES: &str = "kill,pause,isolate-leader,majority-minority,one-way,bridge";
+/// Faults of the default chaos scenario: every nemesis, `membership`
+/// included (remove a follower, wipe it, add it back under a new id with a
+/// certificate issued for that id; issues 8 and 9).
+const TEST_CHAOS_NEMESES: &str =
+    "kill,pause,isolate-leader,majority-minority,one-way,bridge,membership";
 
 fn chaos_scenario() -> Result<()> {
     let Some(bin) = build_ha_node(false, false)? else {

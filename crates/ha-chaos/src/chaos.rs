@@ -388,22 +388,35 @@ impl Nemesis<'_> {
                     .find(|&i| i != leader && self.cluster.state(i) == MemberState::Up)
                     .context("no follower to remove")?;
                 let name = self.cluster.members()[follower].name.clone();
+                let peer = self.cluster.members()[follower].peer_url();
                 // etcd refuses a removal until every member has been
                 // connected for a while ("unhealthy cluster", e.g. right
-                // after a restart); retry within a bound.
+                // after a restart); retry within a bound. A member is found
+                // by name or, as its name stays empty until it has
+                // published it (a re-added member right after starting), by
+                // peer URL. A removal whose answer was lost (deadline) may
+                // still have taken effect: once the member we asked to
+                // remove has left the list, it is removed.
                 let deadline = Instant::now() + Duration::from_millis(MEMBERSHIP_RETRY_MS);
+                let mut asked: Option<u64> = None;
                 let id = loop {
                     let attempt: Result<u64> = async {
                         let mut c = connect_one(&self.urls[self.leader().await], 3_000).await?;
                         let list = c.member_list().await?;
-                        let id = list
+                        let found = list
                             .members()
                             .iter()
-                            .find(|m| m.name() == name)
-                            .map(|m| m.id())
-                            .with_context(|| format!("{name} not in the member list"))?;
-                        c.member_remove(id).await?;
-                        Ok(id)
+                            .find(|m| m.name() == name || m.peer_urls().contains(&peer))
+                            .map(|m| m.id());
+                        match (found, asked) {
+                            (None, Some(id)) => Ok(id),
+                            (None, None) => bail!("{name} ({peer}) not in the member list"),
+                            (Some(id), _) => {
+                                asked = Some(id);
+                                c.member_remove(id).await?;
+                                Ok(id)
+                            }
+                        }
                     }
                     .await;
                     match attempt {
@@ -447,30 +460,63 @@ impl Nemesis<'_> {
                         bail!("cannot re-add {name}: {last}");
                     }
                     let leader = self.leader().await;
-                    let r: Result<Vec<String>> = async {
+                    let known: Vec<(String, String)> = self
+                        .cluster
+                        .members()
+                        .iter()
+                        .map(|m| (m.peer_url(), m.name.clone()))
+                        .collect();
+                    let r: Result<(Vec<String>, u64)> = async {
                         let mut c = connect_one(&self.urls[leader], 3_000).await?;
-                        let added = c.member_add([peer.as_str()], None).await?;
-                        let initial = added
-                            .member_list()
+                        // An add whose answer was lost (deadline) may have
+                        // taken effect: then the member is listed already.
+                        let listed = c.member_list().await?;
+                        let members = if listed
+                            .members()
+                            .iter()
+                            .any(|m| m.peer_urls().contains(&peer))
+                        {
+                            listed.members().to_vec()
+                        } else {
+                            c.member_add([peer.as_str()], None)
+                                .await?
+                                .member_list()
+                                .to_vec()
+                        };
+                        let id = members
+                            .iter()
+                            .find(|m| m.peer_urls().contains(&peer))
+                            .map(|m| m.id())
+                            .with_context(|| format!("{peer} is not listed after the add"))?;
+                        // Names stay empty until a member publishes them;
+                        // this tool knows every member's name by peer URL.
+                        members
                             .iter()
                             .map(|m| {
-                                let nm = if m.name().is_empty() {
-                                    name.as_str()
+                                let url = m.peer_urls().first().cloned().unwrap_or_default();
+                                let nm = if !m.name().is_empty() {
+                                    m.name().to_string()
                                 } else {
-                                    m.name()
+                                    known
+                                        .iter()
+                                        .find(|(u, _)| *u == url)
+                                        .map(|(_, n)| n.clone())
+                                        .with_context(|| {
+                                            format!(
+                                                "member {:x} ({url}) is unknown to this run",
+                                                m.id()
+                                            )
+                                        })?
                                 };
-                                format!(
-                                    "{nm}={}",
-                                    m.peer_urls().first().cloned().unwrap_or_default()
-                                )
+                                Ok(format!("{nm}={url}"))
                             })
-                            .collect();
-                        Ok(initial)
+                            .collect::<Result<Vec<String>>>()
+                            .map(|initial| (initial, id))
                     }
                     .await;
                     match r {
-                        Ok(initial) => {
-                            self.cluster.prepare_rejoin(i, initial.join(","))?;
+                        Ok((initial, id)) => {
+                            self.cluster.prepare_rejoin(i, initial.join(","), id)?;
                             self.cluster.start(i)?;
                             break;
                         }

@@ -288,6 +288,55 @@ pub fn generate_certs(
     Ok(())
 }
 
+/// File stem of the certificate of a member added at run time with `id`
+/// (what `ha-node certs --member-ids` writes).
+pub fn added_member_cert_stem(id: u64) -> String {
+    format!("member-{id:x}")
+}
+
+/// Runs `ha-node certs --ca-dir DIR --member-ids ID --out DIR`: a
+/// certificate, signed by the cluster CA in `dir`, for the member the
+/// cluster added with `id` (ids of added members are assigned by the
+/// cluster, so the certificate can only be issued after the add). Kept if it
+/// exists already (an add whose answer was lost and is found listed).
+pub fn issue_added_member_cert(
+    binary: &Path,
+    token: &str,
+    dir: &Path,
+    id: u64,
+) -> Result<(), ServerError> {
+    if dir
+        .join(format!("{}.pem", added_member_cert_stem(id)))
+        .is_file()
+    {
+        return Ok(());
+    }
+    let out = Command::new(binary)
+        .arg("certs")
+        .arg("--ca-dir")
+        .arg(dir)
+        .arg("--member-ids")
+        .arg(format!("{id:x}"))
+        .arg("--initial-cluster-token")
+        .arg(token)
+        .arg("--out")
+        .arg(dir)
+        .output()
+        .map_err(|source| ServerError::Spawn {
+            member: format!("(certificate of member {id:x})"),
+            program: binary.display().to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ServerError::Config(format!(
+            "`{} certs --member-ids {id:x}` failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// Life state of one member process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberState {
@@ -308,6 +357,9 @@ pub struct Cluster {
     /// `--initial-cluster` per member for its next (re)start, and whether
     /// it joins an existing cluster.
     joins: Vec<(String, bool)>,
+    /// Member id of each member that was added back at run time (its
+    /// certificate is `member-<id hex>.pem`, issued at the re-add).
+    rejoined_ids: Vec<Option<u64>>,
     /// Members removed from the cluster (never restarted until re-added).
     removed: Vec<bool>,
 }
@@ -355,6 +407,7 @@ impl Cluster {
         let n = cfg.members.len();
         Ok(Self {
             joins: vec![(initial, false); n],
+            rejoined_ids: vec![None; n],
             children: (0..n).map(|_| None).collect(),
             paused: vec![false; n],
             removed: vec![false; n],
@@ -461,7 +514,22 @@ impl Cluster {
             } => {
                 cmd.arg("--consensus").arg(consensus);
                 if let Some(dir) = certs_dir {
-                    let c = locate_certs(dir, i + 1, &m.name)?;
+                    let c = match self.rejoined_ids[i] {
+                        Some(id) => {
+                            let stem = added_member_cert_stem(id);
+                            let c = locate_certs(dir, i + 1, &stem)?;
+                            // Never fall back to the founding certificate:
+                            // its id was removed and is refused.
+                            if c.cert != dir.join(format!("{stem}.pem")) {
+                                return Err(ServerError::Config(format!(
+                                    "no certificate {stem}.pem for re-added member {}",
+                                    m.name
+                                )));
+                            }
+                            c
+                        }
+                        None => locate_certs(dir, i + 1, &m.name)?,
+                    };
                     cmd.arg("--peer-trusted-ca-file")
                         .arg(c.ca)
                         .arg("--peer-cert-file")
@@ -612,8 +680,22 @@ impl Cluster {
 
     /// Prepares member `i` to join the running cluster as a new member
     /// with a fresh data directory (after a member-add), with the given
-    /// `--initial-cluster` value.
-    pub fn prepare_rejoin(&mut self, i: usize, initial_cluster: String) -> Result<(), ServerError> {
+    /// `--initial-cluster` value. `member_id` is the id the cluster gave
+    /// it; for ha-node, its certificate is issued here with the cluster CA.
+    pub fn prepare_rejoin(
+        &mut self,
+        i: usize,
+        initial_cluster: String,
+        member_id: u64,
+    ) -> Result<(), ServerError> {
+        if let ServerKind::HaNode {
+            binary,
+            certs_dir: Some(certs),
+            ..
+        } = &self.cfg.kind
+        {
+            issue_added_member_cert(binary, &self.cfg.token, certs, member_id)?;
+        }
         let dir = self.cfg.members[i].data_dir.clone();
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(|source| ServerError::Io {
@@ -623,6 +705,7 @@ impl Cluster {
             })?;
         }
         self.joins[i] = (initial_cluster, true);
+        self.rejoined_ids[i] = Some(member_id);
         self.removed[i] = false;
         Ok(())
     }

@@ -123,7 +123,7 @@ mod tests {
     fn roundtrip_entry() {
         let e = Entry {
             log_id: LogId::new(7, 9),
-            payload: EntryPayload::Membership(Membership::new([NodeId(1), NodeId(2)])),
+            payload: EntryPayload::Membership(Box::new(Membership::new([NodeId(1), NodeId(2)]))),
         };
         assert_eq!(decode::<Entry>(&encode(&e)).unwrap(), e);
     }

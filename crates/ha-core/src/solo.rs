@@ -190,7 +190,7 @@ impl Solo {
                 )));
             }
             if let EntryPayload::Membership(m) = &e.payload {
-                membership = m.clone();
+                membership = Membership::clone(m);
             }
             last = e.log_id;
         }
@@ -319,7 +319,7 @@ impl Consensus for Solo {
                 if m.is_joint() || m.all_nodes().into_iter().collect::<Vec<_>>() != vec![me] {
                     return Err(ProposeError::Invalid(SINGLE_VOTER.into()));
                 }
-                self.append(EntryPayload::Membership(m))
+                self.append(EntryPayload::Membership(Box::new(m)))
             }
             MembershipChange::Remove(n) if n == me => {
                 Err(ProposeError::Invalid("cannot remove the only voter".into()))
@@ -672,7 +672,10 @@ mod tests {
         let foreign = Recovered {
             entries: vec![Entry {
                 log_id: LogId::new(1, 1),
-                payload: EntryPayload::Membership(Membership::new([NodeId(1), NodeId(2)])),
+                payload: EntryPayload::Membership(Box::new(Membership::new([
+                    NodeId(1),
+                    NodeId(2),
+                ]))),
             }],
             ..Recovered::default()
         };

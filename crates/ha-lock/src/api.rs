@@ -776,7 +776,22 @@ pub struct Limits {
     /// clients to call Compact.
     #[serde(default = "default_history_retention_revisions")]
     pub history_retention_revisions: i64,
+    /// Lock-delay (Chubby's) in milliseconds [0 = off; at most
+    /// [`MAX_LOCK_DELAY_MS`]]: when a lease that owns a lock (or leads an
+    /// election) **expires** — not on unlock, resign or revoke — the
+    /// owner key stays in place for this long, held by a fresh *delay
+    /// lease*, so the next waiter is granted only after the delay: the
+    /// expired owner's writes still in flight drain before anyone else
+    /// holds the lock. The delay is a lease, so the leader's [`Lessor`](crate::Lessor)
+    /// measures it, checkpoints its remaining time and expires it exactly
+    /// like a client lease (a failover never shortens it).
+    #[serde(default)]
+    pub lock_delay_ms: i64,
 }
+
+/// Largest [`Limits::lock_delay_ms`]: ten minutes (a longer delay would
+/// leave a lock unusable for longer than any client waits).
+pub const MAX_LOCK_DELAY_MS: i64 = 600_000;
 
 fn default_history_retention_revisions() -> i64 {
     1_000_000
@@ -798,6 +813,7 @@ impl Default for Limits {
             max_txn_depth: 8,
             snapshot_chunk_bytes: 1 << 20,
             history_retention_revisions: default_history_retention_revisions(),
+            lock_delay_ms: 0,
         }
     }
 }
@@ -832,6 +848,11 @@ impl Limits {
         }
         if self.history_retention_revisions < 0 {
             return Err(LimitsError::Inconsistent("history_retention_revisions < 0"));
+        }
+        if !(0..=MAX_LOCK_DELAY_MS).contains(&self.lock_delay_ms) {
+            return Err(LimitsError::Inconsistent(
+                "lock_delay_ms outside 0..=MAX_LOCK_DELAY_MS",
+            ));
         }
         if self.max_request_bytes < self.max_key_bytes {
             return Err(LimitsError::Inconsistent(

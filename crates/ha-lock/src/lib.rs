@@ -96,6 +96,27 @@
 //!   waiter is then the owner. Guard writes with [`api::Compare::is_owner`].
 //!   Unlock of an absent key succeeds (idempotent retries); unlock of a key
 //!   that is not an owner key is `NotLockOwner`.
+//! * **Lock-delay** (Chubby's; [`api::Limits::lock_delay_ms`], off by
+//!   default): when an owner's lease *expires* (not on unlock, resign or
+//!   revoke: a clean release hands over at once), its owner keys stay in
+//!   place, moved to a fresh *delay lease* of `lock_delay_ms`, so the next
+//!   waiter is granted only when that lease expires in turn. Meanwhile the
+//!   expired owner's lease is gone (`lock_status` says `LeaseNotFound`),
+//!   its token is still the highest, and its in-flight guarded writes
+//!   still land — which is the point: they drain before anyone else can
+//!   hold the lock. Elections (same key shape) get the same delay.
+//!   *Why a lease, not a timestamp or a revision count:* the machine has
+//!   no clock, and leaders' monotonic clocks are not comparable (a
+//!   deadline stamped by one leader means nothing to the next); revisions
+//!   do not advance while the system is idle, so a delay counted in
+//!   revisions could last forever or no time at all. A lease is the
+//!   existing replicated, deterministic form of "this long from now": the
+//!   leader's [`Lessor`] measures it, checkpoints its remaining time and
+//!   proposes its expiry, and a failover resumes it from the checkpoint —
+//!   it can only grow, never shrink. The delay lease is visible like any
+//!   lease (listed, attached to the key); a client that revokes it ends
+//!   the delay early, as a client may delete any lock key in etcd. While
+//!   it holds the key, `Unlock` by the expired owner is `NotLockOwner`.
 //! * **Elections** (etcd v3election): campaign = a lock whose key holds a
 //!   value; the leader is the lowest create revision; `Proclaim` updates
 //!   the value only while the given `LeaderKey` (key + create revision) is

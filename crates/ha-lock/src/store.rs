@@ -259,7 +259,7 @@ impl<'a> Exec<'a> {
             Command::Compact(c) => self.compact(&c).map(|()| Response::Compact),
             Command::LeaseGrant(g) => self.lease_grant(&g).map(Response::LeaseGrant),
             Command::LeaseRevoke { id } => self.lease_remove(id).map(|()| Response::LeaseRevoke),
-            Command::LeaseExpire { id } => self.lease_remove(id).map(|()| Response::LeaseExpire),
+            Command::LeaseExpire { id } => self.lease_expire(id).map(|()| Response::LeaseExpire),
             Command::LeaseKeepAlive { id } => {
                 let lease = self
                     .state
@@ -529,13 +529,7 @@ impl<'a> Exec<'a> {
         let id = if g.id > 0 {
             g.id
         } else {
-            // Fewer than max_leases ids are taken, so this probe ends
-            // within max_leases + 1 steps.
-            let mut id = lease_id_for(self.index);
-            while id == 0 || self.state.leases.contains_key(&id) {
-                id = if id == i64::MAX { 1 } else { id + 1 };
-            }
-            id
+            self.fresh_lease_id()
         };
         self.state.leases.insert(
             id,
@@ -550,6 +544,84 @@ impl<'a> Exec<'a> {
             id,
             ttl_ms: g.ttl_ms,
         })
+    }
+
+    /// An unused lease id for this command: the hash of its log index,
+    /// probing past ids in use. At most `max_leases + 1` ids are taken
+    /// (a lock-delay lease is created just before its expired lease is
+    /// removed), so the probe ends within `max_leases + 2` steps.
+    fn fresh_lease_id(&self) -> i64 {
+        let mut id = lease_id_for(self.index);
+        while id == 0 || self.state.leases.contains_key(&id) {
+            id = if id == i64::MAX { 1 } else { id + 1 };
+        }
+        id
+    }
+
+    /// The owner keys (lock or election) that lease `id` holds now: its
+    /// keys of the form `name/<id hex>` that are the oldest under `name/`.
+    fn held_locks(&self, id: i64) -> Vec<Bytes> {
+        let Some(lease) = self.state.leases.get(&id) else {
+            return Vec::new();
+        };
+        let suffix = format!("/{id:x}");
+        lease
+            .keys
+            .iter()
+            .filter(|k| {
+                k.len() > suffix.len()
+                    && k.ends_with(suffix.as_bytes())
+                    && self
+                        .state
+                        .first_created(&k[..k.len() - suffix.len()])
+                        .is_some_and(|o| o.key == **k)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Expiry (proposed by the leader's lessor). Without lock-delay, or
+    /// when the lease holds no lock, the same as a revoke. With lock-delay,
+    /// every lock the lease holds keeps its owner key, moved to a new
+    /// delay lease of `lock_delay_ms` (so the lock stays taken, and the
+    /// expired lease's fencing token stays the highest, until the delay
+    /// lease expires in turn); then the lease and its other keys go.
+    fn lease_expire(&mut self, id: i64) -> Result<(), LockError> {
+        let delay = self.limits.lock_delay_ms;
+        let held = if delay > 0 {
+            self.held_locks(id)
+        } else {
+            Vec::new()
+        };
+        if held.is_empty() {
+            return self.lease_remove(id);
+        }
+        // One lease more than before for the length of this command: the
+        // expired one goes below, so the count never grows.
+        let delay_id = self.fresh_lease_id();
+        self.state.leases.insert(
+            delay_id,
+            Lease {
+                ttl_ms: delay,
+                remaining_ms: delay,
+                keys: BTreeSet::new(),
+            },
+        );
+        self.journal.leases.insert(delay_id);
+        for key in held {
+            let moved = self.put(&PutRequest {
+                key,
+                lease: delay_id,
+                ignore_value: true,
+                ..PutRequest::default()
+            });
+            if let Err(e) = moved {
+                // `run` rolls the records back; the lease is ours to undo.
+                self.state.leases.remove(&delay_id);
+                return Err(e);
+            }
+        }
+        self.lease_remove(id)
     }
 
     /// Revoke or expire: delete the lease's keys (in key order, one

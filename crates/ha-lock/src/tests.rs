@@ -882,3 +882,152 @@ fn history_is_bounded_by_auto_compaction() {
     // only the retained window of history is stored
     assert_eq!(h.m.events_since(91, b"\0", b"\0", 1000).unwrap().len(), 11);
 }
+
+fn with_lock_delay(delay_ms: i64) -> H {
+    H::with(Limits {
+        lock_delay_ms: delay_ms,
+        ..Limits::default()
+    })
+}
+
+#[test]
+fn lock_delay_holds_an_expired_owners_lock_for_the_delay() {
+    let mut h = with_lock_delay(5_000);
+    let (l1, l2) = (h.grant(1000), h.grant(1000));
+    h.put_lease("other", "v", l1);
+    let a = h.lock("job", l1);
+    let w = h.lock("job", l2);
+    assert!(a.acquired && !w.acquired);
+    // The owner's lease expires: the lock stays taken, by a delay lease.
+    h.ok(Command::LeaseExpire { id: l1 });
+    assert_eq!(
+        h.m.lock_status(b"job", l1),
+        Err(LockError::LeaseNotFound { id: l1 }),
+        "the expired owner no longer holds the lock"
+    );
+    assert!(!h.m.lock_status(b"job", l2).unwrap().acquired);
+    let held = h.m.lock_owner(b"job").unwrap();
+    assert_eq!(
+        (&held.key, held.create_revision),
+        (&a.key, a.token),
+        "the expired owner's key (and token) stays in place"
+    );
+    assert!(h.get("other").is_none(), "the lease's other keys go");
+    let delay = h.m.lease_time_to_live(held.lease, true);
+    assert_eq!((delay.ttl_ms, delay.granted_ttl_ms), (5_000, 5_000));
+    assert_eq!(delay.keys, vec![a.key.clone()]);
+    assert_eq!(h.m.leases().len(), 2, "one lease expired, one delay lease");
+    // Re-locking as the waiter does not jump the delay.
+    assert!(!h.lock("job", l2).acquired);
+    // The delay is replicated state: a snapshot carries it.
+    let mut copy = LockMachine::in_memory(h.m.limits().clone()).unwrap();
+    let mut snap = h.m.snapshot().unwrap();
+    let meta = snap.meta().clone();
+    let mut chunks = Vec::new();
+    while let Some(c) = snap.next_chunk().unwrap() {
+        chunks.push(c);
+    }
+    copy.install_snapshot(&meta, &mut VecChunks::new(chunks))
+        .unwrap();
+    assert!(!copy.lock_status(b"job", l2).unwrap().acquired);
+    // The lessor expires the delay lease in turn: the waiter is granted,
+    // with a higher token; no new delay (the delay lease held no lock of
+    // its own).
+    h.ok(Command::LeaseExpire { id: held.lease });
+    let now = h.m.lock_status(b"job", l2).unwrap();
+    assert!(now.acquired && now.token > a.token);
+    assert_eq!(h.m.leases().len(), 1);
+}
+
+#[test]
+fn lock_delay_applies_only_to_an_owner_whose_lease_expires() {
+    let mut h = with_lock_delay(5_000);
+    let (l1, l2, l3) = (h.grant(1000), h.grant(1000), h.grant(1000));
+    let a = h.lock("job", l1);
+    let w2 = h.lock("job", l2);
+    let w3 = h.lock("job", l3);
+    // A waiter's expiry: no delay, the owner is untouched.
+    h.ok(Command::LeaseExpire { id: l2 });
+    assert_eq!(h.m.leases().len(), 2);
+    assert_eq!(h.m.lock_owner(b"job").unwrap().key, a.key);
+    assert!(h.m.lock_status(b"job", l2).is_err());
+    // A clean unlock hands over at once.
+    h.ok(Command::Unlock { key: a.key.clone() });
+    let s3 = h.m.lock_status(b"job", l3).unwrap();
+    assert!(s3.acquired && s3.key == w3.key && s3.token > a.token);
+    // So does a revoke.
+    let l4 = h.grant(1000);
+    let w4 = h.lock("job", l4);
+    assert!(!w4.acquired && w2.key != w4.key);
+    h.ok(Command::LeaseRevoke { id: l3 });
+    assert!(h.m.lock_status(b"job", l4).unwrap().acquired);
+    let ids = |h: &H| h.m.leases().iter().map(|l| l.id).collect::<Vec<_>>();
+    let mut want = vec![l1, l4];
+    want.sort();
+    assert_eq!(ids(&h), want, "no delay lease after unlock or revoke");
+    // An expiring lease that holds no lock: plain expiry.
+    let l5 = h.grant(1000);
+    h.put_lease("k", "v", l5);
+    h.ok(Command::LeaseExpire { id: l5 });
+    assert!(h.get("k").is_none());
+    assert_eq!(ids(&h), want);
+}
+
+#[test]
+fn lock_delay_holds_an_election_too_and_is_off_by_default() {
+    let mut h = with_lock_delay(1_000);
+    let (l1, l2) = (h.grant(1000), h.grant(1000));
+    h.ok(Command::Campaign {
+        name: b("e"),
+        lease: l1,
+        value: b("primary-1"),
+    });
+    h.ok(Command::Campaign {
+        name: b("e"),
+        lease: l2,
+        value: b("primary-2"),
+    });
+    h.ok(Command::LeaseExpire { id: l1 });
+    let leader = h.m.election_leader(b"e").unwrap();
+    assert_eq!(
+        leader.key,
+        owner_key(b"e", l1),
+        "no standby elected during the delay"
+    );
+    let kv = h.get(std::str::from_utf8(&leader.key).unwrap()).unwrap();
+    assert_eq!(kv.value, b("primary-1"), "the value stays as it was");
+    assert!(!h.m.campaign_status(b"e", l2).unwrap().elected);
+    h.ok(Command::LeaseExpire { id: leader.lease });
+    assert!(h.m.campaign_status(b"e", l2).unwrap().elected);
+
+    // Default: no delay.
+    let mut h = H::new();
+    assert_eq!(h.m.limits().lock_delay_ms, 0);
+    let (l1, l2) = (h.grant(1000), h.grant(1000));
+    h.lock("job", l1);
+    h.lock("job", l2);
+    h.ok(Command::LeaseExpire { id: l1 });
+    assert!(h.m.lock_status(b"job", l2).unwrap().acquired);
+}
+
+#[test]
+fn lock_delay_limit_is_validated() {
+    for bad in [-1, MAX_LOCK_DELAY_MS + 1, i64::MIN] {
+        let limits = Limits {
+            lock_delay_ms: bad,
+            ..Limits::default()
+        };
+        assert!(
+            matches!(limits.validate(), Err(LimitsError::Inconsistent(_))),
+            "{bad}"
+        );
+        assert!(LockMachine::in_memory(limits).is_err());
+    }
+    for good in [0, 1, MAX_LOCK_DELAY_MS] {
+        let limits = Limits {
+            lock_delay_ms: good,
+            ..Limits::default()
+        };
+        assert_eq!(limits.validate(), Ok(()));
+    }
+}

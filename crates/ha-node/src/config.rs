@@ -111,6 +111,12 @@ pub struct Settings {
     /// Cluster token: distinguishes clusters founded from the same member list.
     #[arg(long, env = "HA_INITIAL_CLUSTER_TOKEN")]
     pub initial_cluster_token: Option<String>,
+    /// With `--initial-cluster-state existing`: this member's id (hex) as
+    /// `member add` printed it. Optional: a joining member also takes its id
+    /// from its data dir or its peer certificate; all that are given must
+    /// agree.
+    #[arg(long, env = "HA_MEMBER_ID")]
+    pub member_id: Option<String>,
     /// Consensus protocol: raft or paxos (default raft; must be compiled in).
     #[arg(long, env = "HA_CONSENSUS")]
     pub consensus: Option<String>,
@@ -163,6 +169,7 @@ impl Settings {
             initial_cluster,
             initial_cluster_state,
             initial_cluster_token,
+            member_id,
             consensus,
             heartbeat_interval,
             election_timeout,
@@ -406,9 +413,20 @@ impl Settings {
             .map(|m| (m.name.clone(), m.peer_urls.clone()))
             .collect();
         let cluster_id = ids::cluster_id(&token, &founding);
-        let member_id = match initial_cluster_state {
-            ClusterState::New => ids::member_id(&token, &name),
-            ClusterState::Existing => ids::added_member_id(&token, &advertise_peer_texts),
+        let member_id = match (initial_cluster_state, self.member_id.as_deref()) {
+            (ClusterState::New, None) => ids::member_id(&token, &name),
+            (ClusterState::New, Some(_)) => {
+                return Err(invalid(
+                    "member-id",
+                    "only for --initial-cluster-state existing (a founding member's id derives \
+                     from its name and the token)",
+                ));
+            }
+            (ClusterState::Existing, Some(text)) => {
+                ids::parse_member_id(text).map_err(|e| invalid("member-id", e))?
+            }
+            // Learned at start from the data dir or the certificate.
+            (ClusterState::Existing, None) => NodeId(0),
         };
 
         Ok(Config {
@@ -544,7 +562,8 @@ pub struct Config {
     pub listen_metrics: Vec<SocketAddr>,
     /// Log filter.
     pub log_level: String,
-    /// This member's id.
+    /// This member's id (for `existing` without `--member-id`: 0 until
+    /// the start resolves it from the data dir or the peer certificate).
     pub member_id: NodeId,
     /// The cluster's id (for `existing`: the id of the founding list given,
     /// replaced by the id learned from the cluster).

@@ -68,6 +68,45 @@ pub enum DataDirError {
     },
 }
 
+/// Reads `dir/member.toml` if it exists (`None` for a new directory).
+pub fn read_member_file(dir: &Path) -> Result<Option<MemberFile>, DataDirError> {
+    let file = dir.join(MEMBER_FILE);
+    let meta = match std::fs::metadata(&file) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(DataDirError::Io { path: file, error }),
+    };
+    if meta.len() > MAX_MEMBER_FILE_BYTES {
+        return Err(DataDirError::Corrupt {
+            path: dir.to_path_buf(),
+            reason: format!("larger than {MAX_MEMBER_FILE_BYTES} bytes"),
+        });
+    }
+    let text = std::fs::read_to_string(&file).map_err(|error| DataDirError::Io {
+        path: file.clone(),
+        error,
+    })?;
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| DataDirError::Corrupt {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// The member id recorded in `dir/member.toml`, if the directory has one.
+pub fn read_member_id(dir: &Path) -> Result<Option<u64>, DataDirError> {
+    match read_member_file(dir)? {
+        None => Ok(None),
+        Some(f) => u64::from_str_radix(&f.member_id, 16)
+            .map(Some)
+            .map_err(|e| DataDirError::Corrupt {
+                path: dir.to_path_buf(),
+                reason: format!("member_id {:?}: {e}", f.member_id),
+            }),
+    }
+}
+
 /// Checks (or on first start writes) `dir/member.toml`. `cluster_id` 0 means
 /// "not known yet" (a joining member): then only token and member id must
 /// match. Returns whether the directory was new.
@@ -87,19 +126,8 @@ pub fn check_or_init(
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let file = dir.join(MEMBER_FILE);
-    match std::fs::metadata(&file) {
-        Ok(meta) => {
-            if meta.len() > MAX_MEMBER_FILE_BYTES {
-                return Err(DataDirError::Corrupt {
-                    path: dir.to_path_buf(),
-                    reason: format!("larger than {MAX_MEMBER_FILE_BYTES} bytes"),
-                });
-            }
-            let text = std::fs::read_to_string(&file).map_err(io(&file))?;
-            let found: MemberFile = toml::from_str(&text).map_err(|e| DataDirError::Corrupt {
-                path: dir.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+    match read_member_file(dir)? {
+        Some(found) => {
             let want_cluster = format!("{cluster_id:x}");
             let want_member = format!("{member_id:x}");
             let cluster_ok =
@@ -123,7 +151,7 @@ pub fn check_or_init(
             }
             Ok(false)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             // A directory with data but no identity file was not made by us.
             let has_db = dir.join("db").exists();
             if has_db {
@@ -155,7 +183,6 @@ pub fn check_or_init(
                 .map_err(io(dir))?;
             Ok(true)
         }
-        Err(e) => Err(io(&file)(e)),
     }
 }
 
@@ -175,6 +202,14 @@ mod tests {
         assert!(matches!(e, DataDirError::OtherCluster { .. }));
         let e = check_or_init(d.path(), "t", 5, 8, "a").unwrap_err();
         assert!(matches!(e, DataDirError::OtherCluster { .. }));
+    }
+
+    #[test]
+    fn member_id_is_read_back() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(read_member_id(d.path()).unwrap(), None);
+        check_or_init(d.path(), "t", 5, 0x5a3c, "a").unwrap();
+        assert_eq!(read_member_id(d.path()).unwrap(), Some(0x5a3c));
     }
 
     #[test]

@@ -1,13 +1,17 @@
-//! Member and cluster ids, derived with a pinned hash from what every member
-//! is told, so that all members agree on them without talking and a member
-//! gets the same id on every restart.
+//! Member and cluster ids, derived with a pinned hash.
 //!
 //! - A **founding member** (listed in `--initial-cluster` of a new cluster)
-//!   gets `member_id(token, name)`.
+//!   gets `member_id(token, name)`: every founder computes every founder's
+//!   id without talking, and a founder keeps its id across restarts.
 //! - A member **added later** through the membership API gets
-//!   `added_member_id(token, peer_urls)`: etcd's `MemberAdd` request carries
-//!   only peer URLs, so the id is derived from them (the joining member
-//!   computes the same value from its `--initial-advertise-peer-urls`).
+//!   [`fresh_member_id`]`(cluster_id, peer_urls, log index, attempt)`,
+//!   computed by the replicated member table when it applies the add (so
+//!   every replica assigns the same id) and bumped by `attempt` until it
+//!   collides with no current member and no removed one. An id is therefore
+//!   never used twice in a cluster: a member removed and added back — with
+//!   an empty data dir, i.e. with no memory of its votes and promises — is a
+//!   *new* member, and the old id stays refused (see the member table's
+//!   tombstones in `cluster::machine`).
 //! - The **cluster id** is `cluster_id(token, initial_cluster)`.
 //!
 //! The hash is FNV-1a 64 over length-prefixed fields, finished with the
@@ -60,6 +64,20 @@ fn member_bits(h: u64) -> u64 {
     non_zero(h & MEMBER_ID_MAX)
 }
 
+/// Parses a member id as etcd prints it (hex, as `member add` and
+/// `member list` show it): 1..=[`MEMBER_ID_MAX`].
+pub fn parse_member_id(text: &str) -> Result<NodeId, String> {
+    let t = text.trim();
+    let t = t.strip_prefix("0x").unwrap_or(t);
+    match u64::from_str_radix(t, 16) {
+        Ok(v) if v != 0 && v <= MEMBER_ID_MAX => Ok(NodeId(v)),
+        Ok(v) => Err(format!(
+            "member id {v:x} is out of range 1..={MEMBER_ID_MAX:x}"
+        )),
+        Err(e) => Err(format!("member id {text:?} is not hex: {e}")),
+    }
+}
+
 /// Id of a founding member named `name` in the cluster `token`.
 pub fn member_id(token: &str, name: &str) -> NodeId {
     NodeId(member_bits(pinned_hash(
@@ -68,15 +86,27 @@ pub fn member_id(token: &str, name: &str) -> NodeId {
     )))
 }
 
-/// Id of a member added at run time with `peer_urls` (order-insensitive).
-pub fn added_member_id(token: &str, peer_urls: &[String]) -> NodeId {
+/// Id of a member added at run time with `peer_urls` (order-insensitive)
+/// by the `MemberAdd` entry at `log_index` of cluster `cluster_id`; the
+/// member table calls it with `attempt` 0, 1, … until the id is unused.
+pub fn fresh_member_id(
+    cluster_id: u64,
+    peer_urls: &[String],
+    log_index: u64,
+    attempt: u32,
+) -> NodeId {
     let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
     urls.sort_unstable();
     urls.dedup();
     let joined = urls.join(",");
     NodeId(member_bits(pinned_hash(
-        "ha-added-member-v1",
-        &[token.as_bytes(), joined.as_bytes()],
+        "ha-fresh-member-v1",
+        &[
+            &cluster_id.to_le_bytes(),
+            joined.as_bytes(),
+            &log_index.to_le_bytes(),
+            &attempt.to_le_bytes(),
+        ],
     )))
 }
 
@@ -115,7 +145,21 @@ mod tests {
         // Checked against an independent implementation of the documented hash.
         assert_eq!(member_id("ha-cluster", "node1").0, 0x00d6_d384);
         assert!(member_id("t", "a").0 <= MEMBER_ID_MAX);
-        assert!(added_member_id("t", &["https://10.0.0.1:2380".into()]).0 <= MEMBER_ID_MAX);
+        let url = vec!["https://10.0.0.1:2380".to_string()];
+        assert!(fresh_member_id(9, &url, 5, 0).0 <= MEMBER_ID_MAX);
+        assert_eq!(
+            fresh_member_id(9, &url, 5, 0),
+            fresh_member_id(9, &url, 5, 0)
+        );
+    }
+
+    #[test]
+    fn member_ids_parse_as_hex_in_range() {
+        assert_eq!(parse_member_id("5a3c1b2e"), Ok(NodeId(0x5a3c_1b2e)));
+        assert_eq!(parse_member_id("0xff"), Ok(NodeId(0xff)));
+        for bad in ["", "0", "g1", "100000000", "-1"] {
+            assert!(parse_member_id(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -128,10 +172,21 @@ mod tests {
     }
 
     #[test]
+    fn fresh_ids_depend_on_cluster_entry_and_attempt() {
+        let url = vec!["https://10.0.0.1:2380".to_string()];
+        let base = fresh_member_id(9, &url, 5, 0);
+        assert_ne!(base, fresh_member_id(10, &url, 5, 0), "cluster id");
+        assert_ne!(base, fresh_member_id(9, &url, 6, 0), "log index");
+        assert_ne!(base, fresh_member_id(9, &url, 5, 1), "attempt");
+        let other = vec!["https://10.0.0.2:2380".to_string()];
+        assert_ne!(base, fresh_member_id(9, &other, 5, 0), "peer URLs");
+    }
+
+    #[test]
     fn order_insensitive_where_documented() {
         let a = vec!["https://b:1".to_string(), "https://a:1".to_string()];
         let b = vec!["https://a:1".to_string(), "https://b:1".to_string()];
-        assert_eq!(added_member_id("t", &a), added_member_id("t", &b));
+        assert_eq!(fresh_member_id(1, &a, 7, 0), fresh_member_id(1, &b, 7, 0));
         let m1 = vec![
             ("x".to_string(), vec!["u1".to_string()]),
             ("y".to_string(), vec!["u2".to_string()]),

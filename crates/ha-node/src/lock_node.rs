@@ -282,6 +282,11 @@ impl From<NodeError> for BackendError {
             NodeError::Invalid(m) if m.contains("not a learner") => BackendError::MemberNotLearner,
             NodeError::Invalid(m) => BackendError::InvalidRequest(m),
             NodeError::MemberNotFound(_) => BackendError::MemberNotFound,
+            NodeError::LearnerNotReady(m) => {
+                tracing::info!(reason = %m, "member promote refused");
+                BackendError::LearnerNotReady
+            }
+            e @ NodeError::Removed(_) => BackendError::Unavailable(e.to_string()),
             NodeError::Shutdown => BackendError::Stopped,
             NodeError::Fatal(m) | NodeError::Start(m) => BackendError::Internal(m),
         }

@@ -7,6 +7,21 @@
 //! `ha-node certs --nodes 3 --out certs` writes a dev CA and member
 //! certificates.
 //!
+//! Adding a member (etcd's flow, with one more step for its certificate):
+//!
+//! ```text
+//! etcdctl member add n4 --peer-urls=https://10.0.0.4:2380
+//!   → Member 5a3c1b2e added to cluster …   (a fresh id, never used before)
+//! ha-node certs --ca-dir certs --member-ids 5a3c1b2e --out certs \
+//!   --initial-cluster-token TOKEN           → certs/member-5a3c1b2e.pem
+//! ha-node --name n4 --initial-cluster-state existing --initial-cluster … \
+//!   --peer-cert-file certs/member-5a3c1b2e.pem …   (empty data dir)
+//! ```
+//!
+//! The joining member takes its id from the certificate (or `--member-id`)
+//! and records it in its data dir; a data dir or certificate of another id
+//! is refused at start. A removed member's id is never admitted again.
+//!
 //! Exit codes: 0 after a clean shutdown (SIGTERM / Ctrl-C), 2 for invalid
 //! settings, 1 for any other failure (port in use, data dir of another
 //! cluster, storage errors).
@@ -123,7 +138,45 @@ fn run_node(config_file: Option<PathBuf>, settings: Settings) -> ExitCode {
     }
 }
 
-fn run(cfg: Config) -> Result<(), String> {
+/// The id of a member joining an existing cluster: what its data dir
+/// records, what its peer certificate names and what `--member-id` says —
+/// all that are present must agree (a data dir of another member, or a
+/// certificate of another id, is refused before anything starts).
+fn joining_member_id(cfg: &Config) -> Result<ha_core::NodeId, String> {
+    let mut found: Vec<(String, u64)> = Vec::new();
+    if let Some(id) = datadir::read_member_id(&cfg.data_dir).map_err(|e| e.to_string())? {
+        found.push((format!("data dir {}", cfg.data_dir.display()), id));
+    }
+    if let PeerTls::Files { cert, .. } = &cfg.peer_tls {
+        let id = certs::cert_member_id(cert).map_err(|e| e.to_string())?;
+        found.push((format!("certificate {}", cert.display()), id.0));
+    }
+    if cfg.member_id.0 != 0 {
+        found.push(("--member-id".to_string(), cfg.member_id.0));
+    }
+    match found.first() {
+        None => Err(
+            "--initial-cluster-state existing: this member's id is unknown; give the id              `member add` printed as --member-id, or a peer certificate issued for it              (`ha-node certs --ca-dir DIR --member-ids ID`)"
+                .to_string(),
+        ),
+        Some((_, id)) => match found.iter().find(|(_, other)| other != id) {
+            Some(_) => Err(format!(
+                "conflicting member ids: {}; a member added again gets a new id: use an                  empty data dir and a certificate for the new id",
+                found
+                    .iter()
+                    .map(|(what, id)| format!("{what} says {id:x}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            None => Ok(ha_core::NodeId(*id)),
+        },
+    }
+}
+
+fn run(mut cfg: Config) -> Result<(), String> {
+    if cfg.initial_cluster_state == ClusterState::Existing {
+        cfg.member_id = joining_member_id(&cfg)?;
+    }
     let cluster_id = match cfg.initial_cluster_state {
         ClusterState::New => cfg.cluster_id,
         ClusterState::Existing => 0,

@@ -67,6 +67,7 @@ mirrors!(
     storage_writes,
     storage_fsyncs,
     storage_bytes,
+    removed_member_refusals,
     transport_frames_sent,
     transport_bytes_sent,
     transport_frames_received,
@@ -197,7 +198,7 @@ impl Metrics {
             m.db_size_bytes.clone(),
         );
         let mi = &m.mirrors;
-        let counters: [(&str, &str, &Mirror); 25] = [
+        let counters: [(&str, &str, &Mirror); 26] = [
             (
                 "consensus_proposals",
                 "Proposals accepted by the protocol",
@@ -254,6 +255,11 @@ impl Metrics {
                 &mi.storage_writes,
             ),
             ("storage_fsyncs", "Log store fsyncs", &mi.storage_fsyncs),
+            (
+                "membership_removed_refusals",
+                "Frames and requests refused because the sender's member id was removed",
+                &mi.removed_member_refusals,
+            ),
             (
                 "storage_bytes_written",
                 "Bytes written to the log store",
@@ -403,6 +409,12 @@ impl Metrics {
         self.mirrors.storage_writes.set(writes);
         self.mirrors.storage_fsyncs.set(fsyncs);
         self.mirrors.storage_bytes.set(bytes);
+    }
+
+    /// Mirrors the count of frames and requests refused from removed
+    /// member ids.
+    pub fn record_removed_refusals(&self, refusals: u64) {
+        self.mirrors.removed_member_refusals.set(refusals);
     }
 
     /// Mirrors the peer transport's counters.

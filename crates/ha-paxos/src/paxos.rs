@@ -210,8 +210,11 @@ pub struct Paxos {
     snapshot_sends: Vec<SnapshotSend<Message>>,
     pending_install: Option<SnapshotMeta>,
     pending_purge: Option<LogIndex>,
-    /// Slots written since the last Ready (may repeat).
-    dirty: Vec<LogIndex>,
+    /// Slots written since the last Ready, as inclusive runs in write
+    /// order (runs may overlap or come out of order; `ready` sorts and
+    /// merges them). A run per stretch of consecutive writes, not an entry
+    /// per slot: a batch of N appended or accepted slots costs one run.
+    dirty: Vec<(LogIndex, LogIndex)>,
     handed_hs: HardState,
     applied_handed: LogIndex,
     applied: LogIndex,
@@ -290,7 +293,7 @@ impl Paxos {
             }
             if let EntryPayload::Membership(m) = &e.payload {
                 m.validate()?;
-                configs.insert(e.index(), m.clone());
+                configs.insert(e.index(), Membership::clone(m));
             }
             log.insert(e);
         }
@@ -450,14 +453,19 @@ impl Paxos {
         let slot = e.index();
         match &e.payload {
             EntryPayload::Membership(m) => {
-                self.configs.insert(slot, m.clone());
+                self.configs.insert(slot, Membership::clone(m));
             }
             _ if !self.configs.is_empty() => {
                 self.configs.remove(&slot);
             }
             _ => {}
         }
-        self.dirty.push(slot);
+        match self.dirty.last_mut() {
+            Some((first, last)) if slot >= *first && slot.0 <= last.0.saturating_add(1) => {
+                *last = (*last).max(slot);
+            }
+            _ => self.dirty.push((slot, slot)),
+        }
         self.log.insert(e);
         debug_assert_eq!(self.log.start(), self.log_start);
     }
@@ -529,7 +537,7 @@ impl Paxos {
                     .get(*slot)
                     .is_some_and(|own| own.term() >= e.term());
                 if !own_higher && !out.contains(m) {
-                    out.push(m.clone());
+                    out.push(Membership::clone(m));
                 }
             }
         }
@@ -1618,6 +1626,20 @@ impl Paxos {
     }
 }
 
+/// Sorts inclusive slot runs and merges the ones that overlap or touch,
+/// so each slot appears once, ascending.
+fn merge_runs(mut runs: Vec<(LogIndex, LogIndex)>) -> Vec<(LogIndex, LogIndex)> {
+    runs.sort_unstable();
+    let mut merged: Vec<(LogIndex, LogIndex)> = Vec::with_capacity(runs.len());
+    for (first, last) in runs {
+        match merged.last_mut() {
+            Some((_, end)) if first.0 <= end.0.saturating_add(1) => *end = (*end).max(last),
+            _ => merged.push((first, last)),
+        }
+    }
+    merged
+}
+
 impl Consensus for Paxos {
     type Message = Message;
 
@@ -1721,7 +1743,7 @@ impl Consensus for Paxos {
             return Err(ProposeError::InProgress);
         }
         let m = self.membership_target(change)?;
-        let id = self.append_entry(EntryPayload::Membership(m));
+        let id = self.append_entry(EntryPayload::Membership(Box::new(m)));
         self.sync_peers();
         Ok(id)
     }
@@ -1784,17 +1806,17 @@ impl Consensus for Paxos {
         rd.messages = mem::take(&mut self.msgs);
         rd.persisted_messages = mem::take(&mut self.persisted_msgs);
         rd.snapshot = self.pending_install.take();
-        let dirty_cap = self.dirty.len();
-        let mut dirty = mem::replace(&mut self.dirty, Vec::with_capacity(dirty_cap));
-        if !dirty.is_sorted_by(|a, b| a < b) {
-            dirty.sort_unstable();
-            dirty.dedup();
+        let mut dirty = mem::take(&mut self.dirty);
+        if !dirty.is_sorted_by(|a, b| a.1 < b.0) {
+            dirty = merge_runs(dirty);
         }
-        rd.entries.reserve_exact(dirty.len());
-        for s in dirty {
-            if let Some(e) = self.log.get(s) {
-                rd.entries.push(e.clone());
-            }
+        // Every slot of a run was written since the last Ready, so this is
+        // at most the number of writes.
+        let held: u64 = dirty.iter().map(|(a, b)| b.0 - a.0 + 1).sum();
+        rd.entries.reserve_exact(usize::try_from(held).unwrap_or(0));
+        for (first, last) in dirty {
+            // Slots compacted since they were written are skipped.
+            rd.entries.extend(self.log.range(first, last).cloned());
         }
         let hs = self.hard_state();
         if hs != self.handed_hs {
@@ -1927,5 +1949,22 @@ impl Consensus for Paxos {
             last_index: self.last_index(),
             membership: m.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+
+    fn runs(v: &[(u64, u64)]) -> Vec<(LogIndex, LogIndex)> {
+        v.iter().map(|&(a, b)| (LogIndex(a), LogIndex(b))).collect()
+    }
+
+    #[test]
+    fn written_runs_merge_into_sorted_disjoint_runs() {
+        let got = merge_runs(runs(&[(7, 9), (1, 3), (2, 5), (10, 10), (20, 21), (6, 6)]));
+        assert_eq!(got, runs(&[(1, 10), (20, 21)]));
+        assert_eq!(merge_runs(Vec::new()), runs(&[]));
+        assert_eq!(merge_runs(runs(&[(4, 4), (4, 4)])), runs(&[(4, 4)]));
     }
 }

@@ -555,7 +555,7 @@ fn malformed_accepts_change_nothing() {
                 term: b,
                 index: LogIndex(50),
             },
-            payload: EntryPayload::Membership(Membership::default()),
+            payload: EntryPayload::Membership(Box::default()),
         }],
         commit: LogIndex(0),
         round: 1,
@@ -942,7 +942,7 @@ fn phase_one_needs_a_quorum_of_every_adopted_configuration() {
                     term: old,
                     index: LogIndex(1),
                 },
-                payload: EntryPayload::Membership(target.clone()),
+                payload: EntryPayload::Membership(Box::new(target.clone())),
             }],
         },
         bootstrap.clone(),
@@ -972,7 +972,10 @@ fn phase_one_needs_a_quorum_of_every_adopted_configuration() {
     };
     assert_eq!(crate::message::ballot_node(slot1.term()), NodeId(1));
     assert!(slot1.term() > old);
-    assert_eq!(slot1.payload, EntryPayload::Membership(target.clone()));
+    assert_eq!(
+        slot1.payload,
+        EntryPayload::Membership(Box::new(target.clone()))
+    );
     assert!(c.node(1).px.commit_index() >= LogIndex(1));
     assert_eq!(c.node(1).px.committed_membership(), &target);
     assert_ne!(c.node(1).px.role(), Role::Leader);

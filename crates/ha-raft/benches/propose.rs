@@ -1,48 +1,17 @@
-//! Proposals per second through an in-process Raft cluster.
-//!
-//! The shape of openraft's `benchmarks/minimal`: `members` in-memory nodes
-//! in one process, `clients` concurrent clients each keeping one empty
-//! proposal outstanding (a client proposes again as soon as its previous
-//! proposal is applied on the leader). One iteration commits `OPS`
-//! proposals; criterion reports the time per iteration and the throughput
-//! in elements (= operations) per second.
-//!
-//! The nodes run on one thread: a Ready's entries go to an in-memory log,
-//! messages go through an in-memory queue, and the leader snapshots every
-//! `SNAPSHOT_EVERY` applied entries so memory stays bounded.
+//! Proposals per second through an in-process Raft cluster: the test kit's
+//! shared in-memory bench ([`ha_core::testkit::bench`]), the same harness,
+//! points (1/3/5 members × 1/64/256/1,000/4,000 clients), payloads (empty
+//! proposals) and batch limits as every other protocol's `propose` bench,
+//! so the protocols compare point for point.
 //!
 //! `cargo bench -p ha-raft --bench propose`
 
-use std::collections::VecDeque;
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use criterion::{Criterion, criterion_group, criterion_main};
+use ha_core::consensus::Recovered;
+use ha_core::testkit::bench::criterion_propose;
+use ha_raft::{Config, Raft};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ha_core::consensus::{Consensus, Recovered, Role};
-use ha_core::{Bytes, Entry, LogIndex, Membership, NodeId, SnapshotMeta};
-use ha_raft::{Config, Message, Raft};
-
-/// Operations committed per measured iteration.
-const OPS: u64 = 20_000;
-/// The leader reports a snapshot after this many applied entries.
-const SNAPSHOT_EVERY: u64 = 50_000;
-
-struct Node {
-    raft: Raft,
-    /// The node's durable log (in memory).
-    log: Vec<Entry>,
-    log_start: u64,
-    applied: LogIndex,
-    since_snapshot: u64,
-    membership: Membership,
-}
-
-struct Cluster {
-    nodes: Vec<Node>,
-    queue: VecDeque<(NodeId, NodeId, Message)>,
-    now_ms: u64,
-}
-
+/// Pipelining and batch limits shared with the other protocols' benches.
 fn config() -> Config {
     Config {
         max_inflight_msgs: 1_024,
@@ -52,163 +21,11 @@ fn config() -> Config {
     }
 }
 
-impl Cluster {
-    fn new(members: u64) -> Self {
-        let m = Membership::new((1..=members).map(NodeId));
-        let nodes = (1..=members)
-            .map(|id| Node {
-                raft: Raft::new(NodeId(id), config(), Recovered::default(), m.clone(), id)
-                    .unwrap_or_else(|e| panic!("bench config: {e}")),
-                log: Vec::new(),
-                log_start: 1,
-                applied: LogIndex(0),
-                since_snapshot: 0,
-                membership: m.clone(),
-            })
-            .collect();
-        let mut c = Self {
-            nodes,
-            queue: VecDeque::new(),
-            now_ms: 0,
-        };
-        for n in &mut c.nodes {
-            n.raft.tick(0);
-        }
-        // Let time pass until a leader is elected and its no-op commits.
-        for _ in 0..1_000 {
-            c.now_ms += 50;
-            let now = c.now_ms;
-            for n in &mut c.nodes {
-                n.raft.tick(now);
-            }
-            c.pump(&mut |_| {});
-            if let Some(l) = c.leader()
-                && c.nodes[l].raft.commit_index() >= LogIndex(1)
-            {
-                return c;
-            }
-        }
-        panic!("no leader elected");
-    }
-
-    fn leader(&self) -> Option<usize> {
-        self.nodes
-            .iter()
-            .position(|n| n.raft.role() == Role::Leader)
-    }
-
-    /// Carries out Readys and delivers messages until the cluster is idle;
-    /// `on_apply` sees the number of entries the leader applied.
-    fn pump(&mut self, on_apply: &mut dyn FnMut(u64)) {
-        loop {
-            let mut busy = false;
-            for i in 0..self.nodes.len() {
-                let n = &mut self.nodes[i];
-                while n.raft.has_ready() {
-                    busy = true;
-                    let rd = n.raft.ready();
-                    let from = n.raft.id();
-                    for m in rd.messages {
-                        self.queue.push_back((from, m.to, m.msg));
-                    }
-                    if let Some(t) = rd.truncate_from {
-                        let keep = t.0.saturating_sub(n.log_start) as usize;
-                        n.log.truncate(keep);
-                    }
-                    n.log.extend(rd.entries);
-                    if let Some(p) = rd.purge_to {
-                        let drop = (p.0 + 1).saturating_sub(n.log_start) as usize;
-                        n.log.drain(..drop.min(n.log.len()));
-                        n.log_start = p.0 + 1;
-                    }
-                    for m in rd.persisted_messages {
-                        self.queue.push_back((from, m.to, m.msg));
-                    }
-                    let applied = rd.committed.len() as u64;
-                    if let Some(e) = rd.committed.last() {
-                        n.applied = e.index();
-                    }
-                    black_box(&rd.committed);
-                    n.raft.applied(n.applied);
-                    n.raft.advance(rd.number);
-                    if n.raft.role() == Role::Leader {
-                        on_apply(applied);
-                    }
-                    n.since_snapshot += applied;
-                    if n.since_snapshot >= SNAPSHOT_EVERY {
-                        n.since_snapshot = 0;
-                        if let Some(e) = n.raft.entry(n.applied) {
-                            let meta = SnapshotMeta {
-                                last_log_id: e.log_id,
-                                membership: n.membership.clone(),
-                            };
-                            n.raft.snapshot_built(meta);
-                        }
-                    }
-                }
-            }
-            while let Some((from, to, msg)) = self.queue.pop_front() {
-                busy = true;
-                self.nodes[(to.0 - 1) as usize].raft.step(from, msg);
-            }
-            if !busy {
-                return;
-            }
-        }
-    }
-
-    /// Commits `ops` proposals with `clients` outstanding at a time.
-    fn run(&mut self, clients: u64, ops: u64) {
-        let Some(l) = self.leader() else {
-            panic!("leader lost");
-        };
-        let mut issued = 0u64;
-        let mut done = 0u64;
-        while done < ops {
-            // Every client without an outstanding proposal proposes.
-            while issued - done < clients && issued < ops {
-                match self.nodes[l].raft.propose(Bytes::new()) {
-                    Ok(_) => issued += 1,
-                    Err(e) => panic!("proposal refused: {e}"),
-                }
-            }
-            let mut completed = 0;
-            self.pump(&mut |n| completed += n);
-            done += completed;
-            if completed == 0 {
-                // Nothing moved: let time pass (heartbeats, retransmits).
-                self.now_ms += 10;
-                let now = self.now_ms;
-                for n in &mut self.nodes {
-                    n.raft.tick(now);
-                }
-            }
-        }
-    }
-}
-
 fn bench(c: &mut Criterion) {
-    let mut g = c.benchmark_group("propose");
-    g.sample_size(10);
-    g.warm_up_time(Duration::from_secs(1));
-    g.measurement_time(Duration::from_secs(3));
-    g.throughput(Throughput::Elements(OPS));
-    for members in [1u64, 3, 5] {
-        for clients in [1u64, 64, 256, 1_000, 4_000] {
-            let id = BenchmarkId::new(format!("members_{members}"), format!("clients_{clients}"));
-            g.bench_with_input(id, &(members, clients), |b, &(members, clients)| {
-                let mut cluster = Cluster::new(members);
-                b.iter_custom(|iters| {
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        cluster.run(clients, OPS);
-                    }
-                    t.elapsed()
-                });
-            });
-        }
-    }
-    g.finish();
+    criterion_propose(c, |id, initial| {
+        Raft::new(id, config(), Recovered::default(), initial.clone(), id.0)
+            .unwrap_or_else(|e| panic!("bench config: {e}"))
+    });
 }
 
 criterion_group!(benches, bench);

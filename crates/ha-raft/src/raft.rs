@@ -213,7 +213,7 @@ impl Raft {
         for e in &kept {
             if let EntryPayload::Membership(m) = &e.payload {
                 m.validate()?;
-                configs.push((e.index(), m.clone()));
+                configs.push((e.index(), Membership::clone(m)));
             }
         }
         let log = RaftLog::new(start, kept);
@@ -519,7 +519,7 @@ impl Raft {
         };
         let is_config = matches!(payload, EntryPayload::Membership(_));
         if let EntryPayload::Membership(m) = &payload {
-            self.configs.push((log_id.index, m.clone()));
+            self.configs.push((log_id.index, Membership::clone(m)));
         }
         let entry = Entry { log_id, payload };
         self.uncommitted_bytes += entry.size_bytes();
@@ -756,7 +756,7 @@ impl Raft {
                     voters_outgoing: None,
                     learners: m.learners.clone(),
                 });
-            self.append_entry(EntryPayload::Membership(target));
+            self.append_entry(EntryPayload::Membership(Box::new(target)));
         } else if !m.voters.contains(&self.id) {
             // Removed: hand over to the most up-to-date voter and step down.
             let last = self.log.last_index();
@@ -1078,7 +1078,7 @@ impl Raft {
         let (round, leader_commit) = (req.round, req.commit);
         for e in req.entries.into_iter().skip(skip + new_from) {
             if let EntryPayload::Membership(m) = &e.payload {
-                self.configs.push((e.index(), m.clone()));
+                self.configs.push((e.index(), Membership::clone(m)));
             }
             self.log.push(e);
         }
@@ -1493,7 +1493,7 @@ impl Consensus for Raft {
         };
         let m = self.membership_target(change)?;
         self.joint_target = joint_target;
-        Ok(self.append_entry(EntryPayload::Membership(m)))
+        Ok(self.append_entry(EntryPayload::Membership(Box::new(m))))
     }
 
     fn transfer_leader(&mut self, to: NodeId) -> Result<(), ProposeError> {

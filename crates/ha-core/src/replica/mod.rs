@@ -1099,7 +1099,7 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
             let mut tag = None;
             let payload = match e.payload {
                 EntryPayload::Blank => ApplyPayload::Blank,
-                EntryPayload::Membership(m) => ApplyPayload::Membership(m),
+                EntryPayload::Membership(m) => ApplyPayload::Membership(*m),
                 EntryPayload::Normal(raw) => match TaggedCommand::decode(&raw) {
                     Ok(t) => {
                         tag = Some((t.proposer, t.seq));

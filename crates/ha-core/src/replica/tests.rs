@@ -998,11 +998,12 @@ async fn messages_cross_a_mem_network_between_two_drivers() {
         ..ready()
     });
     nodes[0].0.handle().status().await.unwrap();
-    for _ in 0..10_000 {
-        if lock(&nodes[1].1).steps.len() == 2 {
-            break;
-        }
-        tokio::task::yield_now().await;
+    // The persisted message leaves only after the log store's write, which
+    // may run on another thread: wait for it by the wall clock (bounded),
+    // not by a count of scheduler yields.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lock(&nodes[1].1).steps.len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
     assert_eq!(
         lock(&nodes[1].1).steps,

@@ -248,7 +248,7 @@ pub fn payload_kinds_roundtrip<H: Harness>(h: &mut H) {
         },
         Entry {
             log_id: LogId::new(1, 3),
-            payload: EntryPayload::Membership(m),
+            payload: EntryPayload::Membership(Box::new(m)),
         },
         Entry {
             log_id: LogId::new(1, 4),

@@ -8,6 +8,11 @@
 //!   reproduces a run exactly.
 //! * [`linearizability`] checks client histories (from the simulator or
 //!   from real processes) against a sequential model.
+//! * [`suite`] is the scenario set every protocol runs (same fault mixes,
+//!   seed counts and checks, by construction): a protocol crate implements
+//!   [`suite::SuiteProtocol`] and writes `ha_core::sim_suite!(MyProtocol);`.
+//! * [`bench`] is the in-memory proposal-throughput bench every protocol's
+//!   `benches/propose.rs` runs (feature `bench` adds the criterion glue).
 //! * [`history`] is the simulator-independent history format.
 //! * [`rng`] is the pinned PRNG every random choice comes from.
 //!
@@ -30,11 +35,14 @@
 //! trace of events and messages (`Display` shows its tail; set
 //! `HA_SIM_TRACE_DIR` to have the whole trace written to a file).
 
+pub mod app;
+pub mod bench;
 pub mod config;
 pub mod history;
 pub mod linearizability;
 pub mod rng;
 pub mod sim;
+pub mod suite;
 
 pub use config::{
     Checks, ClientConfig, Delay, DiskConfig, Fault, NemesisConfig, NetConfig, PartitionSpec,

@@ -1272,7 +1272,7 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
             EntryPayload::Blank => (None, self.nodes[i].kv.apply(e.log_id, Applied::Blank)),
             EntryPayload::Membership(m) => {
                 if e.index() > self.committed_membership.0 {
-                    self.committed_membership = (e.index(), m.clone());
+                    self.committed_membership = (e.index(), Membership::clone(m));
                 }
                 (
                     None,

@@ -24,6 +24,22 @@
 //! itself if it lives in memory. Hence the node never purges its log
 //! (`ReplicaConfig::snapshot_every_entries` stays `None`).
 //!
+//! ## Member ids
+//!
+//! Founding members come with ids derived from their names
+//! ([`ids::member_id`](crate::ids::member_id)). A member added at run time
+//! ([`MetaCommand::AddNewMember`]) gets its id *here*, when the entry is
+//! applied: [`ids::fresh_member_id`](crate::ids::fresh_member_id) of the
+//! cluster id, its peer URLs and the entry's log index, bumped until it is
+//! neither a current member nor a tombstone. Every replica applies the same
+//! entry at the same index, so all assign the same id.
+//!
+//! Invariant: an id is admitted at most once in a cluster's life. A removed
+//! member's id becomes a tombstone ([`MemberTable::removed`]); no add can
+//! produce it again, and the node refuses messages and requests from it.
+//! (A member that comes back with an empty data dir has forgotten its votes
+//! and promises; under its old id it could vote twice in a term.)
+//!
 //! ## Snapshot format
 //!
 //! The first chunk is a codec frame of [`MetaSnapshot`] (the member table);
@@ -54,6 +70,15 @@ pub const MAX_MEMBER_NAME_BYTES: usize = crate::config::MAX_NAME_BYTES;
 pub const MAX_MEMBER_URLS: usize = crate::config::MAX_URLS;
 /// Longest URL in a member record.
 pub const MAX_MEMBER_URL_BYTES: usize = crate::config::MAX_URL_BYTES;
+/// Most tombstones (ids of removed members) the table remembers; beyond it
+/// the oldest removal is forgotten. 8 bytes each plus the index of the
+/// removal: at most about 1 MiB of table. A forgotten id can come back only
+/// through a 32-bit hash collision of a later add, and only matters if the
+/// removed process still runs after this many later removals.
+pub const MAX_TOMBSTONES: usize = 65_536;
+/// Ids tried for one added member before the add is refused (each a fresh
+/// hash; more than a few collisions means something else is wrong).
+pub const MAX_FRESH_ID_ATTEMPTS: u32 = 64;
 
 /// One member of the cluster, as the replicated table records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,12 +126,66 @@ pub struct MemberTable {
     pub cluster_id: u64,
     /// Members by id.
     pub members: BTreeMap<u64, Member>,
+    /// Tombstones: ids of removed members, with the log index of the
+    /// removal. Never admitted again (bounded by [`MAX_TOMBSTONES`]).
+    pub removed: BTreeMap<u64, u64>,
 }
 
 impl MemberTable {
     /// Members in id order.
     pub fn list(&self) -> Vec<Member> {
         self.members.values().cloned().collect()
+    }
+
+    /// Whether `id` belonged to a member that was removed.
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.removed.contains_key(&id)
+    }
+
+    /// The member advertising one of `peer_urls`, if any.
+    pub fn by_peer_urls(&self, peer_urls: &[String]) -> Option<&Member> {
+        self.members
+            .values()
+            .find(|m| m.peer_urls.iter().any(|u| peer_urls.contains(u)))
+    }
+
+    fn tombstone(&mut self, id: u64, index: u64) {
+        self.removed.insert(id, index);
+        while self.removed.len() > MAX_TOMBSTONES {
+            let oldest = self
+                .removed
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(id, _)| *id);
+            match oldest {
+                Some(old) => self.removed.remove(&old),
+                None => break,
+            };
+        }
+    }
+
+    fn check_new_member(&self, m: &Member) -> Result<(), String> {
+        m.check()?;
+        if self.members.contains_key(&m.id) {
+            return Err(format!("member {:x} already exists", m.id));
+        }
+        if self.is_removed(m.id) {
+            return Err(format!(
+                "member id {:x} was removed from this cluster and is never admitted again",
+                m.id
+            ));
+        }
+        if self.members.len() >= MAX_MEMBERS {
+            return Err(format!("the cluster already has {MAX_MEMBERS} members"));
+        }
+        if let Some(u) = m
+            .peer_urls
+            .iter()
+            .find(|u| self.members.values().any(|o| o.peer_urls.contains(u)))
+        {
+            return Err(format!("peer URL {u} is already used by a member"));
+        }
+        Ok(())
     }
 }
 
@@ -121,7 +200,9 @@ pub enum MetaCommand {
         /// Founding members.
         members: Vec<Member>,
     },
-    /// Adds a member (before the consensus membership change).
+    /// Adds a member with the id it carries (before the consensus
+    /// membership change). Written by builds before fresh ids; still
+    /// applied (refused for a removed id) so that such logs replay alike.
     AddMember(Member),
     /// Removes a member (after the consensus membership change).
     RemoveMember {
@@ -141,6 +222,15 @@ pub enum MetaCommand {
         name: String,
         /// Its client URLs.
         client_urls: Vec<String>,
+    },
+    /// Adds a member (before the consensus membership change) under a
+    /// fresh id the table assigns (see the [module docs](self)); answered
+    /// with [`MetaResponse::Added`].
+    AddNewMember {
+        /// Its peer URLs.
+        peer_urls: Vec<String>,
+        /// Whether it joins as a non-voting learner.
+        is_learner: bool,
     },
 }
 
@@ -168,6 +258,14 @@ pub enum MetaResponse {
     Ok(Vec<Member>),
     /// Refused; nothing changed.
     Refused(String),
+    /// [`MetaCommand::AddNewMember`] applied: the new member (with its
+    /// id) and the table after it.
+    Added {
+        /// The new member.
+        member: Member,
+        /// All members.
+        members: Vec<Member>,
+    },
 }
 
 /// First snapshot chunk.
@@ -216,7 +314,7 @@ impl<S: StateMachine> ClusterMachine<S> {
         self.view.send_replace(Arc::new(self.table.clone()));
     }
 
-    fn apply_meta(&mut self, bytes: &[u8]) -> MetaResponse {
+    fn apply_meta(&mut self, bytes: &[u8], index: u64) -> MetaResponse {
         let cmd: MetaCommand = match codec::decode(bytes) {
             Ok(c) => c,
             Err(e) => return MetaResponse::Refused(format!("undecodable meta command: {e}")),
@@ -227,6 +325,7 @@ impl<S: StateMachine> ClusterMachine<S> {
                 "the member table is not bootstrapped yet; retry shortly".into(),
             );
         }
+        let mut added: Option<Member> = None;
         let result: Result<(), String> = match cmd {
             MetaCommand::Bootstrap {
                 cluster_id,
@@ -245,26 +344,43 @@ impl<S: StateMachine> ClusterMachine<S> {
                     Ok(())
                 }
             }
-            MetaCommand::AddMember(m) => {
-                if let Err(e) = m.check() {
-                    Err(e)
-                } else if t.members.contains_key(&m.id) {
-                    Err(format!("member {:x} already exists", m.id))
-                } else if t.members.len() >= MAX_MEMBERS {
-                    Err(format!("the cluster already has {MAX_MEMBERS} members"))
-                } else if let Some(u) = m
-                    .peer_urls
-                    .iter()
-                    .find(|u| t.members.values().any(|o| o.peer_urls.contains(u)))
-                {
-                    Err(format!("peer URL {u} is already used by a member"))
-                } else {
-                    t.members.insert(m.id, m);
-                    Ok(())
+            MetaCommand::AddMember(m) => t.check_new_member(&m).map(|()| {
+                t.members.insert(m.id, m);
+            }),
+            MetaCommand::AddNewMember {
+                peer_urls,
+                is_learner,
+            } => {
+                let cluster_id = t.cluster_id;
+                let fresh = (0..MAX_FRESH_ID_ATTEMPTS)
+                    .map(|attempt| {
+                        crate::ids::fresh_member_id(cluster_id, &peer_urls, index, attempt).0
+                    })
+                    .find(|id| !t.members.contains_key(id) && !t.is_removed(*id));
+                match fresh {
+                    None => Err(format!(
+                        "no unused member id after {MAX_FRESH_ID_ATTEMPTS} attempts"
+                    )),
+                    Some(id) => {
+                        let m = Member {
+                            id,
+                            name: String::new(),
+                            peer_urls,
+                            client_urls: Vec::new(),
+                            is_learner,
+                        };
+                        t.check_new_member(&m).map(|()| {
+                            t.members.insert(id, m.clone());
+                            added = Some(m);
+                        })
+                    }
                 }
             }
             MetaCommand::RemoveMember { id } => match t.members.remove(&id) {
-                Some(_) => Ok(()),
+                Some(_) => {
+                    t.tombstone(id, index);
+                    Ok(())
+                }
                 None => Err(format!("member {id:x} not found")),
             },
             MetaCommand::PromoteMember { id } => match t.members.get_mut(&id) {
@@ -296,12 +412,19 @@ impl<S: StateMachine> ClusterMachine<S> {
                 None => Err(format!("member {id:x} not found")),
             },
         };
-        match result {
-            Ok(()) => {
+        match (result, added) {
+            (Ok(()), Some(member)) => {
+                self.publish();
+                MetaResponse::Added {
+                    member,
+                    members: self.table.list(),
+                }
+            }
+            (Ok(()), None) => {
                 self.publish();
                 MetaResponse::Ok(self.table.list())
             }
-            Err(e) => MetaResponse::Refused(e),
+            (Err(e), _) => MetaResponse::Refused(e),
         }
     }
 }
@@ -314,7 +437,7 @@ impl<S: StateMachine> StateMachine for ClusterMachine<S> {
         let out = match entry {
             Applied::Command(bytes) => match bytes.split_first() {
                 Some((&TAG_META, rest)) => {
-                    let resp = self.apply_meta(rest);
+                    let resp = self.apply_meta(rest, log_id.index.0);
                     self.inner.apply(log_id, Applied::Blank)?;
                     Bytes::from(codec::encode(&resp))
                 }
@@ -499,6 +622,127 @@ mod tests {
         ));
         assert_eq!(m.table(), &before);
         assert_eq!(m.last_applied(), LogId::new(1, 5));
+    }
+
+    #[test]
+    fn add_before_bootstrap_is_refused_and_bootstrap_still_founds_the_table() {
+        let mut m = machine();
+        assert!(matches!(
+            meta(&mut m, 1, MetaCommand::AddMember(member(2, "", "https://b:1"))),
+            MetaResponse::Refused(e) if e.contains("not bootstrapped")
+        ));
+        assert_eq!(m.table(), &MemberTable::default());
+        let boot = MetaCommand::Bootstrap {
+            cluster_id: 9,
+            members: vec![member(1, "a", "https://a:1")],
+        };
+        assert!(matches!(meta(&mut m, 2, boot), MetaResponse::Ok(v) if v.len() == 1));
+        assert!(matches!(
+            meta(&mut m, 3, MetaCommand::AddMember(member(2, "", "https://b:1"))),
+            MetaResponse::Ok(v) if v.len() == 2
+        ));
+    }
+
+    fn add_new(m: &mut ClusterMachine<MemKv>, index: u64, url: &str) -> MetaResponse {
+        meta(
+            m,
+            index,
+            MetaCommand::AddNewMember {
+                peer_urls: vec![url.into()],
+                is_learner: true,
+            },
+        )
+    }
+
+    #[test]
+    fn added_members_get_fresh_ids_and_removed_ids_are_never_admitted_again() {
+        let mut m = machine();
+        let founder = member(crate::ids::member_id("t", "a").0, "a", "https://a:1");
+        meta(
+            &mut m,
+            1,
+            MetaCommand::Bootstrap {
+                cluster_id: 9,
+                members: vec![founder.clone()],
+            },
+        );
+        let MetaResponse::Added {
+            member: first,
+            members,
+        } = add_new(&mut m, 2, "https://b:1")
+        else {
+            panic!("add refused")
+        };
+        assert_eq!(members.len(), 2);
+        assert_eq!(
+            first.id,
+            crate::ids::fresh_member_id(9, &["https://b:1".into()], 2, 0).0,
+            "assigned from the cluster id, the peer URLs and the entry's index"
+        );
+        assert!(first.is_learner && first.name.is_empty());
+
+        // Remove it: its id becomes a tombstone.
+        assert!(matches!(
+            meta(&mut m, 3, MetaCommand::RemoveMember { id: first.id }),
+            MetaResponse::Ok(v) if v.len() == 1
+        ));
+        assert!(m.table().is_removed(first.id));
+        // The same peer URL added again gets another id.
+        let MetaResponse::Added { member: second, .. } = add_new(&mut m, 4, "https://b:1") else {
+            panic!("re-add refused")
+        };
+        assert_ne!(second.id, first.id);
+        // A (legacy) add naming the removed id is refused and changes nothing.
+        let before = m.table().clone();
+        assert!(matches!(
+            meta(&mut m, 5, MetaCommand::AddMember(member(first.id, "", "https://c:1"))),
+            MetaResponse::Refused(e) if e.contains("never admitted again")
+        ));
+        assert_eq!(m.table(), &before);
+        // A removed founding id is a tombstone too.
+        meta(&mut m, 6, MetaCommand::RemoveMember { id: founder.id });
+        assert!(m.table().is_removed(founder.id));
+        assert!(matches!(
+            meta(&mut m, 7, MetaCommand::AddMember(founder.clone())),
+            MetaResponse::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn fresh_id_skips_current_and_removed_ids() {
+        let mut m = machine();
+        // Make the first candidate id of the add at index 3 a tombstone and
+        // the second one a current member: the add must take the third.
+        let url = "https://n:1".to_string();
+        let cand =
+            |attempt| crate::ids::fresh_member_id(9, std::slice::from_ref(&url), 3, attempt).0;
+        meta(
+            &mut m,
+            1,
+            MetaCommand::Bootstrap {
+                cluster_id: 9,
+                members: vec![
+                    member(cand(0), "x", "https://x:1"),
+                    member(cand(1), "y", "https://y:1"),
+                ],
+            },
+        );
+        meta(&mut m, 2, MetaCommand::RemoveMember { id: cand(0) });
+        let MetaResponse::Added { member: added, .. } = add_new(&mut m, 3, &url) else {
+            panic!("add refused")
+        };
+        assert_eq!(added.id, cand(2));
+    }
+
+    #[test]
+    fn tombstones_are_bounded_oldest_first() {
+        let mut t = MemberTable::default();
+        for i in 0..(MAX_TOMBSTONES as u64 + 3) {
+            t.tombstone(i + 1, i + 10);
+        }
+        assert_eq!(t.removed.len(), MAX_TOMBSTONES);
+        assert!(!t.is_removed(1) && !t.is_removed(3));
+        assert!(t.is_removed(4) && t.is_removed(MAX_TOMBSTONES as u64 + 3));
     }
 
     #[test]

@@ -26,12 +26,42 @@
 //!
 //! ## Membership
 //!
-//! Changes run on the leader: add = table entry, then consensus
-//! `AddLearner`/`AddVoter` (the table entry is withdrawn if that fails);
-//! remove = table entry removed, then consensus `Remove` (re-added if that
-//! fails); promote = consensus `Promote`, then the table. Members added at
-//! run time get [`ids::added_member_id`] and publish their name and client
-//! URLs once they run.
+//! Changes run on the leader, one at a time, each in its own task (a caller
+//! that stops waiting cannot stop a change half-way): add = table entry,
+//! then consensus `AddLearner`/`AddVoter` (the table entry is withdrawn if
+//! that fails); remove = consensus `Remove`, then the table entry;
+//! promote = consensus `Promote`, then the table. A change answers once its
+//! configuration entry has committed (etcd's rule), so a re-added member can
+//! be started after `MemberAdd` returns.
+//!
+//! Invariant: the member list a client sees is the table filtered by the
+//! consensus configuration, so it never names a member that is not in the
+//! configuration; the leader withdraws table entries that are not in the
+//! configuration (a lost second step). Members added at run time get a
+//! fresh id from the member table (never one used before in the cluster,
+//! see [`machine`]) and publish their name and client URLs once they run.
+//!
+//! Invariant: frames and requests from a removed member's id (a tombstone
+//! in the member table) are dropped/refused on every member, logged once
+//! per id and counted ([`NodeHandle::removed_refusals`]).
+//!
+//! A learner is promoted only when it is in sync: the leader asks it for its
+//! applied index ([`PeerRequest::Progress`]) and refuses (etcd's "can only
+//! promote a learner member which is in sync with leader") when it is more
+//! than 10 % of the leader's commit index behind ([`learner_in_sync`],
+//! capped by [`PROMOTE_MAX_LAG_ENTRIES`]) or does not answer within
+//! [`PROGRESS_TIMEOUT_MS`].
+//!
+//! ## Joining
+//!
+//! A member joining an existing cluster knows its own id (from its data dir
+//! or its certificate, which the operator issued for the id `MemberAdd`
+//! returned) but not the ids of the members it is told to contact when
+//! those were added at run time. It dials each contact under the id the
+//! contact would have as a founder; and the leader dials *it* (the table
+//! gives the leader its id and address): a sender it does not know yet is
+//! tried at the contacts' addresses in turn until the connection comes up,
+//! so replies reach the leader and the member table arrives through the log.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -83,6 +113,24 @@ pub const MAX_COMMAND_BYTES: usize = 2 << 20;
 const PROPOSAL_OVERHEAD_BYTES: usize = 64;
 /// Pause between two tries when waiting for a leader, in milliseconds.
 const LEADER_POLL_MS: u64 = 20;
+/// Status polls between two checks of the member table against the
+/// consensus configuration on the leader (with the default 200 ms poll:
+/// every second).
+const RECONCILE_EVERY_TICKS: u64 = 5;
+/// Most log entries a learner's applied index may trail the leader's
+/// commit index for `MemberPromote` to accept it (the cap of the relative
+/// rule in [`learner_in_sync`]). A learner this close catches up within a
+/// few heartbeats; one further behind would stall commits (Raft) or accept
+/// rounds (Paxos) of the configuration it joins.
+pub const PROMOTE_MAX_LAG_ENTRIES: u64 = 1_000;
+/// Lag in entries always tolerated (small logs, writes in flight).
+pub const PROMOTE_MIN_LAG_ENTRIES: u64 = 16;
+/// How long the leader waits for a learner's progress answer before a
+/// promotion is refused as not in sync, in milliseconds.
+pub const PROGRESS_TIMEOUT_MS: u64 = 1_000;
+/// Most not-yet-known senders a joining member remembers while it learns
+/// their addresses (see [Joining](self#joining)).
+pub const MAX_UNKNOWN_SENDERS: usize = 64;
 
 /// Why a node call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +166,18 @@ pub enum NodeError {
     /// No member with this id.
     #[error("member {0:x} not found")]
     MemberNotFound(u64),
+    /// A learner is not (known to be) in sync with the leader; nothing was
+    /// done.
+    #[error("can only promote a learner member which is in sync with leader: {0}")]
+    LearnerNotReady(String),
+    /// The id belongs to a member that was removed from the cluster; ids
+    /// are never admitted again.
+    #[error(
+        "member {0:x} was removed from the cluster and cannot rejoin under this id: \
+         add it again (`member add`), issue a certificate for the new id and start it \
+         with an empty data dir"
+    )]
+    Removed(u64),
     /// The node is shutting down (for a write: outcome unknown).
     #[error("node is shutting down")]
     Shutdown,
@@ -178,6 +238,8 @@ impl From<NodeError> for WireError {
             )),
             NodeError::Invalid(m) => WireError::Invalid(m),
             NodeError::MemberNotFound(id) => WireError::MemberNotFound(id),
+            NodeError::LearnerNotReady(m) => WireError::LearnerNotReady(m),
+            NodeError::Removed(id) => WireError::Removed(id),
             NodeError::OutcomeUnknown(m) => WireError::OutcomeUnknown(m),
             NodeError::Shutdown => WireError::OutcomeUnknown("the leader is shutting down".into()),
             NodeError::Unavailable(m) | NodeError::Fatal(m) | NodeError::Start(m) => {
@@ -198,6 +260,8 @@ impl From<WireError> for NodeError {
             WireError::OutcomeUnknown(m) => NodeError::OutcomeUnknown(m),
             WireError::Invalid(m) => NodeError::Invalid(m),
             WireError::MemberNotFound(id) => NodeError::MemberNotFound(id),
+            WireError::LearnerNotReady(m) => NodeError::LearnerNotReady(m),
+            WireError::Removed(id) => NodeError::Removed(id),
         }
     }
 }
@@ -221,7 +285,7 @@ pub struct NodeConfig {
     pub member_id: NodeId,
     /// Cluster id from the configuration (0 = learn it from the cluster).
     pub cluster_id: u64,
-    /// Cluster token (ids of added members derive from it).
+    /// Cluster token (founding member ids derive from it).
     pub token: String,
     /// Founding members when founding a cluster; `None` when joining.
     pub founding: Option<Vec<Member>>,
@@ -278,6 +342,10 @@ impl NodeConfig {
             ),
             crate::config::ClusterState::Existing => None,
         };
+        // A contact's id follows from its name if it founded the cluster; a
+        // contact added at run time has an id the cluster assigned, which a
+        // joining member learns from the leader's traffic (see the module
+        // docs, "Joining").
         let contacts = cfg
             .initial_cluster
             .iter()
@@ -397,13 +465,25 @@ struct Shared<S> {
     view: watch::Receiver<Arc<MemberTable>>,
     me: NodeId,
     name: String,
-    token: String,
     cluster_id_cfg: u64,
     advertise_client_urls: Vec<String>,
     forward_timeout_ms: u64,
     metrics: Arc<Metrics>,
     db_size_bytes: AtomicU64,
     leader_hook: std::sync::OnceLock<LeaderHook>,
+    /// Serialises membership changes on this member (see
+    /// [`NodeHandle::change_members`]).
+    membership_lock: tokio::sync::Mutex<()>,
+    /// Peer URLs this member advertises.
+    advertise_peer_urls: Vec<String>,
+    /// Frames and requests refused because the sender's id is a tombstone.
+    removed_refusals: AtomicU64,
+    /// Removed ids already logged at warn level (later refusals log at
+    /// debug; bounded by the table's tombstones).
+    removed_logged: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    /// Senders not in the member table (or before it is known), at most
+    /// [`MAX_UNKNOWN_SENDERS`]: a joining member learns their addresses.
+    unknown_senders: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
 }
 
 /// Called on the leader after an application command it proposed (its own
@@ -510,6 +590,9 @@ impl<S: StateMachine> Node<S> {
 
         let mut qc = QuicConfig::new(cfg.listen_peer);
         qc.max_request_budget_ms = qc.max_request_budget_ms.max(cfg.forward_timeout_ms);
+        // Frames pass through the tombstone filter on their way to the
+        // replica; its queue is as long as the transport's.
+        let (admitted_tx, admitted_rx) = tokio::sync::mpsc::channel(qc.inbound_queue_frames.max(1));
         let bound = QuicTransport::bind(cfg.identity.clone(), qc).map_err(|e| match e {
             TransportError::Bind { addr, source } => NodeError::Start(format!(
                 "cannot listen for peers on {addr} (--listen-peer-urls): {source}"
@@ -517,6 +600,7 @@ impl<S: StateMachine> Node<S> {
             other => NodeError::Start(format!("peer transport: {other}")),
         })?;
         let transport = Arc::new(bound.transport);
+        let transport_inbound = bound.inbound;
         let (view_tx, view_rx) = watch::channel(Arc::new(MemberTable::default()));
         let machine = ClusterMachine::new(app, Arc::new(view_tx));
 
@@ -528,7 +612,7 @@ impl<S: StateMachine> Node<S> {
                 dyn_store,
                 machine,
                 &transport,
-                bound.inbound,
+                admitted_rx,
             )?,
             #[cfg(feature = "paxos")]
             ConsensusKind::Paxos => start_replica(
@@ -537,7 +621,7 @@ impl<S: StateMachine> Node<S> {
                 dyn_store,
                 machine,
                 &transport,
-                bound.inbound,
+                admitted_rx,
             )?,
             // Config validation refuses protocols that are not compiled in;
             // this arm only keeps the match total in single-protocol builds.
@@ -556,17 +640,27 @@ impl<S: StateMachine> Node<S> {
             view: view_rx,
             me: cfg.member_id,
             name: cfg.name.clone(),
-            token: cfg.token.clone(),
             cluster_id_cfg: cfg.cluster_id,
             advertise_client_urls: cfg.advertise_client_urls.clone(),
             forward_timeout_ms: cfg.forward_timeout_ms,
             metrics: Arc::clone(&metrics),
             db_size_bytes: AtomicU64::new(0),
             leader_hook: std::sync::OnceLock::new(),
+            membership_lock: tokio::sync::Mutex::new(()),
+            advertise_peer_urls: cfg.advertise_peer_urls.clone(),
+            removed_refusals: AtomicU64::new(0),
+            removed_logged: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            unknown_senders: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         });
         let handle = NodeHandle { shared };
         let (stop, stop_rx) = watch::channel(false);
         let tasks = vec![
+            tokio::spawn(admit_inbound(
+                handle.clone(),
+                transport_inbound,
+                admitted_tx,
+                stop_rx.clone(),
+            )),
             tokio::spawn(serve_requests(
                 handle.clone(),
                 bound.requests,
@@ -813,13 +907,13 @@ impl<S: StateMachine> NodeHandle<S> {
     /// The members, after a linearizable read barrier.
     pub async fn members(&self) -> Result<Vec<Member>, NodeError> {
         self.shared.replica.read_index().await?;
-        let table = self.local_members();
-        if !table.initialized {
+        if !self.local_members().initialized {
             return Err(NodeError::Unavailable(
                 "the member table is not bootstrapped yet".into(),
             ));
         }
-        Ok(table.list())
+        let config = self.current_membership().await?;
+        Ok(self.members_in(&config))
     }
 
     /// Adds a member by peer URLs (as a learner or a voter); returns it and
@@ -993,12 +1087,79 @@ impl<S: StateMachine> NodeHandle<S> {
         }
     }
 
-    async fn propose_meta(&self, cmd: MetaCommand) -> Result<Vec<Member>, NodeError> {
+    /// Proposes a table change locally; returns the member it added (for
+    /// [`MetaCommand::AddNewMember`]) and the table after it.
+    async fn propose_meta(
+        &self,
+        cmd: MetaCommand,
+    ) -> Result<(Option<Member>, Vec<Member>), NodeError> {
         let out = self.shared.replica.propose(cmd.encode_entry()).await?;
         match codec::decode::<MetaResponse>(&out) {
-            Ok(MetaResponse::Ok(members)) => Ok(members),
+            Ok(MetaResponse::Ok(members)) => Ok((None, members)),
+            Ok(MetaResponse::Added { member, members }) => Ok((Some(member), members)),
             Ok(MetaResponse::Refused(e)) => Err(NodeError::Invalid(e)),
             Err(e) => Err(NodeError::Fatal(format!("undecodable meta response: {e}"))),
+        }
+    }
+
+    /// Frames and requests refused because the sender was removed.
+    pub fn removed_refusals(&self) -> u64 {
+        self.shared.removed_refusals.load(Ordering::Relaxed)
+    }
+
+    /// Whether `from` is a removed member; if so, counts and logs the
+    /// refusal (warn once per id, then debug).
+    fn refuse_removed(&self, table: &MemberTable, from: NodeId, what: &str) -> bool {
+        if !table.is_removed(from.0) {
+            return false;
+        }
+        self.shared.removed_refusals.fetch_add(1, Ordering::Relaxed);
+        let first = self
+            .shared
+            .removed_logged
+            .lock()
+            .map(|mut l| {
+                // Bounded like the tombstones it mirrors.
+                if l.len() >= machine::MAX_TOMBSTONES {
+                    l.clear();
+                }
+                l.insert(from.0)
+            })
+            .unwrap_or(false);
+        let id = format!("{:x}", from.0);
+        if first {
+            tracing::warn!(member = %id, what, "refused: this id belongs to a member removed from the cluster (ids are never reused; a re-added member has a new id)");
+        } else {
+            tracing::debug!(member = %id, what, "refused a removed member");
+        }
+        true
+    }
+
+    /// The learner's applied index, asked over the transport.
+    async fn learner_applied(&self, id: NodeId) -> Result<u64, NodeError> {
+        let answer = self
+            .shared
+            .transport
+            .request(
+                id,
+                GROUP,
+                PeerRequest::Progress.encode(),
+                PROGRESS_TIMEOUT_MS,
+            )
+            .await
+            .map_err(|e| {
+                NodeError::LearnerNotReady(format!("learner {:x} did not answer: {e}", id.0))
+            })?;
+        match PeerResponse::decode(&answer) {
+            Ok(PeerResponse::Progress { applied_index }) => Ok(applied_index),
+            Ok(other) => Err(NodeError::LearnerNotReady(format!(
+                "learner {:x} answered {other:?}",
+                id.0
+            ))),
+            Err(e) => Err(NodeError::LearnerNotReady(format!(
+                "learner {:x}: undecodable answer: {e}",
+                id.0
+            ))),
         }
     }
 
@@ -1014,23 +1175,94 @@ impl<S: StateMachine> NodeHandle<S> {
                 }
                 Ok(PeerResponse::Applied(out))
             }
+            PeerRequest::Progress => Ok(PeerResponse::Progress {
+                applied_index: self.shared.replica.status().await?.applied.0,
+            }),
+            PeerRequest::MemberAdd { .. }
+            | PeerRequest::MemberRemove { .. }
+            | PeerRequest::MemberPromote { .. } => {
+                // A membership change is two log entries (table, consensus
+                // configuration). It runs in its own task, one at a time, so
+                // that a caller that stops waiting (client deadline, the
+                // forwarding member's timeout) cannot cut it in half.
+                let node = self.clone();
+                let task = tokio::spawn(async move {
+                    let _serial = node.shared.membership_lock.lock().await;
+                    node.change_members(req).await
+                });
+                match task.await {
+                    Ok(r) => r,
+                    Err(e) => Err(NodeError::OutcomeUnknown(format!(
+                        "the membership change task ended abnormally: {e}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The table's members that are in the consensus configuration `m`
+    /// (hides a table entry whose configuration change failed or was not
+    /// made yet; the leader withdraws such entries, see
+    /// [`reconcile_table`](Self::reconcile_table)).
+    fn members_in(&self, m: &Membership) -> Vec<Member> {
+        let nodes = m.all_nodes();
+        self.local_members()
+            .members
+            .values()
+            .filter(|x| nodes.contains(&NodeId(x.id)))
+            .cloned()
+            .collect()
+    }
+
+    async fn current_membership(&self) -> Result<Membership, NodeError> {
+        Ok(self.shared.replica.status().await?.protocol.membership)
+    }
+
+    /// Runs one membership change on the leader (the caller holds
+    /// `membership_lock`).
+    ///
+    /// - add: table entry, then consensus `AddLearner`/`AddVoter` (the
+    ///   entry is withdrawn if that fails; a leftover entry of an earlier
+    ///   failed add with the same id is replaced);
+    /// - remove: consensus `Remove`, then the table entry (so the table
+    ///   never lacks a member of the configuration; if the second step is
+    ///   lost, the leader's reconciliation removes the entry);
+    /// - promote: consensus `Promote`, then the table.
+    async fn change_members(&self, req: PeerRequest) -> Result<PeerResponse, NodeError> {
+        self.require_leader().await?;
+        self.require_bootstrapped()?;
+        match req {
             PeerRequest::MemberAdd {
                 peer_urls,
                 is_learner,
             } => {
                 check_peer_urls(&peer_urls)?;
-                self.require_leader().await?;
-                self.require_bootstrapped()?;
-                let id = ids::added_member_id(&self.shared.token, &peer_urls);
-                let member = Member {
-                    id: id.0,
-                    name: String::new(),
-                    peer_urls,
-                    client_urls: Vec::new(),
-                    is_learner,
-                };
-                self.propose_meta(MetaCommand::AddMember(member.clone()))
+                let config = self.current_membership().await?;
+                // Withdraw table entries not in the configuration that use
+                // one of these peer URLs: leftovers of an add whose
+                // configuration change failed.
+                let stale: Vec<u64> = self
+                    .local_members()
+                    .members
+                    .values()
+                    .filter(|m| !config.all_nodes().contains(&NodeId(m.id)))
+                    .filter(|m| m.peer_urls.iter().any(|u| peer_urls.contains(u)))
+                    .map(|m| m.id)
+                    .collect();
+                for old in stale {
+                    self.propose_meta(MetaCommand::RemoveMember { id: old })
+                        .await?;
+                }
+                // The table assigns the id (fresh, never used before).
+                let (added, _) = self
+                    .propose_meta(MetaCommand::AddNewMember {
+                        peer_urls,
+                        is_learner,
+                    })
                     .await?;
+                let member = added
+                    .ok_or_else(|| NodeError::Fatal("the member table added no member".into()))?;
+                let id = NodeId(member.id);
                 let change = if is_learner {
                     MembershipChange::AddLearner(id)
                 } else {
@@ -1041,39 +1273,43 @@ impl<S: StateMachine> NodeHandle<S> {
                         .propose_meta(MetaCommand::RemoveMember { id: id.0 })
                         .await
                     {
-                        tracing::warn!(error = %undo, "could not withdraw the member table entry of a failed add");
+                        tracing::warn!(error = %undo, "could not withdraw the member table entry of a failed add; reconciliation will");
                     }
                     return Err(e.into());
                 }
+                tracing::info!(member = %format!("{:x}", id.0), peer_urls = ?member.peer_urls, is_learner, "member added");
+                let config = self.current_membership().await?;
                 Ok(PeerResponse::Members {
                     added: Some(member),
-                    members: self.local_members().list(),
+                    members: self.members_in(&config),
                 })
             }
             PeerRequest::MemberRemove { id } => {
-                self.require_leader().await?;
-                let Some(old) = self.local_members().members.get(&id).cloned() else {
+                let config = self.current_membership().await?;
+                let in_config = config.all_nodes().contains(&NodeId(id));
+                if !in_config {
                     return Err(NodeError::MemberNotFound(id));
-                };
-                self.propose_meta(MetaCommand::RemoveMember { id }).await?;
-                if let Err(e) = self
-                    .shared
+                }
+                self.shared
                     .replica
                     .change_membership(MembershipChange::Remove(NodeId(id)))
-                    .await
+                    .await?;
+                // The removal has committed: that is the answer. The table
+                // entry follows; if that step is lost (leader change), the
+                // entry is hidden (not in the configuration) and the next
+                // leader's reconciliation withdraws it.
+                if self.local_members().members.contains_key(&id)
+                    && let Err(e) = self.propose_meta(MetaCommand::RemoveMember { id }).await
                 {
-                    if let Err(undo) = self.propose_meta(MetaCommand::AddMember(old)).await {
-                        tracing::warn!(error = %undo, "could not restore the member table entry of a failed removal");
-                    }
-                    return Err(e.into());
+                    tracing::warn!(error = %e, member = %format!("{id:x}"), "removed from the configuration; the table entry stays until reconciliation");
                 }
+                let config = self.current_membership().await?;
                 Ok(PeerResponse::Members {
                     added: None,
-                    members: self.local_members().list(),
+                    members: self.members_in(&config),
                 })
             }
             PeerRequest::MemberPromote { id } => {
-                self.require_leader().await?;
                 match self.local_members().members.get(&id) {
                     None => return Err(NodeError::MemberNotFound(id)),
                     Some(m) if !m.is_learner => {
@@ -1083,16 +1319,105 @@ impl<S: StateMachine> NodeHandle<S> {
                     }
                     Some(_) => {}
                 }
+                let commit = self.shared.replica.status().await?.protocol.commit.0;
+                let applied = self.learner_applied(NodeId(id)).await?;
+                if !learner_in_sync(commit, applied, PROMOTE_MAX_LAG_ENTRIES) {
+                    return Err(NodeError::LearnerNotReady(format!(
+                        "learner {id:x} has applied index {applied}, the leader's commit index is \
+                         {commit}"
+                    )));
+                }
                 self.shared
                     .replica
                     .change_membership(MembershipChange::Promote(NodeId(id)))
                     .await?;
-                let members = self.propose_meta(MetaCommand::PromoteMember { id }).await?;
+                self.propose_meta(MetaCommand::PromoteMember { id }).await?;
+                let config = self.current_membership().await?;
                 Ok(PeerResponse::Members {
                     added: None,
-                    members,
+                    members: self.members_in(&config),
                 })
             }
+            PeerRequest::Propose(_) | PeerRequest::Progress => {
+                Err(NodeError::Invalid("not a membership change".into()))
+            }
+        }
+    }
+
+    /// On the leader, withdraws table entries whose member is not in the
+    /// consensus configuration (an add whose configuration change failed,
+    /// a removal whose table step was lost). Runs only when no membership
+    /// change is in progress here and the configuration has committed.
+    async fn reconcile_table(&self) -> Result<(), NodeError> {
+        let Ok(_serial) = self.shared.membership_lock.try_lock() else {
+            return Ok(());
+        };
+        let st = self.shared.replica.status().await?;
+        let p = &st.protocol;
+        if p.role != Role::Leader || st.applied < p.last_index || p.membership.is_joint() {
+            return Ok(());
+        }
+        let nodes = p.membership.all_nodes();
+        let table = self.local_members();
+        if !table.initialized {
+            return Ok(());
+        }
+        let stale: Vec<u64> = table
+            .members
+            .keys()
+            .filter(|id| !nodes.contains(&NodeId(**id)))
+            .copied()
+            .collect();
+        for id in stale {
+            tracing::info!(member = %format!("{id:x}"), "withdrawing a member table entry that is not in the configuration");
+            self.propose_meta(MetaCommand::RemoveMember { id }).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a learner that has applied `learner_applied` is close enough to
+/// the leader's `leader_commit` to be promoted: etcd's rule (the learner
+/// has at least 90 % of the leader's log), with the tolerated lag at least
+/// [`PROMOTE_MIN_LAG_ENTRIES`] and at most `max_lag_entries`.
+pub fn learner_in_sync(leader_commit: u64, learner_applied: u64, max_lag_entries: u64) -> bool {
+    let allowed = (leader_commit / 10)
+        .max(PROMOTE_MIN_LAG_ENTRIES)
+        .min(max_lag_entries);
+    leader_commit.saturating_sub(learner_applied) <= allowed
+}
+
+/// Passes frames from the transport to the replica, dropping those from
+/// removed members, and remembers senders the member table does not know
+/// yet (a joining member learns their addresses, see
+/// [`manage_peers`]).
+async fn admit_inbound<S: StateMachine>(
+    node: NodeHandle<S>,
+    mut from_transport: tokio::sync::mpsc::Receiver<ha_core::transport::Inbound>,
+    to_replica: tokio::sync::mpsc::Sender<ha_core::transport::Inbound>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut view = node.shared.view.clone();
+    let mut table = Arc::clone(&view.borrow_and_update());
+    loop {
+        let frame = tokio::select! {
+            f = from_transport.recv() => match f { Some(f) => f, None => return },
+            _ = stop.changed() => return,
+        };
+        if view.has_changed().unwrap_or(false) {
+            table = Arc::clone(&view.borrow_and_update());
+        }
+        if node.refuse_removed(&table, frame.from, "consensus frame") {
+            continue;
+        }
+        if !table.members.contains_key(&frame.from.0)
+            && let Ok(mut unknown) = node.shared.unknown_senders.lock()
+            && unknown.len() < MAX_UNKNOWN_SENDERS
+        {
+            unknown.insert(frame.from);
+        }
+        if to_replica.send(frame).await.is_err() {
+            return;
         }
     }
 }
@@ -1137,7 +1462,9 @@ async fn serve_requests<S: StateMachine>(
         let node = node.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let answer = if req.group != GROUP {
+            let answer = if node.refuse_removed(&node.local_members(), req.from, "request") {
+                PeerResponse::Error(WireError::Removed(req.from.0))
+            } else if req.group != GROUP {
                 PeerResponse::Error(WireError::Invalid(format!("unknown group {}", req.group)))
             } else {
                 match PeerRequest::decode(&req.payload) {
@@ -1184,6 +1511,7 @@ async fn manage_peers<S: StateMachine>(
 ) {
     let mut view = node.shared.view.clone();
     let mut known: HashMap<NodeId, SocketAddr> = HashMap::new();
+    let mut round: usize = 0;
     loop {
         let table = Arc::clone(&view.borrow_and_update());
         let mut wanted: Vec<(NodeId, Vec<String>)> = if table.initialized {
@@ -1213,6 +1541,36 @@ async fn manage_peers<S: StateMachine>(
                     Err(e) => tracing::warn!(peer = %id, error = %e, "cannot add peer"),
                 }
             }
+        }
+        // Before the table is known: senders we cannot place (a leader added
+        // at run time, dialling this joining member) are tried at the
+        // contacts' addresses in turn until their connection comes up.
+        if !table.initialized {
+            let contact_addrs: Vec<SocketAddr> = wanted
+                .iter()
+                .filter_map(|(id, _)| known.get(id).copied())
+                .collect();
+            let unknown: Vec<NodeId> = node
+                .shared
+                .unknown_senders
+                .lock()
+                .map(|u| {
+                    u.iter()
+                        .filter(|id| !wanted.iter().any(|(w, _)| w == *id))
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (k, id) in unknown.into_iter().enumerate() {
+                if contact_addrs.is_empty() || node.shared.transport.is_connected(id) {
+                    continue;
+                }
+                let addr = contact_addrs[(round + k) % contact_addrs.len()];
+                if node.shared.transport.add_peer(id, addr).is_ok() {
+                    tracing::debug!(peer = %format!("{:x}", id.0), %addr, "trying a contact address for a sender not known yet");
+                }
+            }
+            round = round.wrapping_add(1);
         }
         // Forget peers that left both the table and the consensus
         // configuration (a member being removed must still get the entry
@@ -1260,6 +1618,35 @@ fn dir_size_bytes(dir: &std::path::Path) -> u64 {
     total
 }
 
+/// Checks this member's id against the member table once it is known and
+/// logs an error when the cluster removed it or knows its peer URL under
+/// another id. Returns whether the check is done.
+fn check_own_identity<S: StateMachine>(node: &NodeHandle<S>, table: &MemberTable) -> bool {
+    let me = node.shared.me.0;
+    if table.is_removed(me) {
+        tracing::error!(member = %format!("{me:x}"), "{}", NodeError::Removed(me));
+        return true;
+    }
+    if table.members.contains_key(&me) {
+        return true;
+    }
+    match table.by_peer_urls(&node.shared.advertise_peer_urls) {
+        Some(other) => {
+            tracing::error!(
+                member = %format!("{me:x}"),
+                "the cluster lists this member's peer URLs under member id {:x}, but this \
+                 member runs as {me:x}: start it with a certificate for {:x} and an empty data dir",
+                other.id,
+                other.id
+            );
+            true
+        }
+        // Not added (yet): a member is only sent the log once it is in the
+        // configuration, so this is a stale view; check again later.
+        None => false,
+    }
+}
+
 /// Status polling (metrics, health), bootstrap of the member table by the
 /// first leader, and publishing this member's name and client URLs.
 async fn housekeeping<S: StateMachine>(
@@ -1274,6 +1661,8 @@ async fn housekeeping<S: StateMachine>(
     let mut ticks: u64 = 0;
     let mut bootstrap_in_flight: Option<JoinHandle<()>> = None;
     let mut publish_in_flight: Option<JoinHandle<()>> = None;
+    let mut reconcile_in_flight: Option<JoinHandle<()>> = None;
+    let mut identity_checked = false;
     loop {
         match sh.replica.status().await {
             Ok(st) => {
@@ -1300,8 +1689,13 @@ async fn housekeeping<S: StateMachine>(
                 sh.metrics.record_transport(&sh.transport.stats());
                 let (w, f, b) = store.counters();
                 sh.metrics.record_storage(w, f, b);
+                sh.metrics
+                    .record_removed_refusals(sh.removed_refusals.load(Ordering::Relaxed));
 
                 let table = node.local_members();
+                if table.initialized && !identity_checked {
+                    identity_checked = check_own_identity(&node, &table);
+                }
                 let idle = |h: &Option<JoinHandle<()>>| h.as_ref().is_none_or(|h| h.is_finished());
                 if !table.initialized
                     && p.role == Role::Leader
@@ -1319,6 +1713,22 @@ async fn housekeeping<S: StateMachine>(
                             Err(e) => {
                                 tracing::debug!(error = %e, "member table bootstrap not done yet")
                             }
+                        }
+                    }));
+                }
+                if table.initialized
+                    && p.role == Role::Leader
+                    && ticks.is_multiple_of(RECONCILE_EVERY_TICKS)
+                    && idle(&reconcile_in_flight)
+                    && table
+                        .members
+                        .keys()
+                        .any(|id| !p.membership.all_nodes().contains(&NodeId(*id)))
+                {
+                    let n = node.clone();
+                    reconcile_in_flight = Some(tokio::spawn(async move {
+                        if let Err(e) = n.reconcile_table().await {
+                            tracing::debug!(error = %e, "member table reconciliation not done yet");
                         }
                     }));
                 }
@@ -1354,11 +1764,36 @@ async fn housekeeping<S: StateMachine>(
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
             _ = stop.changed() => {
-                for h in [bootstrap_in_flight, publish_in_flight].into_iter().flatten() {
+                for h in [bootstrap_in_flight, publish_in_flight, reconcile_in_flight].into_iter().flatten() {
                     h.abort();
                 }
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learner_in_sync_follows_etcds_ninety_percent_rule_within_bounds() {
+        // Small logs: a lag of up to PROMOTE_MIN_LAG_ENTRIES is tolerated.
+        assert!(learner_in_sync(10, 0, PROMOTE_MAX_LAG_ENTRIES));
+        assert!(learner_in_sync(200, 184, PROMOTE_MAX_LAG_ENTRIES));
+        assert!(!learner_in_sync(200, 179, PROMOTE_MAX_LAG_ENTRIES));
+        // 90 % of the leader's log.
+        assert!(learner_in_sync(1_000, 900, PROMOTE_MAX_LAG_ENTRIES));
+        assert!(!learner_in_sync(1_000, 899, PROMOTE_MAX_LAG_ENTRIES));
+        // Capped for long logs.
+        assert!(learner_in_sync(1_000_000, 999_000, PROMOTE_MAX_LAG_ENTRIES));
+        assert!(!learner_in_sync(
+            1_000_000,
+            998_999,
+            PROMOTE_MAX_LAG_ENTRIES
+        ));
+        // Ahead of the leader's commit (it learned a later commit first).
+        assert!(learner_in_sync(5, 7, PROMOTE_MAX_LAG_ENTRIES));
     }
 }

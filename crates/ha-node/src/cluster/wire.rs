@@ -31,6 +31,9 @@ pub enum PeerRequest {
         /// Its id.
         id: u64,
     },
+    /// Sent by the leader to a learner it is asked to promote: how far has
+    /// it applied the log? Served locally, never forwarded.
+    Progress,
 }
 
 /// The leader's answer.
@@ -48,6 +51,11 @@ pub enum PeerResponse {
     },
     /// Refused or failed.
     Error(WireError),
+    /// The answer to [`PeerRequest::Progress`].
+    Progress {
+        /// The highest log index this member has applied.
+        applied_index: u64,
+    },
 }
 
 /// An error as it travels between members.
@@ -65,6 +73,11 @@ pub enum WireError {
     Invalid(String),
     /// No such member.
     MemberNotFound(u64),
+    /// A learner cannot be promoted yet: it is behind the leader or
+    /// unreachable (nothing was done).
+    LearnerNotReady(String),
+    /// The sender's id belongs to a removed member (refused).
+    Removed(u64),
 }
 
 impl PeerRequest {

@@ -406,6 +406,8 @@ pub struct Member {
     pub initial_cluster: String,
     /// Whether it joins a running cluster (`--initial-cluster-state=existing`).
     pub joins: bool,
+    /// `--member-id` (hex) of a joining member, as `member add` assigned it.
+    pub member_id: Option<String>,
 }
 
 impl Member {
@@ -418,6 +420,7 @@ impl Member {
             dir: root.join(name),
             initial_cluster: String::new(),
             joins: false,
+            member_id: None,
         }
     }
 
@@ -437,7 +440,7 @@ impl Member {
     }
 
     fn args(&self, consensus: &str, token: &str) -> Vec<String> {
-        vec![
+        let mut args = vec![
             format!("--name={}", self.name),
             format!("--data-dir={}", self.dir.display()),
             format!("--listen-client-urls={}", self.url()),
@@ -452,7 +455,11 @@ impl Member {
             "--peer-insecure-dev-tls".into(),
             format!("--heartbeat-interval={HEARTBEAT_MS}"),
             format!("--election-timeout={ELECTION_TIMEOUT_MS}"),
-        ]
+        ];
+        if let Some(id) = &self.member_id {
+            args.push(format!("--member-id={id}"));
+        }
+        args
     }
 }
 

@@ -281,7 +281,7 @@ impl Cluster {
             let expect = LogIndex(node.applied.len() as u64 + 1);
             assert_eq!(e.index(), expect, "{id:?} applies out of order");
             if let EntryPayload::Membership(m) = &e.payload {
-                node.sm_membership = m.clone();
+                node.sm_membership = Membership::clone(m);
             }
             node.applied.push(e.clone());
             match self.applied_global.get(&e.index()) {
