@@ -1093,6 +1093,14 @@ fn member_remove_then_add(cl: &mut Cluster) {
         ],
     );
     assert!(out.contains("Member") && out.contains("added"), "{out}");
+    // "Member <id> added to cluster <cluster id>": the new member runs
+    // under the id the cluster assigned.
+    m.member_id = out
+        .lines()
+        .find(|l| l.starts_with("Member "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(str::to_string);
+    assert!(m.member_id.is_some(), "no member id in {out}");
     // Listed before it starts: unstarted, no name, its peer URL.
     let out = ctl_ok(&lead, &["member", "list"]);
     assert_eq!(out.lines().count(), 3, "{out}");

@@ -361,22 +361,39 @@ impl CtlStream {
 
     /// Sends SIGINT (etcdctl unlocks / resigns on it, then exits) and waits
     /// up to `within` for the process to exit; its exit success.
+    ///
+    /// A test run from a background job inherits SIGINT as *ignored*, and a
+    /// Go program keeps it ignored unless it installs its own handler:
+    /// etcdctl's lock and elect do (they unlock / resign on it), `lease
+    /// keep-alive` does not. So after [`SIGINT_GRACE`] without an exit the
+    /// process gets SIGTERM; it then exits by signal, which reads as no
+    /// success, so a lock or elect that ignored SIGINT still fails its check.
     pub fn interrupt_and_wait(&mut self, within: Duration) -> bool {
         signal(self.child.0.id(), "INT");
-        let deadline = Instant::now() + within;
+        let started = Instant::now();
+        let deadline = started + within;
+        let mut terminated = false;
         loop {
             if let Ok(Some(st)) = self.child.0.try_wait() {
                 return st.success();
             }
+            if !terminated && started.elapsed() >= SIGINT_GRACE {
+                signal(self.child.0.id(), "TERM");
+                terminated = true;
+            }
             assert!(
                 Instant::now() < deadline,
-                "etcdctl {} did not exit within {within:?} of SIGINT",
+                "etcdctl {} did not exit within {within:?} of SIGINT (and SIGTERM)",
                 self.what
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
+
+/// How long [`CtlStream::interrupt_and_wait`] waits for an exit on SIGINT
+/// before it sends SIGTERM.
+pub const SIGINT_GRACE: Duration = Duration::from_secs(3);
 
 /// The value of the first `"name":<integer>` in etcdctl's `-w json` output.
 pub fn json_int(out: &str, name: &str) -> Option<i64> {
@@ -406,6 +423,8 @@ pub struct Member {
     pub initial_cluster: String,
     /// Whether it joins a running cluster (`--initial-cluster-state=existing`).
     pub joins: bool,
+    /// `--member-id` (hex) of a joining member, as `member add` assigned it.
+    pub member_id: Option<String>,
 }
 
 impl Member {
@@ -418,6 +437,7 @@ impl Member {
             dir: root.join(name),
             initial_cluster: String::new(),
             joins: false,
+            member_id: None,
         }
     }
 
@@ -437,7 +457,7 @@ impl Member {
     }
 
     fn args(&self, consensus: &str, token: &str) -> Vec<String> {
-        vec![
+        let mut args = vec![
             format!("--name={}", self.name),
             format!("--data-dir={}", self.dir.display()),
             format!("--listen-client-urls={}", self.url()),
@@ -452,7 +472,11 @@ impl Member {
             "--peer-insecure-dev-tls".into(),
             format!("--heartbeat-interval={HEARTBEAT_MS}"),
             format!("--election-timeout={ELECTION_TIMEOUT_MS}"),
-        ]
+        ];
+        if let Some(id) = &self.member_id {
+            args.push(format!("--member-id={id}"));
+        }
+        args
     }
 }
 
