@@ -272,6 +272,12 @@ struct PeerLink {
     addr: Mutex<SocketAddr>,
     conn: watch::Sender<Option<Connection>>,
     permits: Arc<Semaphore>,
+    /// Woken when the peer dials us: it is up (again), so a reconnect
+    /// waiting out its backoff dials now. Without it a peer restarted after
+    /// a crash heard us at once but could not be answered until our backoff
+    /// (up to `reconnect_backoff_max_ms`) ran out, which stalled elections
+    /// whose votes travel the other way.
+    redial: tokio::sync::Notify,
 }
 
 /// The entry in the peer map. Dropping it (peer removed, shutdown) closes
@@ -449,6 +455,7 @@ impl QuicTransport {
             addr: Mutex::new(addr),
             conn: watch::channel(None).0,
             permits: Arc::new(Semaphore::new(cfg.max_inflight_requests_per_peer as usize)),
+            redial: tokio::sync::Notify::new(),
         });
         let task = tokio::spawn(run_peer(
             Arc::clone(&self.shared),
@@ -906,6 +913,11 @@ async fn run_peer(
         let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
+            // The peer just dialed us: it is reachable now. (A wake-up left
+            // over from a dial while we were connected skips one backoff
+            // only; we never drop a live connection for it, so two nodes
+            // cannot make each other redial in a loop.)
+            _ = link.redial.notified() => backoff.reset(),
             _ = stop.wait_for(|s| *s) => break,
         }
     }
@@ -1289,6 +1301,9 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     shared.count(|c| &c.inbound_connections, 1);
     debug!(me = %shared.me, %peer, %remote, "accepted connection");
+    if let Some(p) = shared.peers_read().get(&peer) {
+        p.link.redial.notify_one();
+    }
     let mut stop = shared.stop.subscribe();
     loop {
         tokio::select! {
