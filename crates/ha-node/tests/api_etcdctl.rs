@@ -6,85 +6,24 @@
 #[path = "api_common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod proc_common;
+
+use std::time::Duration;
 
 use common::{TEST_TIMEOUT, TestServer};
+use proc_common::{CTL_TIMEOUT, CtlStream};
 use tokio::time::timeout;
 
-/// Most time one etcdctl invocation may take.
-const RUN_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn etcdctl_path() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("etcdctl"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "etcdctl not found on PATH: install it (Debian package `etcd-client`); \
-                 these tests must not pass without it"
-            )
-        })
-}
-
-fn command(endpoint: &str, args: &[&str]) -> Command {
-    // Endpoints are URLs (`http://host:port`), as etcd users give them.
-    let mut cmd = Command::new(etcdctl_path());
-    cmd.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .arg("--dial-timeout=5s")
-        .arg("--command-timeout=10s")
-        .args(args);
-    cmd
-}
-
-/// Kills and reaps the child when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs etcdctl to completion (bounded); returns (success, stdout, stderr).
+/// Runs etcdctl to completion (bounded, off the runtime's workers);
+/// returns (success, stdout, stderr).
 async fn run(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut cmd = command(endpoint, args);
+    let endpoint = endpoint.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let stdin = stdin.map(str::to_owned);
-    let what = format!("{args:?}");
     tokio::task::spawn_blocking(move || {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut guard = Guard(cmd.spawn().expect("spawn etcdctl"));
-        let mut input = guard.0.stdin.take().expect("stdin");
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).expect("write stdin");
-        }
-        drop(input);
-        let deadline = Instant::now() + RUN_TIMEOUT;
-        loop {
-            if let Some(_status) = guard.0.try_wait().expect("try_wait") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "etcdctl {what} timed out");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let status = guard.0.wait().expect("wait");
-        let mut out = String::new();
-        let mut err = String::new();
-        if let Some(mut s) = guard.0.stdout.take() {
-            std::io::Read::read_to_string(&mut s, &mut out).expect("stdout");
-        }
-        if let Some(mut s) = guard.0.stderr.take() {
-            std::io::Read::read_to_string(&mut s, &mut err).expect("stderr");
-        }
-        (status.success(), out, err)
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = proc_common::ctl_run(&endpoint, &args, stdin.as_deref());
+        (o.success, o.stdout, o.stderr)
     })
     .await
     .expect("etcdctl runner")
@@ -97,58 +36,23 @@ async fn ok(endpoint: &str, args: &[&str]) -> String {
     out
 }
 
-/// A long-running etcdctl whose stdout lines arrive on a channel.
-struct Streaming {
-    _guard: Guard,
-    lines: mpsc::Receiver<String>,
-}
+/// A long-running etcdctl whose stdout lines arrive on a channel; the
+/// waits block in place so the in-process server keeps its workers.
+struct Streaming(CtlStream);
 
 impl Streaming {
     fn spawn(endpoint: &str, args: &[&str]) -> Self {
-        let mut cmd = command(endpoint, args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn etcdctl");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        // Ends when the child's stdout closes (the guard kills the child).
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Self {
-            _guard: Guard(child),
-            lines,
-        }
+        Self(CtlStream::spawn(endpoint, args))
     }
 
     /// The next `n` lines (bounded wait).
     async fn next_lines(&self, n: usize) -> Vec<String> {
-        let mut out = Vec::new();
-        let deadline = Instant::now() + RUN_TIMEOUT;
-        while out.len() < n {
-            match self.lines.try_recv() {
-                Ok(line) => out.push(line),
-                Err(mpsc::TryRecvError::Empty) => {
-                    assert!(Instant::now() < deadline, "no output; got {out:?}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    panic!("etcdctl exited; got {out:?}")
-                }
-            }
-        }
-        out
+        tokio::task::block_in_place(|| self.0.next_lines(n, CTL_TIMEOUT))
     }
 
-    /// Whether a line is already waiting (without blocking).
-    fn has_output(&self) -> bool {
-        self.lines.try_recv().is_ok()
+    /// Asserts that nothing is printed for `quiet`.
+    fn assert_quiet_for(&self, quiet: Duration) {
+        tokio::task::block_in_place(|| self.0.assert_quiet_for(quiet))
     }
 }
 
@@ -271,8 +175,7 @@ async fn etcdctl_lock_excludes_second_holder() {
         let key = first.next_lines(1).await;
         assert!(key[0].starts_with("biglock/"), "{key:?}");
         let second = Streaming::spawn(&ep, &["lock", "--ttl=2", "biglock"]);
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        assert!(!second.has_output(), "second holder must wait");
+        second.assert_quiet_for(Duration::from_millis(700));
         drop(first); // SIGKILL: its session lease expires after 2 s
         let key2 = second.next_lines(1).await;
         assert!(key2[0].starts_with("biglock/"), "{key2:?}");

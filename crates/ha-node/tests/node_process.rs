@@ -8,110 +8,14 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ha-node");
-/// Bound for a process to exit on its own.
-const EXIT_WAIT: Duration = Duration::from_secs(20);
+mod proc_common;
+
+use proc_common::{Proc, free_tcp_port, free_udp_port};
+
 /// Bound for a cluster to elect a leader and report healthy.
 const HEALTH_WAIT: Duration = Duration::from_secs(30);
-
-/// A child process killed on drop; its stderr is collected.
-struct Proc {
-    child: Option<Child>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn spawn(args: &[String]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ha-node");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Proc {
-            child: Some(child),
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits for the exit code (bounded).
-    fn wait(&mut self) -> i32 {
-        let deadline = Instant::now() + EXIT_WAIT;
-        let child = self.child.as_mut().expect("running");
-        loop {
-            if let Some(st) = child.try_wait().expect("try_wait") {
-                // Let the reader thread drain the pipe.
-                std::thread::sleep(Duration::from_millis(100));
-                return st.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit within {EXIT_WAIT:?}; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn sigterm(&mut self) {
-        let pid = self.child.as_ref().expect("running").id();
-        let ok = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// GET `path` on 127.0.0.1:`port`: (status code, body).
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -142,7 +46,7 @@ fn wait_healthy(port: u16, p: &Proc) -> String {
         assert!(
             Instant::now() < deadline,
             "not healthy within {HEALTH_WAIT:?}; stderr:\n{}",
-            p.stderr()
+            p.stderr_tail()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -210,8 +114,8 @@ fn bad_config_exits_non_zero_and_names_the_setting() {
     ];
     for (a, want) in cases {
         let mut p = Proc::spawn(&a);
-        let code = p.wait();
-        let err = p.stderr();
+        let code = p.wait_exit();
+        let err = p.stderr_tail();
         assert_eq!(code, 2, "{a:?}: {err}");
         assert!(
             err.contains(want),
@@ -222,12 +126,20 @@ fn bad_config_exits_non_zero_and_names_the_setting() {
     let file = dir.path().join("ha.toml");
     std::fs::write(&file, "election-timeout = 7\n").unwrap();
     let mut p = Proc::spawn(&[d.clone(), format!("--config-file={}", file.display())]);
-    assert_eq!(p.wait(), 2);
-    assert!(p.stderr().contains("--election-timeout"), "{}", p.stderr());
+    assert_eq!(p.wait_exit(), 2);
+    assert!(
+        p.stderr_tail().contains("--election-timeout"),
+        "{}",
+        p.stderr_tail()
+    );
     std::fs::write(&file, "no-such-setting = 1\n").unwrap();
     let mut p = Proc::spawn(&[d, format!("--config-file={}", file.display())]);
-    assert_eq!(p.wait(), 2);
-    assert!(p.stderr().contains("no-such-setting"), "{}", p.stderr());
+    assert_eq!(p.wait_exit(), 2);
+    assert!(
+        p.stderr_tail().contains("no-such-setting"),
+        "{}",
+        p.stderr_tail()
+    );
 }
 
 #[test]
@@ -240,8 +152,8 @@ fn port_in_use_is_a_clear_error() {
     a.retain(|s| !s.starts_with("--listen-client-urls"));
     a.push(format!("--listen-client-urls=http://127.0.0.1:{port}"));
     let mut p = Proc::spawn(&a);
-    assert_eq!(p.wait(), 1, "{}", p.stderr());
-    let err = p.stderr();
+    assert_eq!(p.wait_exit(), 1, "{}", p.stderr_tail());
+    let err = p.stderr_tail();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.contains("--listen-client-urls"), "{err}");
     drop(taken);
@@ -263,19 +175,23 @@ fn single_member_restarts_and_refuses_a_data_dir_of_another_cluster() {
     );
     assert!(metrics.contains("ha_storage_fsyncs_total"), "{metrics}");
     p.sigterm();
-    assert_eq!(p.wait(), 0, "clean shutdown: {}", p.stderr());
+    assert_eq!(p.wait_exit(), 0, "clean shutdown: {}", p.stderr_tail());
 
     // Same member again: starts on its data.
     let mut p = Proc::spawn(&args(&m, &cluster, &[]));
     wait_healthy(m.metrics, &p);
     p.sigterm();
-    assert_eq!(p.wait(), 0, "{}", p.stderr());
+    assert_eq!(p.wait_exit(), 0, "{}", p.stderr_tail());
 
     // Another cluster token: refused, nothing changed.
     let before = std::fs::read_to_string(m.dir.join("member.toml")).unwrap();
     let mut p = Proc::spawn(&args(&m, &cluster, &["--initial-cluster-token=other"]));
-    assert_eq!(p.wait(), 1, "{}", p.stderr());
-    assert!(p.stderr().contains("belongs to cluster"), "{}", p.stderr());
+    assert_eq!(p.wait_exit(), 1, "{}", p.stderr_tail());
+    assert!(
+        p.stderr_tail().contains("belongs to cluster"),
+        "{}",
+        p.stderr_tail()
+    );
     assert_eq!(
         std::fs::read_to_string(m.dir.join("member.toml")).unwrap(),
         before
@@ -292,7 +208,7 @@ fn certs_output_runs_a_three_member_cluster_with_mutual_tls() {
         "3".into(),
         format!("--out={}", certs.display()),
     ]);
-    assert_eq!(g.wait(), 0, "{}", g.stderr());
+    assert_eq!(g.wait_exit(), 0, "{}", g.stderr_tail());
     for f in [
         "ca.pem",
         "ca-key.pem",
@@ -349,17 +265,17 @@ fn certs_output_runs_a_three_member_cluster_with_mutual_tls() {
             &format!("--peer-key-file={}", certs.join("node1-key.pem").display()),
         ],
     ));
-    assert_eq!(p.wait(), 1);
+    assert_eq!(p.wait_exit(), 1);
     assert!(
-        p.stderr().contains("not usable for member id"),
+        p.stderr_tail().contains("not usable for member id"),
         "{}",
-        p.stderr()
+        p.stderr_tail()
     );
 
     for p in &mut procs {
         p.sigterm();
     }
     for p in &mut procs {
-        assert_eq!(p.wait(), 0, "{}", p.stderr());
+        assert_eq!(p.wait_exit(), 0, "{}", p.stderr_tail());
     }
 }

@@ -27,14 +27,15 @@ impl SuiteProtocol for PaxosSuite {
 
     fn build(&self, node: NodeStart<'_>, options: &ProtocolOptions) -> Paxos {
         let cfg = Config {
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
-            heartbeat_interval_ms: 30,
-            accept_retransmit_ms: 60,
-            prepare_timeout_ms: 150,
-            transfer_timeout_ms: 300,
-            snapshot_send_timeout_ms: 500,
-            snapshot_trailing_entries: 5,
+            election_timeout_min_ms: options.election_timeout_min_ms,
+            election_timeout_max_ms: options.election_timeout_max_ms,
+            heartbeat_interval_ms: options.heartbeat_interval_ms,
+            accept_retransmit_ms: options.replicate_retransmit_ms,
+            // Phase 1 gives up after the shortest election timeout.
+            prepare_timeout_ms: options.election_timeout_min_ms,
+            transfer_timeout_ms: options.transfer_timeout_ms,
+            snapshot_send_timeout_ms: options.snapshot_send_timeout_ms,
+            snapshot_trailing_entries: options.snapshot_trailing_entries,
             lease_read: options.lease_read,
             lease_drift_margin_ms: options.lease_drift_margin_ms,
             ..Config::default()

@@ -24,13 +24,13 @@ impl SuiteProtocol for RaftSuite {
 
     fn build(&self, node: NodeStart<'_>, options: &ProtocolOptions) -> Raft {
         let cfg = Config {
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
-            heartbeat_interval_ms: 30,
-            append_retransmit_ms: 60,
-            transfer_timeout_ms: 300,
-            snapshot_send_timeout_ms: 500,
-            snapshot_trailing_entries: 5,
+            election_timeout_min_ms: options.election_timeout_min_ms,
+            election_timeout_max_ms: options.election_timeout_max_ms,
+            heartbeat_interval_ms: options.heartbeat_interval_ms,
+            append_retransmit_ms: options.replicate_retransmit_ms,
+            transfer_timeout_ms: options.transfer_timeout_ms,
+            snapshot_send_timeout_ms: options.snapshot_send_timeout_ms,
+            snapshot_trailing_entries: options.snapshot_trailing_entries,
             lease_read: options.lease_read,
             lease_drift_margin_ms: options.lease_drift_margin_ms,
             ..Config::default()

@@ -61,11 +61,30 @@ use crate::types::{Membership, Millis, NodeId};
 /// What a scenario asks of the protocol beyond the cluster shape. The
 /// protocol maps it onto its own config.
 #[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// The timings are the suite's, the same for every protocol so their runs
+/// compare: a protocol maps each to its own config field of that meaning.
 pub struct ProtocolOptions {
     /// Serve `read_index` from a leader lease instead of a quorum round.
     pub lease_read: bool,
     /// Clock drift margin subtracted from the lease, in milliseconds.
     pub lease_drift_margin_ms: Millis,
+    /// Randomized election timeout: lower bound, in milliseconds.
+    pub election_timeout_min_ms: Millis,
+    /// Randomized election timeout: upper bound, in milliseconds.
+    pub election_timeout_max_ms: Millis,
+    /// Leader heartbeat interval, in milliseconds.
+    pub heartbeat_interval_ms: Millis,
+    /// Resend of unacknowledged replication (append / accept), in
+    /// milliseconds.
+    pub replicate_retransmit_ms: Millis,
+    /// Leader transfer gives up after this, in milliseconds.
+    pub transfer_timeout_ms: Millis,
+    /// A snapshot send not acknowledged within this is retried, in
+    /// milliseconds.
+    pub snapshot_send_timeout_ms: Millis,
+    /// Entries kept behind a snapshot for followers just behind it.
+    pub snapshot_trailing_entries: u64,
 }
 
 impl Default for ProtocolOptions {
@@ -73,6 +92,13 @@ impl Default for ProtocolOptions {
         Self {
             lease_read: false,
             lease_drift_margin_ms: 20,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            heartbeat_interval_ms: 30,
+            replicate_retransmit_ms: 60,
+            transfer_timeout_ms: 300,
+            snapshot_send_timeout_ms: 500,
+            snapshot_trailing_entries: 5,
         }
     }
 }

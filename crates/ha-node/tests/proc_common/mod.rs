@@ -12,6 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +24,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ha-node");
 pub const CLUSTER_WAIT: Duration = Duration::from_secs(30);
 /// Most time one `etcdctl` invocation may take before it is killed.
 pub const CTL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound for a process to exit on its own (after SIGTERM, or a start that
+/// must fail).
+pub const EXIT_WAIT: Duration = Duration::from_secs(20);
 /// Bytes of a process's stderr kept for failure messages (the tail).
 const STDERR_TAIL_BYTES: usize = 256 * 1024;
 /// Peer heartbeat of the test clusters, ms.
@@ -35,6 +39,8 @@ pub const ELECTION_TIMEOUT_MS: u64 = 500;
 pub struct Proc {
     child: Option<Child>,
     stderr: Arc<Mutex<String>>,
+    /// Set by the reader thread once the child's stderr is closed and read.
+    stderr_done: Arc<AtomicBool>,
 }
 
 impl Proc {
@@ -52,6 +58,8 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().expect("stderr is piped");
         let sink = Arc::clone(&stderr);
+        let stderr_done = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&stderr_done);
         // Ends when the child's stderr closes (it exited or was killed).
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -69,11 +77,44 @@ impl Proc {
                     s.drain(..cut);
                 }
             }
+            done.store(true, Ordering::SeqCst);
         });
         Proc {
             child: Some(child),
             stderr,
+            stderr_done,
         }
+    }
+
+    /// Waits (at most [`EXIT_WAIT`]) for the process to exit on its own and
+    /// for its stderr to be read to the end; its exit code (-1 when killed
+    /// by a signal). Panics with the stderr tail when it does not exit.
+    pub fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + EXIT_WAIT;
+        let child = self.child.as_mut().expect("the process was started");
+        let code = loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                break st.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {EXIT_WAIT:?}; stderr:\n{}",
+                self.stderr_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // A grandchild holding the pipe open must not hang the test.
+        let drained = Instant::now() + Duration::from_secs(2);
+        while !self.stderr_done.load(Ordering::SeqCst) && Instant::now() < drained {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        code
+    }
+
+    /// Sends SIGTERM without waiting (see [`Proc::wait_exit`]).
+    pub fn sigterm(&mut self) {
+        let pid = self.child.as_ref().expect("the process was started").id();
+        signal(pid, "TERM");
     }
 
     /// The kept tail of the process's stderr.
@@ -107,7 +148,7 @@ impl Proc {
             return -1;
         };
         signal(c.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + EXIT_WAIT;
         loop {
             if let Ok(Some(st)) = c.try_wait() {
                 return st.code().unwrap_or(-1);
