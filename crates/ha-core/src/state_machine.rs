@@ -47,9 +47,29 @@ pub trait SnapshotSource: ChunkSource {
 /// crash, when entries after the last durable applied index are applied
 /// again: `apply` at an index `<= last_applied()` must be a no-op (idempotent
 /// replay), judged by `log_id.index`.
+///
+/// # Batched durability
+///
+/// A durable state machine may stage the writes of several `apply` calls
+/// and make them durable together in [`flush`](StateMachine::flush) (one
+/// storage write per batch instead of one per entry). Whoever applies
+/// entries calls `flush` after each run of applies and before it reports
+/// their results; the replica driver does so after every apply batch, and
+/// sends no response of a batch before its flush succeeded. Between two
+/// flushes the durable state may lag the applied one by at most the
+/// unflushed entries, which stay in the (durable) log and are applied
+/// again after a crash. The in-memory state is current after every
+/// `apply`: reads never wait for a flush.
 pub trait StateMachine: Send + 'static {
     /// Applies the entry `log_id` and returns the response for its proposer.
     fn apply(&mut self, log_id: LogId, entry: Applied<'_>) -> Result<Bytes, StateMachineError>;
+
+    /// Makes every `apply` since the last flush durable (see "Batched
+    /// durability"). The default does nothing: for state machines that are
+    /// durable after each `apply`, or not durable at all.
+    fn flush(&mut self) -> Result<(), StateMachineError> {
+        Ok(())
+    }
 
     /// Id of the last entry applied (`LogId::default()` before any).
     fn last_applied(&self) -> LogId;

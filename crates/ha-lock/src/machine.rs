@@ -139,9 +139,10 @@ impl LockMachine {
     /// node's one RocksDB, e.g. `RocksLogStore::db()`), under `group`'s key
     /// prefix, recovering whatever state `group` has there.
     ///
-    /// Every apply is one RocksDB `WriteBatch` (the changed records, leases
-    /// and `last_applied`), written with the WAL on: a process crash loses
-    /// nothing applied. [`StateMachine::snapshot`] fsyncs the WAL first, so
+    /// The applies between two [`StateMachine::flush`]es are one RocksDB
+    /// `WriteBatch` (the changed records, leases and `last_applied`),
+    /// written with the WAL on: a process crash loses nothing flushed, and
+    /// what was applied but not flushed is applied again from the log. [`StateMachine::snapshot`] fsyncs the WAL first, so
     /// the log may be purged up to a snapshot's index even across power
     /// loss.
     #[cfg(feature = "rocksdb")]
@@ -325,7 +326,7 @@ impl LockMachine {
         match &mut self.backend {
             Backend::Memory => Ok(()),
             #[cfg(feature = "rocksdb")]
-            Backend::Rocks(r) => r.write_apply(
+            Backend::Rocks(r) => r.stage_apply(
                 &self.state,
                 &self.journal,
                 self.last_applied,
@@ -459,11 +460,20 @@ impl StateMachine for LockMachine {
         Ok(out)
     }
 
+    fn flush(&mut self) -> Result<(), StateMachineError> {
+        match &mut self.backend {
+            Backend::Memory => Ok(()),
+            #[cfg(feature = "rocksdb")]
+            Backend::Rocks(r) => r.flush(&self.state, self.last_applied, &self.membership),
+        }
+    }
+
     fn last_applied(&self) -> LogId {
         self.last_applied
     }
 
     fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StateMachineError> {
+        self.flush()?;
         match &self.backend {
             Backend::Memory => {}
             #[cfg(feature = "rocksdb")]

@@ -15,10 +15,14 @@
 //! | group (u64 BE) ‖ `2` ‖ main (u64 BE) ‖ sub (u64 BE) | codec frame of a record (key + value or tombstone) |
 //! | group (u64 BE) ‖ `3` ‖ lease id (u64 BE) | codec frame of a lease (TTL, remaining) |
 //!
-//! Every apply is **one** `WriteBatch`: the records it added, the records
-//! compaction removed, the leases it touched and the meta with
-//! `last_applied` — so the durable state is always the state after some
-//! whole entry, never between two. Recovery reads the group's meta,
+//! The applies between two [`flush`](RocksState::flush)es (the replica
+//! driver flushes after every apply batch) are **one** `WriteBatch`: the
+//! records they added, the records compaction removed, the leases they
+//! touched and the meta with the last `last_applied` — so the durable state
+//! is always the state after some whole entry, never between two, and a
+//! batch of entries costs one RocksDB write, not one per entry. A staged
+//! batch larger than [`MAX_STAGED_BYTES`] is written early, so memory stays
+//! bounded whoever drives the machine. Recovery reads the group's meta,
 //! records and leases and rebuilds the index and lease key sets, checking
 //! every checksum and invariant (`StateMachineError::Storage` otherwise).
 
@@ -54,10 +58,24 @@ pub(crate) struct Loaded {
     pub membership: Membership,
 }
 
+/// Staged writes larger than this are written at the next apply without
+/// waiting for a flush.
+pub const MAX_STAGED_BYTES: usize = 16 << 20;
+
 /// A group's handle on column family `sm`.
 pub(crate) struct RocksState {
     db: Arc<DB>,
     group: GroupId,
+    /// Writes of the applies since the last flush, without the meta.
+    staged: WriteBatch,
+    /// Whether an apply happened since the last flush (the meta must be
+    /// written even when no record changed: `last_applied` moved).
+    dirty: bool,
+    /// Set when a staged batch could not be written: its writes are lost
+    /// from memory, so no later write may claim a `last_applied` past them.
+    /// Every later write fails with this; reopening recovers the durable
+    /// state and the log replays the rest.
+    failed: Option<String>,
 }
 
 fn storage(e: impl std::fmt::Display) -> StateMachineError {
@@ -91,7 +109,13 @@ impl RocksState {
         if db.cf_handle(CF_SM).is_none() {
             return Err(storage(format!("column family {CF_SM} missing")));
         }
-        let me = RocksState { db, group };
+        let me = RocksState {
+            db,
+            group,
+            staged: WriteBatch::default(),
+            dirty: false,
+            failed: None,
+        };
         let loaded = me.load()?;
         Ok((me, loaded))
     }
@@ -219,31 +243,34 @@ impl RocksState {
         Ok(())
     }
 
-    /// Writes the changes of one apply (from `journal`) and the new meta
-    /// as one batch.
-    pub fn write_apply(
-        &self,
+    /// Stages the changes of one apply (from `journal`); they become
+    /// durable, with the meta naming `last_applied`, at the next
+    /// [`flush`](Self::flush) — or at once when the staged batch has grown
+    /// past [`MAX_STAGED_BYTES`].
+    pub fn stage_apply(
+        &mut self,
         state: &State,
         journal: &Journal,
         last_applied: LogId,
         membership: &Membership,
     ) -> Result<(), StateMachineError> {
+        self.check_usable()?;
         let cf = self
             .db
             .cf_handle(CF_SM)
             .ok_or_else(|| storage("sm family missing"))?;
-        let mut wb = WriteBatch::default();
         for rev in &journal.removed_records {
-            wb.delete_cf(cf, self.record_key(*rev));
+            self.staged.delete_cf(cf, self.record_key(*rev));
         }
         for rev in &journal.put_records {
             if let Some(rec) = state.records.get(rev) {
-                wb.put_cf(cf, self.record_key(*rev), codec::encode(rec));
+                self.staged
+                    .put_cf(cf, self.record_key(*rev), codec::encode(rec));
             }
         }
         for id in &journal.leases {
             match state.leases.get(id) {
-                Some(l) => wb.put_cf(
+                Some(l) => self.staged.put_cf(
                     cf,
                     self.lease_key(*id),
                     codec::encode(&LeaseRecord {
@@ -252,16 +279,65 @@ impl RocksState {
                         remaining_ms: l.remaining_ms,
                     }),
                 ),
-                None => wb.delete_cf(cf, self.lease_key(*id)),
+                None => self.staged.delete_cf(cf, self.lease_key(*id)),
             }
         }
-        self.put_meta(&mut wb, state, last_applied, membership)?;
-        self.db.write(wb).map_err(storage)
+        self.dirty = true;
+        if self.staged.size_in_bytes() > MAX_STAGED_BYTES {
+            self.flush(state, last_applied, membership)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the staged applies and the meta (`last_applied`, membership,
+    /// revisions) as one batch, WAL on (a process crash loses nothing
+    /// flushed). Nothing to do when nothing was applied since the last
+    /// flush. On error the staged writes are kept for the next attempt.
+    pub fn flush(
+        &mut self,
+        state: &State,
+        last_applied: LogId,
+        membership: &Membership,
+    ) -> Result<(), StateMachineError> {
+        self.check_usable()?;
+        if !self.dirty {
+            return Ok(());
+        }
+        self.put_meta_staged(state, last_applied, membership)?;
+        let wb = std::mem::take(&mut self.staged);
+        self.dirty = false;
+        self.db.write(wb).map_err(|e| {
+            let why = format!("writing applied state failed: {e}");
+            self.failed = Some(why.clone());
+            storage(why)
+        })
+    }
+
+    fn check_usable(&self) -> Result<(), StateMachineError> {
+        match &self.failed {
+            Some(why) => Err(storage(format!(
+                "state store unusable after an earlier failure ({why}); restart to recover"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn put_meta_staged(
+        &mut self,
+        state: &State,
+        last_applied: LogId,
+        membership: &Membership,
+    ) -> Result<(), StateMachineError> {
+        let mut wb = std::mem::take(&mut self.staged);
+        let out = self.put_meta(&mut wb, state, last_applied, membership);
+        self.staged = wb;
+        out
     }
 
     /// Replaces the group's whole state (snapshot install), synced.
+    /// Staged applies are discarded: the snapshot supersedes them.
     pub fn write_all(
-        &self,
+        &mut self,
         state: &State,
         last_applied: LogId,
         membership: &Membership,
@@ -283,7 +359,12 @@ impl RocksState {
         self.put_meta(&mut wb, state, last_applied, membership)?;
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.write_opt(wb, &wo).map_err(storage)
+        self.db.write_opt(wb, &wo).map_err(storage)?;
+        // The snapshot replaced everything the staged applies touched.
+        self.staged = WriteBatch::default();
+        self.dirty = false;
+        self.failed = None;
+        Ok(())
     }
 
     /// Makes every write so far durable across power loss.

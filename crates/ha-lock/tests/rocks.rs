@@ -93,6 +93,7 @@ fn corrupt_state_on_disk_is_an_error_not_a_panic() {
             ..Default::default()
         }),
     );
+    m.flush().unwrap();
     drop(m);
     let db = store.db();
     let cf = db.cf_handle(CF_SM).unwrap();
@@ -127,6 +128,7 @@ fn records_without_meta_are_refused() {
             ..Default::default()
         }),
     );
+    m.flush().unwrap();
     drop(m);
     let db = store.db();
     let cf = db.cf_handle(CF_SM).unwrap();
@@ -138,4 +140,76 @@ fn records_without_meta_are_refused() {
     // other groups are unaffected
     let fresh = open(&store, 5);
     assert_eq!(fresh.current_revision(), 1);
+}
+
+fn put(key: &str, value: Vec<u8>) -> Command {
+    Command::Put(PutRequest {
+        key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+        value: value.into(),
+        ..Default::default()
+    })
+}
+
+/// Applies are staged and written by `flush` as one batch: a crash (drop
+/// without flush) keeps exactly what was flushed, and replaying the rest
+/// from the log gives the state a machine that never crashed has.
+#[test]
+fn a_crash_keeps_what_was_flushed_and_replay_restores_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RocksLogStore::open(dir.path(), Default::default()).unwrap();
+    let mut mem = LockMachine::in_memory(limits()).unwrap();
+    let mut m = open(&store, 9);
+    let cmds: Vec<Command> = (0..6)
+        .map(|i| put(&format!("k{i}"), vec![i as u8; 10]))
+        .collect();
+    for (i, c) in cmds[..3].iter().enumerate() {
+        assert_eq!(
+            apply(&mut mem, i as u64 + 1, c),
+            apply(&mut m, i as u64 + 1, c)
+        );
+    }
+    m.flush().unwrap();
+    for (i, c) in cmds[3..].iter().enumerate() {
+        let index = i as u64 + 4;
+        assert_eq!(apply(&mut mem, index, c), apply(&mut m, index, c));
+    }
+    drop(m); // crash: the last three were applied but never flushed
+    let mut m = open(&store, 9);
+    assert_eq!(m.last_applied(), LogId::new(1, 3), "flushed state only");
+    assert_eq!(m.range(&all_keys()).unwrap().kvs.len(), 3);
+    for (i, c) in cmds.iter().enumerate() {
+        // the log replays from its start: below last_applied a no-op
+        let out = m
+            .apply(
+                LogId::new(1, i as u64 + 1),
+                Entry::Command(&encode_command(c)),
+            )
+            .unwrap();
+        assert_eq!(out.is_empty(), i < 3, "entry {}", i + 1);
+    }
+    m.flush().unwrap();
+    drop(m);
+    let mut m = open(&store, 9);
+    assert_eq!(m.last_applied(), LogId::new(1, 6));
+    assert_eq!(snapshot_bytes(&mut m), snapshot_bytes(&mut mem));
+}
+
+/// A driver that never flushes still cannot grow the staged batch without
+/// bound: past its size limit it is written at the next apply.
+#[test]
+fn a_large_staged_batch_is_written_without_waiting_for_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RocksLogStore::open(dir.path(), Default::default()).unwrap();
+    let mut m = LockMachine::open_rocks(store.db(), GroupId(10), Limits::default()).unwrap();
+    let value = vec![7u8; 1 << 20];
+    for i in 1..=20u64 {
+        apply(&mut m, i, &put(&format!("big{i}"), value.clone()));
+    }
+    drop(m);
+    let m = LockMachine::open_rocks(store.db(), GroupId(10), Limits::default()).unwrap();
+    let kept = m.last_applied().index.get();
+    assert!(
+        (16..20).contains(&kept),
+        "20 MiB staged: one early write after the 16 MiB limit, got last applied {kept}"
+    );
 }

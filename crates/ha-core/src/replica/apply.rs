@@ -326,8 +326,12 @@ fn apply_batch<S: StateMachine>(
     batch: Vec<ApplyItem>,
 ) -> (Option<LogIndex>, Option<ReplicaError>) {
     let mut last_ok = None;
+    // Responses wait for the batch's flush: nothing is reported done
+    // before the state machine made it durable.
+    let mut done: Vec<(ApplyReply, Result<Bytes, ReplicaError>)> = Vec::with_capacity(batch.len());
+    let mut failed = None;
     let mut items = batch.into_iter();
-    while let Some(item) = items.next() {
+    for item in items.by_ref() {
         let entry = match &item.payload {
             ApplyPayload::Blank => Applied::Blank,
             ApplyPayload::Membership(m) => Applied::Membership(m),
@@ -337,25 +341,46 @@ fn apply_batch<S: StateMachine>(
             Ok(response) => {
                 last_ok = Some(item.log_id.index);
                 match item.reply {
-                    Some(ApplyReply::Matched(r)) => r.send(Ok(response)),
-                    Some(ApplyReply::Dropped(r)) => r.send(Err(ReplicaError::Dropped)),
+                    Some(ApplyReply::Matched(r)) => {
+                        done.push((ApplyReply::Matched(r), Ok(response)))
+                    }
+                    Some(ApplyReply::Dropped(r)) => {
+                        done.push((ApplyReply::Dropped(r), Err(ReplicaError::Dropped)))
+                    }
                     None => {}
                 }
             }
             Err(e) => {
                 let err =
                     ReplicaError::StateMachine(format!("applying {:?} failed: {e}", item.log_id));
-                for rest in std::iter::once(item).chain(items) {
-                    match rest.reply {
-                        Some(ApplyReply::Matched(r) | ApplyReply::Dropped(r)) => {
-                            r.send(Err(err.clone()))
-                        }
-                        None => {}
-                    }
+                if let Some(r) = item.reply {
+                    done.push((r, Err(err.clone())));
                 }
-                return (last_ok, Some(err));
+                failed = Some(err);
+                break;
             }
         }
     }
-    (last_ok, None)
+    if let Err(e) = sm.flush() {
+        let err = ReplicaError::StateMachine(format!(
+            "making the applies up to {last_ok:?} durable failed: {e}"
+        ));
+        for (_, result) in &mut done {
+            *result = Err(err.clone());
+        }
+        failed.get_or_insert(err);
+    }
+    for (reply, result) in done {
+        match reply {
+            ApplyReply::Matched(r) | ApplyReply::Dropped(r) => r.send(result),
+        }
+    }
+    if let Some(err) = &failed {
+        for rest in items {
+            if let Some(ApplyReply::Matched(r) | ApplyReply::Dropped(r)) = rest.reply {
+                r.send(Err(err.clone()));
+            }
+        }
+    }
+    (last_ok, failed)
 }

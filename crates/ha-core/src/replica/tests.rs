@@ -207,9 +207,18 @@ struct RecSm {
     applied: Vec<(LogIndex, Option<Bytes>)>,
     events: Events,
     fail_at: Option<LogIndex>,
+    /// Every flush fails (a storage write error).
+    fail_flush: bool,
 }
 
 impl StateMachine for RecSm {
+    fn flush(&mut self) -> Result<(), StateMachineError> {
+        if self.fail_flush {
+            return Err(StateMachineError::Storage("injected flush failure".into()));
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, log_id: LogId, entry: Applied<'_>) -> Result<Bytes, StateMachineError> {
         if Some(log_id.index) == self.fail_at {
             return Err(StateMachineError::Storage("injected".into()));
@@ -286,6 +295,10 @@ impl Rig {
     }
 
     fn with_sm(config: ReplicaConfig, fail_at: Option<LogIndex>) -> Self {
+        Self::with_sm_flush(config, fail_at, false)
+    }
+
+    fn with_sm_flush(config: ReplicaConfig, fail_at: Option<LogIndex>, fail_flush: bool) -> Self {
         let events: Events = Arc::default();
         let script = Arc::new(Mutex::new(Script::default()));
         let (ws_tx, ws_rx) = watch::channel(0);
@@ -308,6 +321,7 @@ impl Rig {
             applied: Vec::new(),
             events: Arc::clone(&events),
             fail_at,
+            fail_flush,
         };
         let consensus = Scripted {
             id: ME,
@@ -888,6 +902,34 @@ async fn failed_apply_stops_the_replica() {
     ));
 }
 
+/// The state machine's flush makes a batch durable: no proposer hears
+/// success before it, and a failed flush fails the whole batch.
+#[tokio::test(start_paused = true)]
+async fn failed_flush_fails_the_batch_and_stops_the_replica() {
+    let mut t = Rig::with_sm_flush(config(), None, true);
+    let a = spawn_propose(&t.h, b"a");
+    t.until("a", |s| s.proposals.len() == 1).await;
+    let b = spawn_propose(&t.h, b"b");
+    t.until("b", |s| s.proposals.len() == 2).await;
+    let (ea, eb) = (t.proposal(0), t.proposal(1));
+    t.push(Ready {
+        entries: vec![ea.clone(), eb.clone()],
+        committed: vec![ea, eb],
+        ..ready()
+    });
+    t.kick().await;
+    for p in [a, b] {
+        assert!(matches!(
+            p.await.unwrap(),
+            Err(ReplicaError::StateMachine(_))
+        ));
+    }
+    assert!(matches!(
+        t.shutdown().await,
+        Err(ReplicaError::StateMachine(_))
+    ));
+}
+
 #[tokio::test(start_paused = true)]
 async fn ticks_carry_monotonic_ms_since_start() {
     let mut t = Rig::new(config());
@@ -979,6 +1021,7 @@ async fn messages_cross_a_mem_network_between_two_drivers() {
             applied: Vec::new(),
             events: Arc::default(),
             fail_at: None,
+            fail_flush: false,
         };
         let r = Replica::start(
             config(),

@@ -868,6 +868,9 @@ impl<F: ProtocolFactory, S: StateMachine> AppCluster<F, S> {
                 ),
             },
         };
+        // Flushed after every entry, as a driver whose batches are one
+        // entry long would.
+        let result = result.and_then(|r| m.flush().map(|()| r));
         let response =
             result.map_err(|err| self.contract(id, format!("apply {:?}: {err}", e.log_id)))?;
         self.nodes[i].applied_since_snapshot += 1;

@@ -450,6 +450,10 @@ impl<S: StateMachine> StateMachine for ClusterMachine<S> {
         Ok(out)
     }
 
+    fn flush(&mut self) -> Result<(), StateMachineError> {
+        self.inner.flush()
+    }
+
     fn last_applied(&self) -> LogId {
         self.last_applied
     }
