@@ -877,9 +877,13 @@ async fn failed_write_stops_the_replica_and_acknowledges_nothing() {
     assert!(matches!(t.shutdown().await, Err(ReplicaError::Storage(_))));
 }
 
-#[tokio::test(start_paused = true)]
-async fn failed_apply_stops_the_replica() {
-    let mut t = Rig::with_sm(config(), Some(LogIndex(2)));
+/// Proposes `a` and `b` and commits both in one `Ready` (one apply batch).
+async fn commit_two_in_one_batch(
+    t: &mut Rig,
+) -> (
+    tokio::task::JoinHandle<Result<Bytes, ReplicaError>>,
+    tokio::task::JoinHandle<Result<Bytes, ReplicaError>>,
+) {
     let a = spawn_propose(&t.h, b"a");
     t.until("a", |s| s.proposals.len() == 1).await;
     let b = spawn_propose(&t.h, b"b");
@@ -891,6 +895,13 @@ async fn failed_apply_stops_the_replica() {
         ..ready()
     });
     t.kick().await;
+    (a, b)
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_apply_stops_the_replica() {
+    let mut t = Rig::with_sm(config(), Some(LogIndex(2)));
+    let (a, b) = commit_two_in_one_batch(&mut t).await;
     assert_eq!(a.await.unwrap(), Ok(Bytes::from_static(b"ok:a")));
     assert!(matches!(
         b.await.unwrap(),
@@ -907,17 +918,7 @@ async fn failed_apply_stops_the_replica() {
 #[tokio::test(start_paused = true)]
 async fn failed_flush_fails_the_batch_and_stops_the_replica() {
     let mut t = Rig::with_sm_flush(config(), None, true);
-    let a = spawn_propose(&t.h, b"a");
-    t.until("a", |s| s.proposals.len() == 1).await;
-    let b = spawn_propose(&t.h, b"b");
-    t.until("b", |s| s.proposals.len() == 2).await;
-    let (ea, eb) = (t.proposal(0), t.proposal(1));
-    t.push(Ready {
-        entries: vec![ea.clone(), eb.clone()],
-        committed: vec![ea, eb],
-        ..ready()
-    });
-    t.kick().await;
+    let (a, b) = commit_two_in_one_batch(&mut t).await;
     for p in [a, b] {
         assert!(matches!(
             p.await.unwrap(),
