@@ -843,7 +843,14 @@ impl Paxos {
         };
         let e = Entry { log_id, payload };
         self.uncommitted_bytes += e.size_bytes();
-        self.put_entry(e);
+        if matches!(e.payload, EntryPayload::Membership(_)) || !self.configs.is_empty() {
+            self.put_entry(e);
+        } else {
+            // A slot above every held one, on the hot path of every
+            // proposal: no configuration to track, the log just grows.
+            self.mark_dirty(log_id.index, log_id.index);
+            self.log.insert(e);
+        }
         self.append_pending = true;
         log_id
     }
@@ -1050,8 +1057,12 @@ impl Paxos {
             if q <= self.commit {
                 return;
             }
+            let old = self.commit;
             self.commit_to(q);
-            if self.role != Role::Leader {
+            // Only a configuration chosen just now changes the quorums
+            // (and may let the slots after it be counted): count again.
+            let config_chosen = self.configs.range(old.next()..=q).next().is_some();
+            if !config_chosen || self.role != Role::Leader {
                 return;
             }
         }
@@ -1067,11 +1078,9 @@ impl Paxos {
         if self.role != Role::Leader {
             return;
         }
-        let freed: usize = self
-            .log
-            .range(old.next(), index)
-            .map(Entry::size_bytes)
-            .sum();
+        // Every slot up to the commit point is held: one or two slices.
+        let (a, b) = self.log.prefix_slices(old.next(), index);
+        let freed: usize = a.iter().chain(b).map(Entry::size_bytes).sum();
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
         if old < self.recovery_end && index >= self.recovery_end {
             for (origin, ctx) in mem::take(&mut self.reads_awaiting_recovery) {
@@ -1846,10 +1855,13 @@ impl Consensus for Paxos {
         // at most the number of writes.
         let held: u64 = dirty.iter().map(|(a, b)| b.0 - a.0 + 1).sum();
         rd.entries.reserve_exact(usize::try_from(held).unwrap_or(0));
-        for (first, last) in dirty {
+        for &(first, last) in &dirty {
             // Slots compacted since they were written are skipped.
             self.log.clone_range_into(first, last, &mut rd.entries);
         }
+        // Keep the buffer: most Readys write slots.
+        dirty.clear();
+        self.dirty = dirty;
         let hs = self.hard_state();
         if hs != self.handed_hs {
             if hs.term != self.handed_hs.term {
@@ -1926,8 +1938,12 @@ impl Consensus for Paxos {
         self.durable_promised = f.promised;
         match self.role {
             Role::Leader => {
-                self.stable_index = self.stable_index.max(f.leader_last);
-                self.maybe_commit();
+                if f.leader_last > self.stable_index {
+                    // Only our own durable slots moved: count again if
+                    // they did.
+                    self.stable_index = f.leader_last;
+                    self.maybe_commit();
+                }
             }
             Role::Candidate => self.check_campaign(),
             _ => {}
