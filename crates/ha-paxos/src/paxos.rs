@@ -1277,11 +1277,14 @@ impl Paxos {
     /// Every slot up to the returned one is known chosen here or accepted
     /// in ballot `b` (cached per ballot; amortised O(1) per accepted slot).
     fn accepted_through(&mut self, b: Term) -> LogIndex {
+        // Slots in the snapshot are chosen (the commit point is never
+        // below it; the max only keeps the count below exact).
         let s = if self.run.0 == b {
             self.run.1.max(self.commit)
         } else {
             self.commit
-        };
+        }
+        .max(self.log_start);
         // The slot after the prefix is a hole, so the run ends in it.
         let (x, y) = self.log.prefix_slices(s.next(), self.log.filled_to());
         let more = x.iter().chain(y).take_while(|e| e.term() == b).count();
@@ -1937,13 +1940,10 @@ impl Consensus for Paxos {
         self.in_flight = None;
         self.durable_promised = f.promised;
         match self.role {
-            Role::Leader => {
-                if f.leader_last > self.stable_index {
-                    // Only our own durable slots moved: count again if
-                    // they did.
-                    self.stable_index = f.leader_last;
-                    self.maybe_commit();
-                }
+            // Only our own durable slots moved: count again if they did.
+            Role::Leader if f.leader_last > self.stable_index => {
+                self.stable_index = f.leader_last;
+                self.maybe_commit();
             }
             Role::Candidate => self.check_campaign(),
             _ => {}
