@@ -460,13 +460,47 @@ impl Paxos {
             }
             _ => {}
         }
-        match self.dirty.last_mut() {
-            Some((first, last)) if slot >= *first && slot.0 <= last.0.saturating_add(1) => {
-                *last = (*last).max(slot);
-            }
-            _ => self.dirty.push((slot, slot)),
-        }
+        self.mark_dirty(slot, slot);
         self.log.insert(e);
+        debug_assert_eq!(self.log.start(), self.log_start);
+    }
+
+    /// Records that slots `from..=to` were written since the last Ready.
+    fn mark_dirty(&mut self, from: LogIndex, to: LogIndex) {
+        match self.dirty.last_mut() {
+            Some((first, last)) if from >= *first && from.0 <= last.0.saturating_add(1) => {
+                *last = (*last).max(to);
+            }
+            _ => self.dirty.push((from, to)),
+        }
+    }
+
+    /// Stores `entries[lo..hi]`, which hold contiguous ascending slots, as
+    /// [`Self::put_entry`] of each in turn would: without a configuration
+    /// among them, as one block.
+    fn put_run(&mut self, entries: &mut Vec<Entry>, lo: usize, hi: usize) {
+        let run = &entries[lo..hi];
+        let (Some(from), Some(to)) = (run.first().map(Entry::index), run.last().map(Entry::index))
+        else {
+            return;
+        };
+        if run
+            .iter()
+            .any(|e| matches!(e.payload, EntryPayload::Membership(_)))
+        {
+            for e in entries.drain(lo..hi) {
+                self.put_entry(e);
+            }
+            return;
+        }
+        if !self.configs.is_empty() {
+            // Non-configuration values overwrite these slots.
+            let mut tail = self.configs.split_off(&from);
+            let mut after = tail.split_off(&to.next());
+            self.configs.append(&mut after);
+        }
+        self.mark_dirty(from, to);
+        self.log.insert_run(entries.drain(lo..hi));
         debug_assert_eq!(self.log.start(), self.log_start);
     }
 
@@ -809,7 +843,14 @@ impl Paxos {
         };
         let e = Entry { log_id, payload };
         self.uncommitted_bytes += e.size_bytes();
-        self.put_entry(e);
+        if matches!(e.payload, EntryPayload::Membership(_)) || !self.configs.is_empty() {
+            self.put_entry(e);
+        } else {
+            // A slot above every held one, on the hot path of every
+            // proposal: no configuration to track, the log just grows.
+            self.mark_dirty(log_id.index, log_id.index);
+            self.log.insert(e);
+        }
         self.append_pending = true;
         log_id
     }
@@ -866,10 +907,13 @@ impl Paxos {
                 self.send_snapshot(to);
                 return;
             }
-            // Size the batch first so the message buffer is allocated once.
+            // The leader's log is gap-free up to its last slot (phase 1
+            // filled every hole), so the batch is one or two slices of the
+            // prefix. Size it first so the buffer is allocated once.
+            let (a, b) = self.log.prefix_slices(next, limit);
             let mut count = 0usize;
             let mut bytes = 0usize;
-            for e in self.log.range(next, limit) {
+            for e in a.iter().chain(b) {
                 let sz = e.size_bytes();
                 if count >= self.cfg.max_entries_per_msg
                     || (count > 0 && bytes + sz > self.cfg.max_bytes_per_msg)
@@ -879,24 +923,23 @@ impl Paxos {
                 bytes += sz;
                 count += 1;
             }
+            if count == 0 || a.first().map(Entry::index) != Some(next) {
+                // Nothing to send, or a hole in our own log at `next`:
+                // cannot happen for a leader; do not send garbage.
+                return;
+            }
             let mut entries = Vec::with_capacity(count);
-            for e in self.log.range(next, limit).take(count) {
-                entries.push(Entry {
-                    log_id: LogId {
-                        term: self.promised,
-                        index: e.index(),
-                    },
-                    payload: e.payload.clone(),
-                });
+            let from_a = count.min(a.len());
+            entries.extend_from_slice(&a[..from_a]);
+            entries.extend_from_slice(&b[..count - from_a]);
+            // Slots this leader wrote carry its ballot already; slots at or
+            // below the commit point may still carry the ballot they were
+            // chosen in. Every slot goes out in ours.
+            let ballot = self.promised;
+            for e in &mut entries {
+                e.log_id.term = ballot;
             }
-            let Some(last_sent) = entries.last().map(Entry::index) else {
-                return;
-            };
-            if entries.first().map(Entry::index) != Some(next) {
-                // A hole in our own log below the limit: cannot happen for
-                // a leader (phase 1 filled every slot); do not send garbage.
-                return;
-            }
+            let last_sent = LogIndex(next.0 + count as u64 - 1);
             let msg = Message::Accept(Accept {
                 ballot: self.promised,
                 entries,
@@ -1014,8 +1057,12 @@ impl Paxos {
             if q <= self.commit {
                 return;
             }
+            let old = self.commit;
             self.commit_to(q);
-            if self.role != Role::Leader {
+            // Only a configuration chosen just now changes the quorums
+            // (and may let the slots after it be counted): count again.
+            let config_chosen = self.configs.range(old.next()..=q).next().is_some();
+            if !config_chosen || self.role != Role::Leader {
                 return;
             }
         }
@@ -1031,11 +1078,9 @@ impl Paxos {
         if self.role != Role::Leader {
             return;
         }
-        let freed: usize = self
-            .log
-            .range(old.next(), index)
-            .map(Entry::size_bytes)
-            .sum();
+        // Every slot up to the commit point is held: one or two slices.
+        let (a, b) = self.log.prefix_slices(old.next(), index);
+        let freed: usize = a.iter().chain(b).map(Entry::size_bytes).sum();
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
         if old < self.recovery_end && index >= self.recovery_end {
             for (origin, ctx) in mem::take(&mut self.reads_awaiting_recovery) {
@@ -1232,17 +1277,18 @@ impl Paxos {
     /// Every slot up to the returned one is known chosen here or accepted
     /// in ballot `b` (cached per ballot; amortised O(1) per accepted slot).
     fn accepted_through(&mut self, b: Term) -> LogIndex {
-        let mut s = if self.run.0 == b {
+        // Slots in the snapshot are chosen (the commit point is never
+        // below it; the max only keeps the count below exact).
+        let s = if self.run.0 == b {
             self.run.1.max(self.commit)
         } else {
             self.commit
-        };
-        while let Some(e) = self.log.get(s.next()) {
-            if e.term() != b {
-                break;
-            }
-            s = s.next();
         }
+        .max(self.log_start);
+        // The slot after the prefix is a hole, so the run ends in it.
+        let (x, y) = self.log.prefix_slices(s.next(), self.log.filled_to());
+        let more = x.iter().chain(y).take_while(|e| e.term() == b).count();
+        let s = LogIndex(s.0 + more as u64);
         self.run = (b, s);
         s
     }
@@ -1250,14 +1296,11 @@ impl Paxos {
     /// Learns that every slot up to `c` holds ballot `b`'s value, which is
     /// chosen: extends the commit point over the slots we accepted in `b`.
     fn learn_commit(&mut self, c: LogIndex, b: Term) {
-        let mut s = self.commit;
-        while s < c {
-            match self.log.get(s.next()) {
-                Some(e) if e.term() == b => s = s.next(),
-                _ => break,
-            }
+        if c <= self.commit {
+            return;
         }
-        self.commit_to(s);
+        let through = self.accepted_through(b);
+        self.commit_to(c.min(through));
     }
 
     fn follow(&mut self, b: Term) {
@@ -1446,15 +1489,16 @@ impl Paxos {
         self.raise_promise(a.ballot);
         self.follow(a.ballot);
         let window_end = LogIndex(self.commit.0.saturating_add(self.cfg.max_slots_ahead));
-        for e in a.entries {
-            let slot = e.index();
-            if slot <= self.commit || slot <= self.log_start {
-                continue; // chosen here already
-            }
-            if slot > window_end {
-                break;
-            }
-            self.put_entry(e);
+        let mut entries = a.entries;
+        if let Some(first) = entries.first().map(Entry::index) {
+            // The slots are contiguous (checked): skip those chosen here
+            // already and those beyond the window, store the rest.
+            let floor = self.commit.max(self.log_start);
+            let pos =
+                |slot: u64| usize::try_from(slot.saturating_sub(first.0)).unwrap_or(usize::MAX);
+            let hi = pos(window_end.0.saturating_add(1)).min(entries.len());
+            let lo = pos(floor.0.saturating_add(1)).min(hi);
+            self.put_run(&mut entries, lo, hi);
         }
         self.learn_commit(a.commit, a.ballot);
         let through = self.accepted_through(a.ballot);
@@ -1814,10 +1858,13 @@ impl Consensus for Paxos {
         // at most the number of writes.
         let held: u64 = dirty.iter().map(|(a, b)| b.0 - a.0 + 1).sum();
         rd.entries.reserve_exact(usize::try_from(held).unwrap_or(0));
-        for (first, last) in dirty {
+        for &(first, last) in &dirty {
             // Slots compacted since they were written are skipped.
-            rd.entries.extend(self.log.range(first, last).cloned());
+            self.log.clone_range_into(first, last, &mut rd.entries);
         }
+        // Keep the buffer: most Readys write slots.
+        dirty.clear();
+        self.dirty = dirty;
         let hs = self.hard_state();
         if hs != self.handed_hs {
             if hs.term != self.handed_hs.term {
@@ -1830,21 +1877,27 @@ impl Consensus for Paxos {
             self.handed_hs = hs;
         }
         if self.commit > self.applied_handed {
-            let pending = self.commit.0 - self.applied_handed.0;
-            rd.committed
-                .reserve(usize::try_from(pending).unwrap_or(usize::MAX).min(1 << 16));
+            // Every slot up to the commit point is held, so the slots to
+            // apply are one or two slices of the prefix.
+            let (a, b) = self
+                .log
+                .prefix_slices(self.applied_handed.next(), self.commit);
+            let mut count = 0usize;
             let mut bytes = 0usize;
-            for e in self.log.range(self.applied_handed.next(), self.commit) {
-                let slot = &e.index();
+            for e in a.iter().chain(b) {
                 let sz = e.size_bytes();
-                if *slot != self.applied_handed.next()
-                    || (!rd.committed.is_empty() && bytes + sz > self.cfg.max_apply_bytes_per_ready)
-                {
+                if count > 0 && bytes + sz > self.cfg.max_apply_bytes_per_ready {
                     break;
                 }
                 bytes += sz;
-                rd.committed.push(e.clone());
-                self.applied_handed = *slot;
+                count += 1;
+            }
+            if a.first().map(Entry::index) == Some(self.applied_handed.next()) {
+                let from_a = count.min(a.len());
+                rd.committed.reserve_exact(count);
+                rd.committed.extend_from_slice(&a[..from_a]);
+                rd.committed.extend_from_slice(&b[..count - from_a]);
+                self.applied_handed = LogIndex(self.applied_handed.0 + count as u64);
             }
         }
         rd.reads = mem::take(&mut self.read_states);
@@ -1887,8 +1940,9 @@ impl Consensus for Paxos {
         self.in_flight = None;
         self.durable_promised = f.promised;
         match self.role {
-            Role::Leader => {
-                self.stable_index = self.stable_index.max(f.leader_last);
+            // Only our own durable slots moved: count again if they did.
+            Role::Leader if f.leader_last > self.stable_index => {
+                self.stable_index = f.leader_last;
                 self.maybe_commit();
             }
             Role::Candidate => self.check_campaign(),

@@ -1152,3 +1152,103 @@ fn followers_at_the_same_slot_get_the_same_batch_stamped_with_the_ballot() {
     c.run_for(100);
     assert!(c.node(l.0).px.commit_index() >= slots[2]);
 }
+
+#[test]
+fn an_accept_straddling_the_commit_point_and_the_window_stores_only_the_open_slots_in_it() {
+    let cfg = Config {
+        max_entries_per_msg: 2,
+        max_slots_ahead: 3,
+        ..test_config()
+    };
+    let mut c = Cluster::with_config(&[1, 2, 3], cfg);
+    let l = c.elect(2_000);
+    c.commit(l, b"one");
+    c.commit(l, b"two");
+    c.run_for(100);
+    let f = [1u64, 2, 3].into_iter().find(|n| *n != l.0).unwrap_or(2);
+    let commit = c.node(f).px.commit_index().0;
+    assert!(commit >= 2, "the follower learned both values: {commit}");
+    let b = c.node(l.0).px.ballot();
+    let old: Vec<Option<Entry>> = (commit - 1..=commit)
+        .map(|s| c.node(f).px.entry(LogIndex(s)).cloned())
+        .collect();
+    let entries: Vec<Entry> = (commit - 1..=commit + 5)
+        .map(|s| normal(b, s, b"new"))
+        .collect();
+    c.px(f).step(
+        l,
+        Message::Accept(Accept {
+            ballot: b,
+            entries,
+            commit: LogIndex(0),
+            round: 0,
+        }),
+    );
+    c.queue.clear();
+    // Chosen slots keep their values.
+    for (s, want) in (commit - 1..=commit).zip(&old) {
+        assert_eq!(c.node(f).px.entry(LogIndex(s)), want.as_ref(), "slot {s}");
+    }
+    // Open slots within max_slots_ahead of the commit point are accepted.
+    for s in commit + 1..=commit + 3 {
+        assert_eq!(
+            c.node(f).px.entry(LogIndex(s)),
+            Some(&normal(b, s, b"new")),
+            "slot {s}"
+        );
+    }
+    // The rest is beyond the window.
+    for s in commit + 4..=commit + 5 {
+        assert!(c.node(f).px.entry(LogIndex(s)).is_none(), "slot {s}");
+    }
+    assert_eq!(c.node(f).px.last_index(), LogIndex(commit + 3));
+}
+
+#[test]
+fn a_value_accepted_over_an_unchosen_configuration_drops_that_configuration() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.elect(2_000);
+    c.commit(l, b"one");
+    c.run_for(100);
+    let f = [1u64, 2, 3].into_iter().find(|n| *n != l.0).unwrap_or(2);
+    let other = [1u64, 2, 3]
+        .into_iter()
+        .find(|n| *n != l.0 && *n != f)
+        .unwrap_or(3);
+    let slot = LogIndex(c.node(f).px.last_index().0 + 1);
+    let b = c.node(l.0).px.ballot();
+    let three = c.node(f).px.membership().clone();
+    let four = Membership::new(ids(&[1, 2, 3, 4]));
+    let config = Entry {
+        log_id: LogId {
+            term: b,
+            index: slot,
+        },
+        payload: EntryPayload::Membership(Box::new(four.clone())),
+    };
+    c.px(f).step(
+        l,
+        Message::Accept(Accept {
+            ballot: b,
+            entries: vec![config],
+            commit: LogIndex(0),
+            round: 0,
+        }),
+    );
+    assert_eq!(c.node(f).px.membership(), &four);
+    // A higher ballot's leader recovered another value for that slot (and
+    // sends the slot after it too, in one batch).
+    let b2 = ballot(crate::message::ballot_round(b) + 1, NodeId(other));
+    c.px(f).step(
+        NodeId(other),
+        Message::Accept(Accept {
+            ballot: b2,
+            entries: vec![normal(b2, slot.0, b"x"), normal(b2, slot.0 + 1, b"y")],
+            commit: LogIndex(0),
+            round: 0,
+        }),
+    );
+    c.queue.clear();
+    assert_eq!(c.node(f).px.membership(), &three);
+    assert_eq!(c.node(f).px.entry(slot), Some(&normal(b2, slot.0, b"x")));
+}
