@@ -323,12 +323,18 @@ async fn serve(cfg: Config, identity: ha_transport_quic::NodeIdentity) -> Result
 async fn shut_down(
     node: LockNode,
     backend: Arc<ha_node::lock_node::NodeBackend>,
-    mut api_servers: Vec<tokio::task::JoinHandle<Result<(), api::ServeError>>>,
+    api_servers: Vec<tokio::task::JoinHandle<Result<(), api::ServeError>>>,
     http_servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
 ) -> Result<(), String> {
     let drained_by = tokio::time::Instant::now() + Duration::from_millis(API_DRAIN_MS);
-    for s in &mut api_servers {
-        match tokio::time::timeout_at(drained_by, s).await {
+    // Servers not finished by then (a finished task must not be polled again).
+    let mut still_running = Vec::new();
+    for mut s in api_servers {
+        if !still_running.is_empty() {
+            still_running.push(s);
+            continue;
+        }
+        match tokio::time::timeout_at(drained_by, &mut s).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "client API server"),
             Ok(Err(e)) => tracing::warn!(error = %e, "client API server task"),
             Ok(Ok(Ok(()))) => {}
@@ -336,7 +342,7 @@ async fn shut_down(
                 tracing::warn!(
                     "client calls still in flight after {API_DRAIN_MS} ms; stopping the node under them"
                 );
-                break;
+                still_running.push(s);
             }
         }
     }
@@ -349,8 +355,8 @@ async fn shut_down(
     let result = node.shutdown().await.map_err(|e| format!("shutdown: {e}"));
     // The node answered every call still waiting on it: the servers end.
     let ended_by = tokio::time::Instant::now() + Duration::from_millis(RUNTIME_STOP_MS);
-    for s in &mut api_servers {
-        if tokio::time::timeout_at(ended_by, &mut *s).await.is_err() {
+    for mut s in still_running {
+        if tokio::time::timeout_at(ended_by, &mut s).await.is_err() {
             s.abort();
         }
     }
