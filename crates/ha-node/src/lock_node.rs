@@ -182,9 +182,14 @@ impl LockNode {
         self.node.handle()
     }
 
-    /// Graceful stop (see [`Node::shutdown`]).
+    /// Graceful stop (see [`Node::shutdown`]). The lease loop is stopped
+    /// first, wherever it waits: a proposal or read of it that cannot
+    /// complete (a leader whose peers are gone) is only answered by the
+    /// node's shutdown, so waiting for the loop to finish it would wait
+    /// forever.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         self.stop.send_replace(true);
+        self.lessor_task.abort();
         let _ = self.lessor_task.await;
         self.node.shutdown().await.map(|_| ())
     }

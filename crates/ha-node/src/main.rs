@@ -24,11 +24,19 @@
 //!
 //! Exit codes: 0 after a clean shutdown (SIGTERM / Ctrl-C), 2 for invalid
 //! settings, 1 for any other failure (port in use, data dir of another
-//! cluster, storage errors).
+//! cluster, storage errors, a shutdown that did not finish within
+//! [`SHUTDOWN_DEADLINE_MS`]).
+//!
+//! Shutdown is bounded: client calls get [`API_DRAIN_MS`] to finish; then
+//! the node stops under those still waiting (a write or membership change
+//! that cannot commit, e.g. on a member whose peers are gone), which
+//! answers them; past [`SHUTDOWN_DEADLINE_MS`] in all the process exits
+//! anyway.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ha_node::api::{self, ApiConfig};
@@ -38,6 +46,16 @@ use ha_node::config::{ClusterState, Config, PeerTls, Settings};
 use ha_node::lock_node::{LockNode, LockNodeConfig};
 use ha_node::metrics::Metrics;
 use ha_node::{datadir, http};
+
+/// How long in-flight client calls may take to finish after SIGTERM before
+/// the node stops under them, in milliseconds.
+const API_DRAIN_MS: u64 = 5_000;
+/// Bound on the whole shutdown after SIGTERM (client calls, node, transport,
+/// store), in milliseconds; past it the process exits with code 1.
+const SHUTDOWN_DEADLINE_MS: u64 = 15_000;
+/// How long the runtime waits for tasks still running once the shutdown
+/// returned (e.g. a blocking call), in milliseconds.
+const RUNTIME_STOP_MS: u64 = 1_000;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -233,7 +251,11 @@ fn run(mut cfg: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
-    rt.block_on(serve(cfg, identity))
+    let result = rt.block_on(serve(cfg, identity));
+    // Whatever is still running (a blocking call, a task that did not
+    // stop) does not hold the exit up.
+    rt.shutdown_timeout(Duration::from_millis(RUNTIME_STOP_MS));
+    result
 }
 
 async fn serve(cfg: Config, identity: ha_transport_quic::NodeIdentity) -> Result<(), String> {
@@ -282,22 +304,63 @@ async fn serve(cfg: Config, identity: ha_transport_quic::NodeIdentity) -> Result
     );
 
     wait_for_signal().await?;
-    // Stop accepting, end open streams and in-flight calls, then drain the
-    // replica and the transport.
     tracing::info!("shutting down");
     stop_tx.send_replace(true);
-    for s in api_servers {
-        match s.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "client API server"),
-            Err(e) => tracing::warn!(error = %e, "client API server task"),
-            Ok(Ok(())) => {}
+    let drain = shut_down(node, backend, api_servers, http_servers);
+    match tokio::time::timeout(Duration::from_millis(SHUTDOWN_DEADLINE_MS), drain).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "shutdown did not finish within {SHUTDOWN_DEADLINE_MS} ms; exiting without it"
+        )),
+    }
+}
+
+/// After the stop signal went out: stop accepting, end open streams and let
+/// in-flight calls finish for [`API_DRAIN_MS`], then drain the replica and
+/// the transport. The node's shutdown answers the calls still waiting on
+/// it (a write that cannot commit without the members that are gone);
+/// waiting for them first would wait forever.
+async fn shut_down(
+    node: LockNode,
+    backend: Arc<ha_node::lock_node::NodeBackend>,
+    api_servers: Vec<tokio::task::JoinHandle<Result<(), api::ServeError>>>,
+    http_servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+) -> Result<(), String> {
+    let drained_by = tokio::time::Instant::now() + Duration::from_millis(API_DRAIN_MS);
+    // Servers not finished by then (a finished task must not be polled again).
+    let mut still_running = Vec::new();
+    for mut s in api_servers {
+        if !still_running.is_empty() {
+            still_running.push(s);
+            continue;
+        }
+        match tokio::time::timeout_at(drained_by, &mut s).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "client API server"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "client API server task"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::warn!(
+                    "client calls still in flight after {API_DRAIN_MS} ms; stopping the node under them"
+                );
+                still_running.push(s);
+            }
         }
     }
-    for s in http_servers {
-        let _ = s.await;
+    for mut s in http_servers {
+        if tokio::time::timeout_at(drained_by, &mut s).await.is_err() {
+            s.abort();
+        }
     }
     drop(backend);
-    node.shutdown().await.map_err(|e| format!("shutdown: {e}"))
+    let result = node.shutdown().await.map_err(|e| format!("shutdown: {e}"));
+    // The node answered every call still waiting on it: the servers end.
+    let ended_by = tokio::time::Instant::now() + Duration::from_millis(RUNTIME_STOP_MS);
+    for mut s in still_running {
+        if tokio::time::timeout_at(ended_by, &mut s).await.is_err() {
+            s.abort();
+        }
+    }
+    result
 }
 
 async fn wait_for_signal() -> Result<(), String> {

@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 use ha_core::kv::{KvCommand, KvResponse, MemKv};
 use ha_core::replica::ReplicaConfig;
 use ha_core::{Bytes, NodeId};
+use ha_node::api::Backend;
 use ha_node::certs::insecure_dev_identity;
 use ha_node::cluster::{
     GROUP, Member, Node, NodeConfig, NodeError, NodeHandle, PROMOTE_MAX_LAG_ENTRIES, StorageKind,
 };
 use ha_node::config::ConsensusKind;
 use ha_node::ids;
+use ha_node::lock_node::{LockNode, LockNodeConfig};
 use ha_node::metrics::Metrics;
 
 const TOKEN: &str = "node-cluster-test";
@@ -522,15 +524,21 @@ async fn removed_member_re_added_with_fresh_data_catches_up() {
 /// A removal whose caller stops waiting (a client deadline) still runs to
 /// completion: consensus configuration and member table end up agreeing,
 /// never half-changed. The removal cannot commit while the only other voter
-/// is down, so the caller gives up in the middle of it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails about 1 run in 3: the removal sometimes does not complete within 20 s after the missing voter returns (a liveness bug under investigation, see issue 8's note); run with --ignored"]
-async fn abandoned_member_remove_completes() {
+/// is down, so the caller gives up in the middle of it. (This failed about
+/// 1 run in 3 on Raft while the leader stopped replicating to the member it
+/// removed: that member and the returning voter had equal logs, elected one
+/// of them and discarded the uncommitted removal.)
+async fn abandoned_member_remove_completes(consensus: ConsensusKind) {
     let dir = tempfile::tempdir().unwrap();
     let sp = specs(dir.path(), 3);
+    let start_as = |s: &Spec| {
+        let mut cfg = config(s, &sp, Some(founding(&sp)), s.id());
+        cfg.consensus = consensus;
+        start_cfg(cfg)
+    };
     let mut nodes = Vec::new();
     for s in &sp {
-        nodes.push(Some(start(s, &sp).await));
+        nodes.push(Some(start_as(s).await));
     }
     let leader = leader_of(&nodes).await;
     let li = sp.iter().position(|s| s.id() == leader).unwrap();
@@ -551,7 +559,7 @@ async fn abandoned_member_remove_completes() {
         "cannot commit without a quorum of the new configuration"
     );
 
-    nodes[other] = Some(start(&sp[other], &sp).await);
+    nodes[other] = Some(start_as(&sp[other]).await);
     eventually(ELECTION_WAIT, "removal completed", || {
         let h = h.clone();
         async move {
@@ -578,9 +586,91 @@ async fn abandoned_member_remove_completes() {
     .collect();
     assert_eq!(listed, h.status().await.unwrap().membership.all_nodes());
     assert_eq!(listed.len(), 2);
+    drop(h);
     for n in nodes.into_iter().flatten() {
         n.shutdown().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abandoned_member_remove_completes_raft() {
+    abandoned_member_remove_completes(ConsensusKind::Raft).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(feature = "paxos"),
+    ignore = "needs the `paxos` feature (cargo test -p ha-node --features paxos)"
+)]
+async fn abandoned_member_remove_completes_paxos() {
+    abandoned_member_remove_completes(ConsensusKind::Paxos).await;
+}
+
+/// A member whose peers are gone shuts down within bounds even while its
+/// lease loop waits for a proposal that cannot commit any more. (The last
+/// member the etcd suite stops, the one that joined at run time, once did
+/// not exit within 20 s of SIGTERM: shutdown waited for the lease loop,
+/// which waited for a commit that needed the members already stopped.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lone_leader_with_leases_shuts_down_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = specs(dir.path(), 3);
+    // A checkpoint every tick: the lease loop proposes all the time.
+    let lock_cfg = LockNodeConfig {
+        lease_checkpoint_interval_ms: 50,
+        ..LockNodeConfig::default()
+    };
+    let mut nodes = Vec::new();
+    for s in &sp {
+        let cfg = config(s, &sp, Some(founding(&sp)), s.id());
+        let n = LockNode::start(cfg, lock_cfg.clone(), Arc::new(Metrics::new()))
+            .await
+            .unwrap();
+        nodes.push(Some(n));
+    }
+    let deadline = Instant::now() + ELECTION_WAIT;
+    let li = 'found: loop {
+        for (i, n) in nodes.iter().enumerate() {
+            let h = n.as_ref().unwrap().handle();
+            if let Ok(st) = h.status().await
+                && st.leader == Some(h.member_id())
+            {
+                break 'found i;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let backend = nodes[li].as_ref().unwrap().backend();
+    let grant = eventually(ELECTION_WAIT, "lease grant", || {
+        let b = Arc::clone(&backend);
+        async move {
+            b.write(ha_lock::api::Command::LeaseGrant(
+                ha_lock::api::LeaseGrantRequest {
+                    id: 0,
+                    ttl_ms: 60_000,
+                },
+            ))
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))
+        }
+    })
+    .await;
+    assert!(grant.result.is_ok(), "{:?}", grant.result);
+    drop(backend);
+    // The leader is left alone: its next checkpoint cannot commit.
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if i != li {
+            n.take().unwrap().shutdown().await.unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lone = nodes[li].take().unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), lone.shutdown()).await;
+    assert!(
+        stopped.is_ok(),
+        "a member without its peers did not shut down within 10 s"
+    );
 }
 
 /// Sum of the frames and requests every running member refused because

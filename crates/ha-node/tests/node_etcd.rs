@@ -1290,3 +1290,49 @@ fn etcd_suite_against_three_raft_processes() {
 fn etcd_suite_against_three_paxos_processes() {
     run_suite("paxos");
 }
+
+/// SIGTERM ends a member within bounds even while a client call on it waits
+/// for a commit that cannot happen: a member removal on the leader while
+/// the other follower is down (the new configuration needs the member that
+/// is down). The node's shutdown answers that call; it once waited for the
+/// call to finish first (the member did not exit within 20 s of SIGTERM).
+#[test]
+fn sigterm_ends_a_member_whose_client_call_waits_for_a_down_member() {
+    let mut cl = Cluster::start("raft", 3);
+    let li = cl.leader();
+    let followers: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+    let victim = cl.member_id(followers[0]);
+    let lead = cl.members[li].endpoint();
+    cl.kill9(followers[1]);
+    // A client that waits longer than the shutdown may take.
+    let _waiting = CtlStream::spawn(
+        &lead,
+        &[
+            "--command-timeout=120s",
+            "member",
+            "remove",
+            &format!("{victim:x}"),
+        ],
+    );
+    // Long enough for the removal to reach the leader (it cannot commit).
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, log) = cl.stop_with_log(li);
+    let start = log.len().saturating_sub(8 * 1024);
+    let start = (start..log.len())
+        .find(|s| log.is_char_boundary(*s))
+        .unwrap_or(log.len());
+    assert_eq!(
+        code,
+        0,
+        "clean exit within 20 s of SIGTERM expected (-1: it had to be killed)\n{}",
+        &log[start..]
+    );
+    assert!(
+        log.contains("client calls still in flight"),
+        "the removal was waiting when the member stopped\n{}",
+        &log[start..]
+    );
+    for i in cl.live() {
+        cl.stop(i);
+    }
+}

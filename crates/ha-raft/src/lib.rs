@@ -29,7 +29,8 @@
 //! - **Leadership transfer** (TimeoutNow).
 //! - **Membership**: learners, single-server changes, joint consensus for
 //!   arbitrary changes, removal of the leader. A configuration takes effect
-//!   when appended.
+//!   when appended; members it removes are still sent the log until it
+//!   commits, so they learn of their removal (and stop campaigning).
 //! - **Snapshots**: log compaction on [`snapshot_built`](ha_core::consensus::Consensus::snapshot_built),
 //!   snapshot streaming to followers whose entries were purged, install on
 //!   receipt.

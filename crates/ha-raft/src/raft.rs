@@ -1,6 +1,6 @@
 //! [`Raft`]: the protocol state machine.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::mem;
 
 use bytes::Bytes;
@@ -481,7 +481,7 @@ impl Raft {
         self.lease_disabled = false;
         let next = self.log.last_index().next();
         let now = self.now_ms;
-        for n in self.membership().all_nodes() {
+        for n in self.replication_targets() {
             if n != self.id {
                 self.progress.insert(n, Progress::new(next, now));
             }
@@ -531,12 +531,32 @@ impl Raft {
         log_id
     }
 
-    /// Makes the progress map match the configuration in force.
+    /// The nodes a leader replicates to: those of the configuration in
+    /// force and, while it is uncommitted, those of the one before it. A
+    /// member being removed thus gets the entry that removes it (and stops
+    /// campaigning, as it is no voter there). Without it, its log would be
+    /// as short as that of a voter that missed the entry, and the two could
+    /// elect a leader of the old configuration that discards the removal.
+    /// Only replication: commit, votes and quorum checks count the
+    /// configuration in force alone.
+    fn replication_targets(&self) -> BTreeSet<NodeId> {
+        let mut nodes = self.membership().all_nodes();
+        if self.membership_index() > self.commit {
+            let previous = match self.configs.len() {
+                0 | 1 => &self.base_membership,
+                n => &self.configs[n - 2].1,
+            };
+            nodes.extend(previous.all_nodes());
+        }
+        nodes
+    }
+
+    /// Makes the progress map match [`Self::replication_targets`].
     fn sync_progress(&mut self) {
         if self.role != Role::Leader {
             return;
         }
-        let members = self.membership().all_nodes();
+        let members = self.replication_targets();
         let next = self.log.last_index().next();
         let now = self.now_ms;
         self.progress.retain(|n, _| members.contains(n));
@@ -730,6 +750,10 @@ impl Raft {
             .map(Entry::size_bytes)
             .sum();
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
+        if old < self.membership_index() && index >= self.membership_index() {
+            // Members the committed configuration removed get no more.
+            self.sync_progress();
+        }
         if old < self.noop_index && index >= self.noop_index {
             for (origin, ctx) in mem::take(&mut self.reads_awaiting_commit) {
                 self.register_read(origin, ctx);

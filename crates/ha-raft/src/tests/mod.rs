@@ -1088,6 +1088,64 @@ fn removing_the_leader_makes_it_step_down_once_committed() {
     assert!(c.applied_data(l2.0).contains(&Bytes::from_static(b"after")));
 }
 
+/// A voter being removed still receives the entry that removes it while
+/// that entry is uncommitted (thesis §4.2.2 lets a leader stop at once).
+/// Otherwise the removed voter and a voter that missed the entry have equal
+/// logs, elect a leader of the old configuration between them and discard
+/// the removal: a change the caller gave up waiting for then never
+/// completes. Here the third voter is down while the leader removes the
+/// second; then the leader is cut off and the third voter returns: no
+/// leader may emerge without the one holding the removal, and once it is
+/// back the removal commits.
+#[test]
+fn removed_voter_gets_its_removal_so_a_leader_change_cannot_discard_it() {
+    for seed in 0..10 {
+        let mut c = Cluster::new(3, test_config(), seed);
+        let l = c.elect();
+        c.run_for(100, 10);
+        let others: Vec<NodeId> = c.ids().into_iter().filter(|n| *n != l).collect();
+        let (victim, down) = (others[0], others[1]);
+        c.isolate(down.0);
+        let at = c
+            .raft_mut(l.0)
+            .change_membership(MembershipChange::Remove(victim))
+            .unwrap();
+        c.process(l);
+        c.run_for(100, 10);
+        assert_eq!(
+            c.raft(victim.0).entry(at.index).map(|e| e.log_id),
+            Some(at),
+            "seed {seed}: the removed voter has the entry that removes it"
+        );
+        assert!(!c.raft(victim.0).membership().is_voter(victim));
+
+        c.heal();
+        c.isolate(l.0);
+        c.run_for(2_000, 10);
+        for n in [victim, down] {
+            assert_ne!(
+                c.raft(n.0).role(),
+                Role::Leader,
+                "seed {seed}: {n:?} leads the old configuration without the removal"
+            );
+        }
+
+        c.heal();
+        c.run_for(2_000, 10);
+        assert_eq!(c.leader(), Some(l), "seed {seed}");
+        for n in [l, down] {
+            let r = c.raft(n.0);
+            assert_eq!(r.entry(at.index).map(|e| e.log_id), Some(at), "seed {seed}");
+            assert!(
+                r.commit_index() >= at.index,
+                "seed {seed}: the removal commits"
+            );
+            assert!(!r.membership().all_nodes().contains(&victim));
+        }
+        c.check_logs();
+    }
+}
+
 // ------------------------------------------------------------------ snapshots
 
 #[test]
