@@ -21,8 +21,10 @@
 //! [`MAX_LEADER_ATTEMPTS`] times in all, within the same deadline — only
 //! when it was certainly not applied (the receiver was not the leader, the
 //! request never left, or the proposal was dropped); when the outcome is
-//! unknown (timeout, connection lost mid-request) the caller gets
-//! [`NodeError::OutcomeUnknown`] and nothing is retried.
+//! unknown (timeout, connection lost mid-request, or this member stopped
+//! taking the target for the leader while waiting — a crashed leader never
+//! answers) the caller gets [`NodeError::OutcomeUnknown`] and nothing is
+//! retried.
 //!
 //! ## Membership
 //!
@@ -1026,12 +1028,16 @@ impl<S: StateMachine> NodeHandle<S> {
             if budget_ms == 0 {
                 break;
             }
-            match self
-                .shared
-                .transport
-                .request(target, GROUP, req.encode(), budget_ms)
-                .await
-            {
+            let forwarded = tokio::select! {
+                r = self.shared.transport.request(target, GROUP, req.encode(), budget_ms) => r,
+                now = self.leader_left(target) => {
+                    return Err(NodeError::OutcomeUnknown(format!(
+                        "leader {target} lost its leadership while the request was forwarded to it \
+                         ({now}); it may still be applied"
+                    )));
+                }
+            };
+            match forwarded {
                 Ok(bytes) => match PeerResponse::decode(&bytes) {
                     Ok(PeerResponse::Error(WireError::NotLeader(_))) => {
                         last = NodeError::NotLeader { leader: None };
@@ -1064,6 +1070,35 @@ impl<S: StateMachine> NodeHandle<S> {
             }
         }
         Err(last)
+    }
+
+    /// Resolves once this member no longer takes `target` for the leader
+    /// (it started an election itself, voted for another member, or follows
+    /// a new leader), describing what it sees now. Checked every
+    /// [`LEADER_POLL_MS`]; never resolves while `target` is the leader or
+    /// when the replica cannot answer.
+    ///
+    /// A request forwarded to a leader that died without closing its
+    /// connections (`kill -9`) gets no answer until the forward deadline or
+    /// the transport's idle timeout. Waiting that long held every client
+    /// whose write was forwarded at the time of the crash past the
+    /// election, so the first write after a failover came up to a client
+    /// timeout later than the new leader (etcd answers such requests
+    /// "timed out, possibly due to previous leader failure" too).
+    async fn leader_left(&self, target: NodeId) -> String {
+        loop {
+            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+            match self.shared.replica.status().await {
+                Ok(st) if st.protocol.leader == Some(target) => {}
+                Ok(st) => {
+                    return match st.protocol.leader {
+                        Some(l) => format!("the leader is {l} now"),
+                        None => format!("no leader known in term {}", st.protocol.term.0),
+                    };
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        }
     }
 
     fn require_bootstrapped(&self) -> Result<(), NodeError> {
