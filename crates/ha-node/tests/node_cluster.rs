@@ -875,3 +875,125 @@ async fn promote_of_a_lagging_learner_is_refused_until_it_catches_up() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A member on a runtime of its own, so that it can vanish like a process
+/// under `kill -9`: its runtime stops with every task and connection in
+/// place, and nothing — no CONNECTION_CLOSE — reaches its peers.
+struct Isolated {
+    rt: tokio::runtime::Runtime,
+    node: Node<MemKv>,
+}
+
+fn start_isolated(cfg: NodeConfig) -> Isolated {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let node = rt.block_on(start_cfg(cfg));
+        Isolated { rt, node }
+    })
+    .join()
+    .expect("start thread")
+}
+
+impl Isolated {
+    /// `kill -9`: the runtime goes first, so nothing is closed politely.
+    async fn crash(self) {
+        let Isolated { rt, node } = self;
+        rt.shutdown_background();
+        tokio::task::spawn_blocking(move || drop(node))
+            .await
+            .expect("drop crashed node");
+    }
+
+    async fn stop(self) {
+        tokio::task::spawn_blocking(move || {
+            let Isolated { rt, node } = self;
+            rt.block_on(node.shutdown()).expect("clean shutdown");
+        })
+        .await
+        .expect("stop thread");
+    }
+}
+
+/// A write forwarded to a leader that then dies without a word must not
+/// wait for the forward deadline (or the transport's idle timeout): once
+/// the follower stops taking the dead member for the leader (its election
+/// timer fired), the write is answered `OutcomeUnknown`, and the next one
+/// goes to the new leader. Before, every client whose write was in flight
+/// to the old leader waited past the election for its own timeout, which
+/// put the first write after a `kill -9` failover up to a client timeout
+/// behind the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_forwarded_to_a_crashed_leader_is_answered_once_the_follower_gives_it_up() {
+    const FORWARD_TIMEOUT_MS: u64 = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let sp = specs(dir.path(), 3);
+    let mut nodes: Vec<Option<Isolated>> = sp
+        .iter()
+        .map(|s| {
+            let mut cfg = config(s, &sp, Some(founding(&sp)), s.id());
+            cfg.forward_timeout_ms = FORWARD_TIMEOUT_MS;
+            Some(start_isolated(cfg))
+        })
+        .collect();
+    let handles: Vec<NodeHandle<MemKv>> = nodes
+        .iter()
+        .map(|n| n.as_ref().unwrap().node.handle())
+        .collect();
+    let leader = {
+        let deadline = Instant::now() + ELECTION_WAIT;
+        loop {
+            let mut found = None;
+            for h in &handles {
+                if let Ok(st) = h.status().await
+                    && st.leader == Some(h.member_id())
+                {
+                    found = Some(h.member_id());
+                }
+            }
+            if let Some(l) = found {
+                break l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {ELECTION_WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let li = sp.iter().position(|s| s.id() == leader).unwrap();
+    let follower = handles[(li + 1) % 3].clone();
+    write(&follower, "a", "1").await.expect("forwarded write");
+
+    nodes[li].take().unwrap().crash().await;
+    let crashed = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_millis(FORWARD_TIMEOUT_MS),
+        write(&follower, "b", "2"),
+    )
+    .await;
+    let answered_in = crashed.elapsed();
+    // The follower's election timer fires within 2 × 500 ms of the crash.
+    assert!(
+        answered_in < Duration::from_secs(3),
+        "the write forwarded to the crashed leader was answered after {answered_in:?} ({r:?})"
+    );
+    match r {
+        Ok(Ok(())) | Ok(Err(NodeError::OutcomeUnknown(_))) => {}
+        other => panic!("unexpected answer {other:?}"),
+    }
+    eventually(ELECTION_WAIT, "write after the crash", || {
+        let h = follower.clone();
+        async move { write(&h, "c", "3").await }
+    })
+    .await;
+
+    drop(handles);
+    drop(follower);
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}

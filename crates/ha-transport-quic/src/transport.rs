@@ -370,6 +370,10 @@ impl QuicTransport {
         };
         let socket = bind_udp(&config).map_err(bind_err)?;
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key(&identity)));
+        let cid_key = cid_key(&identity);
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         endpoint_config
             .max_udp_payload_size(config.max_udp_payload_bytes)
             .map_err(|_| ConfigError("max_udp_payload_bytes out of range"))?;
@@ -713,9 +717,6 @@ fn transport_config(
     Ok(tc)
 }
 
-/// Binds the UDP socket with the configured kernel buffer sizes. The
-/// kernel may grant less than asked (capped by `net.core.rmem_max` /
-/// `wmem_max`); that is logged, not an error.
 /// The key this node's stateless-reset tokens are derived from: a pure
 /// function of its private key, so it is the same after a restart.
 ///
@@ -736,6 +737,31 @@ fn reset_key(identity: &NodeIdentity) -> ring::hmac::Key {
     ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref())
 }
 
+/// The key this node's connection ids are signed with: a pure function of
+/// its private key, so it is the same after a restart.
+///
+/// quinn checks the destination connection id of a packet that matches no
+/// connection before it answers with a stateless reset, and drops the
+/// packet silently when the id was not made with its own key. With quinn's
+/// default (a random key per process) a restarted node therefore dropped
+/// every packet of its peers' stale connections to its previous process
+/// ("dropping packet with invalid CID") and never sent the reset that
+/// [`reset_key`] makes verifiable: the peers kept sending into the dead
+/// connection until the idle timeout (measured: 10 s without a word from
+/// a survivor to the restarted member, the slow mode of leader failover).
+/// With a stable key the ids of the previous process validate, and the
+/// reset goes out at the first stale packet.
+fn cid_key(identity: &NodeIdentity) -> u64 {
+    let root = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, identity.key.secret_der());
+    let derived = ring::hmac::sign(&root, b"ha-transport-quic connection id key v1");
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&derived.as_ref()[..8]);
+    u64::from_le_bytes(k)
+}
+
+/// Binds the UDP socket with the configured kernel buffer sizes. The
+/// kernel may grant less than asked (capped by `net.core.rmem_max` /
+/// `wmem_max`); that is logged, not an error.
 fn bind_udp(cfg: &QuicConfig) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = cfg.listen_addr;

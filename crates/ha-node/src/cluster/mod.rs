@@ -21,8 +21,10 @@
 //! [`MAX_LEADER_ATTEMPTS`] times in all, within the same deadline — only
 //! when it was certainly not applied (the receiver was not the leader, the
 //! request never left, or the proposal was dropped); when the outcome is
-//! unknown (timeout, connection lost mid-request) the caller gets
-//! [`NodeError::OutcomeUnknown`] and nothing is retried.
+//! unknown (timeout, connection lost mid-request, or this member stopped
+//! taking the target for the leader while waiting — a crashed leader never
+//! answers) the caller gets [`NodeError::OutcomeUnknown`] and nothing is
+//! retried.
 //!
 //! ## Membership
 //!
@@ -775,6 +777,23 @@ fn protocol_max_proposal_bytes(cfg: &NodeConfig, protocol_default: usize) -> usi
         .max(protocol_default)
 }
 
+/// The upper end of the randomized election timer for a configured
+/// election timeout `et`: followers time out at a uniform time in
+/// `[et, 1.5 × et)` after they last heard from the leader.
+///
+/// etcd draws from `[et, 2 × et)`. The spread only has to make two
+/// survivors unlikely to campaign within one pre-vote round trip of each
+/// other (the only way to split a vote once a pre-vote is needed first);
+/// half an election timeout does that on any network the timeout suits,
+/// while the wider spread put the failover time — the earlier of the
+/// survivors' timers, plus one election — above 2 × `et` in a few of every
+/// 20 `kill -9`s of the leader (measured in docs/BENCHMARKS.md, "Failover
+/// after the connection-id key fix"). Leases and leader stickiness use
+/// only the lower end, so they do not change.
+fn election_timeout_max_ms(et: u64) -> u64 {
+    et.saturating_add((et / 2).max(1))
+}
+
 #[cfg(feature = "raft")]
 fn raft_protocol(
     cfg: &NodeConfig,
@@ -783,7 +802,7 @@ fn raft_protocol(
 ) -> Result<ha_raft::Raft, NodeError> {
     let rc = ha_raft::Config {
         election_timeout_min_ms: cfg.election_timeout_ms,
-        election_timeout_max_ms: cfg.election_timeout_ms.saturating_mul(2),
+        election_timeout_max_ms: election_timeout_max_ms(cfg.election_timeout_ms),
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         append_retransmit_ms: cfg.heartbeat_interval_ms.saturating_mul(5).max(500),
         max_proposal_bytes: protocol_max_proposal_bytes(
@@ -812,7 +831,7 @@ fn paxos_protocol(
 ) -> Result<ha_paxos::Paxos, NodeError> {
     let pc = ha_paxos::Config {
         election_timeout_min_ms: cfg.election_timeout_ms,
-        election_timeout_max_ms: cfg.election_timeout_ms.saturating_mul(2),
+        election_timeout_max_ms: election_timeout_max_ms(cfg.election_timeout_ms),
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         accept_retransmit_ms: cfg.heartbeat_interval_ms.saturating_mul(5).max(500),
         prepare_timeout_ms: cfg.election_timeout_ms,
@@ -1026,12 +1045,16 @@ impl<S: StateMachine> NodeHandle<S> {
             if budget_ms == 0 {
                 break;
             }
-            match self
-                .shared
-                .transport
-                .request(target, GROUP, req.encode(), budget_ms)
-                .await
-            {
+            let forwarded = tokio::select! {
+                r = self.shared.transport.request(target, GROUP, req.encode(), budget_ms) => r,
+                now = self.leader_left(target) => {
+                    return Err(NodeError::OutcomeUnknown(format!(
+                        "leader {target} lost its leadership while the request was forwarded to it \
+                         ({now}); it may still be applied"
+                    )));
+                }
+            };
+            match forwarded {
                 Ok(bytes) => match PeerResponse::decode(&bytes) {
                     Ok(PeerResponse::Error(WireError::NotLeader(_))) => {
                         last = NodeError::NotLeader { leader: None };
@@ -1064,6 +1087,35 @@ impl<S: StateMachine> NodeHandle<S> {
             }
         }
         Err(last)
+    }
+
+    /// Resolves once this member no longer takes `target` for the leader
+    /// (it started an election itself, voted for another member, or follows
+    /// a new leader), describing what it sees now. Checked every
+    /// [`LEADER_POLL_MS`]; never resolves while `target` is the leader or
+    /// when the replica cannot answer.
+    ///
+    /// A request forwarded to a leader that died without closing its
+    /// connections (`kill -9`) gets no answer until the forward deadline or
+    /// the transport's idle timeout. Waiting that long held every client
+    /// whose write was forwarded at the time of the crash past the
+    /// election, so the first write after a failover came up to a client
+    /// timeout later than the new leader (etcd answers such requests
+    /// "timed out, possibly due to previous leader failure" too).
+    async fn leader_left(&self, target: NodeId) -> String {
+        loop {
+            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+            match self.shared.replica.status().await {
+                Ok(st) if st.protocol.leader == Some(target) => {}
+                Ok(st) => {
+                    return match st.protocol.leader {
+                        Some(l) => format!("the leader is {l} now"),
+                        None => format!("no leader known in term {}", st.protocol.term.0),
+                    };
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        }
     }
 
     fn require_bootstrapped(&self) -> Result<(), NodeError> {
@@ -1776,6 +1828,32 @@ async fn housekeeping<S: StateMachine>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn election_timer_spreads_over_half_an_election_timeout() {
+        assert_eq!(election_timeout_max_ms(1_000), 1_500);
+        assert_eq!(election_timeout_max_ms(500), 750);
+        // Always a non-empty range, which both protocols require.
+        for et in [
+            1,
+            2,
+            3,
+            crate::config::MAX_ELECTION_TIMEOUT_MS,
+            u64::MAX - 1,
+        ] {
+            assert!(election_timeout_max_ms(et) > et, "et {et}");
+        }
+        #[cfg(feature = "raft")]
+        {
+            let rc = ha_raft::Config {
+                election_timeout_min_ms: 1_000,
+                election_timeout_max_ms: election_timeout_max_ms(1_000),
+                heartbeat_interval_ms: 100,
+                ..ha_raft::Config::default()
+            };
+            assert!(rc.validate().is_ok());
+        }
+    }
 
     #[test]
     fn learner_in_sync_follows_etcds_ninety_percent_rule_within_bounds() {
