@@ -123,7 +123,9 @@ pub struct Settings {
     /// Leader heartbeat interval in milliseconds (default 100).
     #[arg(long, env = "HA_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<u64>,
-    /// Election timeout in milliseconds (default 1000, at least 5 heartbeats).
+    /// Election timeout in milliseconds (default 1000, at least 5
+    /// heartbeats). A follower that hears no leader campaigns after a
+    /// random time in [timeout, 1.5 × timeout).
     #[arg(long, env = "HA_ELECTION_TIMEOUT")]
     pub election_timeout: Option<u64>,
     /// PEM file of the cluster CA peers' certificates must chain to.
