@@ -997,3 +997,56 @@ async fn write_forwarded_to_a_crashed_leader_is_answered_once_the_follower_gives
         n.stop().await;
     }
 }
+
+/// A leader whose followers are gone cannot commit: its own clients'
+/// writes and linearizable reads end with "outcome unknown" (etcd's
+/// "request timed out") at the request deadline instead of waiting
+/// forever, and a write that timed out is applied at most once later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_on_a_leader_without_quorum_end_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = specs(dir.path(), 3);
+    let founders = founding(&sp);
+    let mut nodes = Vec::new();
+    for s in &sp {
+        let mut cfg = config(s, &sp, Some(founders.clone()), s.id());
+        cfg.forward_timeout_ms = 1_000;
+        nodes.push(Some(start_cfg(cfg).await));
+    }
+    let leader = leader_of(&nodes).await;
+    let li = sp.iter().position(|s| s.id() == leader).unwrap();
+    let h = nodes[li].as_ref().unwrap().handle();
+    eventually(ELECTION_WAIT, "first write", || {
+        let h = h.clone();
+        async move { write(&h, "before", "1").await }
+    })
+    .await;
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if i != li {
+            n.take().unwrap().shutdown().await.unwrap();
+        }
+    }
+    let started = Instant::now();
+    let w = tokio::time::timeout(Duration::from_secs(15), write(&h, "lost", "1"))
+        .await
+        .expect("a write on a leader without quorum must end at its deadline");
+    assert!(
+        matches!(
+            w,
+            Err(NodeError::OutcomeUnknown(_) | NodeError::Unavailable(_))
+        ),
+        "{w:?}"
+    );
+    let r = tokio::time::timeout(Duration::from_secs(15), get(&h, "before"))
+        .await
+        .expect("a linearizable read without quorum must end at its deadline");
+    assert!(r.is_err(), "a linearizable read needs a quorum: {r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "both bounded by the 1 s request deadline (plus leader waits): {:?}",
+        started.elapsed()
+    );
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -305,12 +305,14 @@ pub struct NodeConfig {
     pub consensus: ConsensusKind,
     /// Heartbeat interval, ms.
     pub heartbeat_interval_ms: u64,
-    /// Election timeout (lower bound; the upper is twice it), ms.
+    /// Election timeout (lower bound; the upper is 1.5 × it), ms.
     pub election_timeout_ms: u64,
     /// Log store.
     pub storage: StorageKind,
-    /// Deadline of a write forwarded to the leader, ms (also the time a
-    /// write waits for a leader to be known).
+    /// Deadline of a request, ms: a write waits at most this for a leader
+    /// to be known, to be forwarded and to commit (on the leader too), a
+    /// linearizable read for its read barrier. Past it the caller gets
+    /// [`NodeError::OutcomeUnknown`] (etcd's "request timed out").
     pub forward_timeout_ms: u64,
     /// Status poll period (metrics, health, housekeeping), ms.
     pub status_interval_ms: u64,
@@ -916,16 +918,45 @@ impl<S: StateMachine> NodeHandle<S> {
     {
         let q = move |m: &ClusterMachine<S>| f(m.inner());
         let r = if linearizable {
-            self.shared.replica.linearizable_query(q).await
+            self.bounded(
+                "the linearizable read",
+                self.shared.replica.linearizable_query(q),
+            )
+            .await?
         } else {
             self.shared.replica.query(q).await
         };
         r.map_err(NodeError::from)
     }
 
+    /// The error of a request that did not finish within
+    /// [`NodeConfig::forward_timeout_ms`].
+    fn timed_out(&self, what: &str) -> NodeError {
+        NodeError::OutcomeUnknown(format!(
+            "{what} did not complete within {} ms (is a quorum of members reachable?); \
+             a write may still be applied",
+            self.shared.forward_timeout_ms
+        ))
+    }
+
+    /// Runs `fut` within [`NodeConfig::forward_timeout_ms`].
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, NodeError> {
+        tokio::time::timeout(Duration::from_millis(self.shared.forward_timeout_ms), fut)
+            .await
+            .map_err(|_| self.timed_out(what))
+    }
+
     /// The members, after a linearizable read barrier.
     pub async fn members(&self) -> Result<Vec<Member>, NodeError> {
-        self.shared.replica.read_index().await?;
+        self.bounded(
+            "the member list's read barrier",
+            self.shared.replica.read_index(),
+        )
+        .await??;
         if !self.local_members().initialized {
             return Err(NodeError::Unavailable(
                 "the member table is not bootstrapped yet".into(),
@@ -1019,7 +1050,12 @@ impl<S: StateMachine> NodeHandle<S> {
         let deadline = Instant::now() + Duration::from_millis(self.shared.forward_timeout_ms);
         let mut last = NodeError::Unavailable("no leader could be reached".into());
         for _ in 0..MAX_LEADER_ATTEMPTS {
-            let hint = match self.handle_local(req.clone()).await {
+            // Bounded on the leader too: a leader that lost its quorum keeps
+            // the proposal pending and never answers it.
+            let local = tokio::time::timeout_at(deadline, self.handle_local(req.clone()))
+                .await
+                .unwrap_or_else(|_| Err(self.timed_out("the request")));
+            let hint = match local {
                 Err(NodeError::NotLeader { leader }) => leader,
                 Err(e @ NodeError::Unavailable(_)) => {
                     // Dropped by a leader change: certainly not applied.
