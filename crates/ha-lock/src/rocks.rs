@@ -14,11 +14,13 @@
 //! | group (u64 BE) ‖ `1` | codec frame of [`Meta`]: last applied, membership, revision, compact revision |
 //! | group (u64 BE) ‖ `2` ‖ main (u64 BE) ‖ sub (u64 BE) | codec frame of a record (key + value or tombstone) |
 //! | group (u64 BE) ‖ `3` ‖ lease id (u64 BE) | codec frame of a lease (TTL, remaining) |
+//! | group (u64 BE) ‖ `4` | codec frame of the sidecar blob (`StateMachine::stage_sidecar`), if one was stored |
 //!
 //! Every apply is **one** `WriteBatch`: the records it added, the records
 //! compaction removed, the leases it touched and the meta with
-//! `last_applied` — so the durable state is always the state after some
-//! whole entry, never between two. Recovery reads the group's meta,
+//! `last_applied` (and the sidecar, when the apply stored a new one) — so
+//! the durable state is always the state after some whole entry, never
+//! between two. Recovery reads the group's meta,
 //! records and leases and rebuilds the index and lease key sets, checking
 //! every checksum and invariant (`StateMachineError::Storage` otherwise).
 
@@ -37,6 +39,7 @@ use crate::store::{Journal, LeaseRecord, Record, Rev, State};
 const TAG_META: u8 = 1;
 const TAG_RECORD: u8 = 2;
 const TAG_LEASE: u8 = 3;
+const TAG_SIDECAR: u8 = 4;
 
 /// The durable meta of one group's state machine.
 #[derive(Serialize, Deserialize)]
@@ -52,6 +55,7 @@ pub(crate) struct Loaded {
     pub state: State,
     pub last_applied: LogId,
     pub membership: Membership,
+    pub sidecar: Option<bytes::Bytes>,
 }
 
 /// A group's handle on column family `sm`.
@@ -144,7 +148,9 @@ impl RocksState {
         let Some(meta_bytes) = self.db.get_cf(cf, self.prefix(TAG_META)).map_err(storage)? else {
             // Every batch writes the meta, so records without it are not
             // ours to interpret: refuse rather than mix them into a new state.
-            let stray = self.has_any(TAG_RECORD)? || self.has_any(TAG_LEASE)?;
+            let stray = self.has_any(TAG_RECORD)?
+                || self.has_any(TAG_LEASE)?
+                || self.has_any(TAG_SIDECAR)?;
             if stray {
                 return Err(storage(format!(
                     "group {} has state-machine records but no meta: refusing to start from an empty state",
@@ -155,6 +161,7 @@ impl RocksState {
                 state: State::default(),
                 last_applied: LogId::default(),
                 membership: Membership::default(),
+                sidecar: None,
             });
         };
         let meta: Meta =
@@ -191,10 +198,22 @@ impl RocksState {
         })?;
         let state = State::rebuild(meta.revision, meta.compact_revision, records, leases)
             .map_err(|e| storage(format!("sm state: {e}")))?;
+        let sidecar = match self
+            .db
+            .get_cf(cf, self.prefix(TAG_SIDECAR))
+            .map_err(storage)?
+        {
+            Some(v) => Some(
+                codec::decode::<bytes::Bytes>(&v)
+                    .map_err(|e| storage(format!("sm sidecar: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(Loaded {
             state,
             last_applied: meta.last_applied,
             membership: meta.membership,
+            sidecar,
         })
     }
 
@@ -219,14 +238,28 @@ impl RocksState {
         Ok(())
     }
 
-    /// Writes the changes of one apply (from `journal`) and the new meta
-    /// as one batch.
+    fn put_sidecar(
+        &self,
+        wb: &mut WriteBatch,
+        blob: &bytes::Bytes,
+    ) -> Result<(), StateMachineError> {
+        let cf = self
+            .db
+            .cf_handle(CF_SM)
+            .ok_or_else(|| storage("sm family missing"))?;
+        wb.put_cf(cf, self.prefix(TAG_SIDECAR), codec::encode(blob));
+        Ok(())
+    }
+
+    /// Writes the changes of one apply (from `journal`), the new meta and
+    /// `sidecar` (if the apply stores a new one) as one batch.
     pub fn write_apply(
         &self,
         state: &State,
         journal: &Journal,
         last_applied: LogId,
         membership: &Membership,
+        sidecar: Option<&bytes::Bytes>,
     ) -> Result<(), StateMachineError> {
         let cf = self
             .db
@@ -255,16 +288,21 @@ impl RocksState {
                 None => wb.delete_cf(cf, self.lease_key(*id)),
             }
         }
+        if let Some(blob) = sidecar {
+            self.put_sidecar(&mut wb, blob)?;
+        }
         self.put_meta(&mut wb, state, last_applied, membership)?;
         self.db.write(wb).map_err(storage)
     }
 
-    /// Replaces the group's whole state (snapshot install), synced.
+    /// Replaces the group's whole state (snapshot install) and its sidecar,
+    /// synced, as one batch.
     pub fn write_all(
         &self,
         state: &State,
         last_applied: LogId,
         membership: &Membership,
+        sidecar: Option<&bytes::Bytes>,
     ) -> Result<(), StateMachineError> {
         let cf = self
             .db
@@ -279,6 +317,9 @@ impl RocksState {
         }
         for l in state.lease_records() {
             wb.put_cf(cf, self.lease_key(l.id), codec::encode(&l));
+        }
+        if let Some(blob) = sidecar {
+            self.put_sidecar(&mut wb, blob)?;
         }
         self.put_meta(&mut wb, state, last_applied, membership)?;
         let mut wo = WriteOptions::default();
