@@ -399,8 +399,9 @@ impl<S: StateMachine> ClusterMachine<S> {
                 applied,
                 true,
             ),
-            // Nothing applied yet: nothing to rebuild.
-            None if applied == LogId::default() => (StoredState::default(), applied, keeps_table),
+            // Nothing applied yet: nothing to rebuild; the (empty) table is
+            // stored with the first apply.
+            None if applied == LogId::default() => (StoredState::default(), applied, false),
             // Application state without a table: rebuild it by replay.
             None => (StoredState::default(), LogId::default(), false),
         };
@@ -1046,6 +1047,20 @@ mod tests {
         let before = r.clone();
         resume_from(&mut r, &base);
         assert_eq!(r, before);
+    }
+
+    #[test]
+    fn a_fresh_machine_stores_its_table_with_the_first_apply() {
+        let mut m = machine();
+        assert!(m.snapshot().is_err(), "nothing stored yet");
+        m.apply(LogId::new(1, 1), Applied::Blank).unwrap();
+        assert_eq!(
+            decode_table(&m.inner().sidecar().expect("stored with entry 1")).unwrap(),
+            StoredState::default()
+        );
+        assert!(m.snapshot().is_ok());
+        let back = rewrap(m.into_inner()).unwrap();
+        assert_eq!(back.last_applied(), LogId::new(1, 1), "no replay needed");
     }
 
     #[test]
