@@ -131,6 +131,21 @@ pub const PROGRESS_TIMEOUT_MS: u64 = 1_000;
 /// Most not-yet-known senders a joining member remembers while it learns
 /// their addresses (see [Joining](self#joining)).
 pub const MAX_UNKNOWN_SENDERS: usize = 64;
+/// How long the leader waits for a member to acknowledge a snapshot before
+/// it probes the member again (and sends a new snapshot if still needed),
+/// in election timeouts; at least [`MIN_SNAPSHOT_SEND_TIMEOUT_MS`]. A
+/// transfer lost on the way (sent while the member's connection was coming
+/// back, or discarded by its receiver) then costs seconds, not the
+/// protocols' default minute.
+pub const SNAPSHOT_SEND_TIMEOUT_ELECTIONS: u64 = 10;
+/// Lower bound of the snapshot send timeout, in milliseconds.
+pub const MIN_SNAPSHOT_SEND_TIMEOUT_MS: u64 = 5_000;
+
+fn snapshot_send_timeout_ms(cfg: &NodeConfig) -> u64 {
+    cfg.election_timeout_ms
+        .saturating_mul(SNAPSHOT_SEND_TIMEOUT_ELECTIONS)
+        .max(MIN_SNAPSHOT_SEND_TIMEOUT_MS)
+}
 
 /// Why a node call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -809,6 +824,7 @@ fn raft_protocol(
             ha_raft::Config::default().max_proposal_bytes,
         ),
         snapshot_trailing_entries: cfg.snapshot_catchup_entries,
+        snapshot_send_timeout_ms: snapshot_send_timeout_ms(cfg),
         ..ha_raft::Config::default()
     };
     ha_raft::Raft::new(
@@ -840,6 +856,7 @@ fn paxos_protocol(
             ha_paxos::Config::default().max_proposal_bytes,
         ),
         snapshot_trailing_entries: cfg.snapshot_catchup_entries,
+        snapshot_send_timeout_ms: snapshot_send_timeout_ms(cfg),
         ..ha_paxos::Config::default()
     };
     ha_paxos::Paxos::new(
