@@ -352,8 +352,11 @@ async fn raft_lagging_member_catches_up_by_snapshot() {
     lagging_member_catches_up_by_snapshot(ConsensusKind::Raft).await;
 }
 
-#[cfg(feature = "paxos")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(feature = "paxos"),
+    ignore = "needs the `paxos` feature (cargo test -p ha-node --all-features)"
+)]
 async fn paxos_lagging_member_catches_up_by_snapshot() {
     lagging_member_catches_up_by_snapshot(ConsensusKind::Paxos).await;
 }
@@ -363,8 +366,11 @@ async fn raft_restart_after_compaction_keeps_data_and_members() {
     restart_after_compaction_keeps_data_and_members(ConsensusKind::Raft).await;
 }
 
-#[cfg(feature = "paxos")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(feature = "paxos"),
+    ignore = "needs the `paxos` feature (cargo test -p ha-node --all-features)"
+)]
 async fn paxos_restart_after_compaction_keeps_data_and_members() {
     restart_after_compaction_keeps_data_and_members(ConsensusKind::Paxos).await;
 }
