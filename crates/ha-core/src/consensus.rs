@@ -98,7 +98,11 @@ pub struct Ready<M> {
     /// Send now, in parallel with persisting.
     pub messages: Vec<Outbound<M>>,
     /// Install the snapshot staged from the leader with this meta: replace the
-    /// state machine's state and reset the log to start after it.
+    /// state machine's state and reset the log to start after it. The staged
+    /// snapshot may cover more than this meta (the sender streams its state
+    /// machine's current one, see [`SnapshotSend`]); the driver then installs
+    /// it as it is, and the state machine skips the entries up to its index
+    /// when the protocol commits them again.
     pub snapshot: Option<SnapshotMeta>,
     /// Remove every stored entry with index `>=` this before writing
     /// `entries` (a conflicting suffix).

@@ -117,11 +117,14 @@ impl KvResponse {
 
 /// In-memory KV state machine. Snapshots are one codec frame per chunk of at
 /// most [`MemKv::SNAPSHOT_CHUNK_PAIRS`] pairs, preceded by a header frame.
+/// It keeps a sidecar ([`StateMachine::stage_sidecar`]) in memory, as
+/// durable as the rest of its state (that is: not across a restart).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemKv {
     data: BTreeMap<Bytes, Bytes>,
     last_applied: LogId,
     membership: Membership,
+    sidecar: Option<Bytes>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -269,6 +272,19 @@ impl StateMachine for MemKv {
         self.last_applied = meta.last_log_id;
         self.membership = meta.membership.clone();
         Ok(())
+    }
+
+    fn keeps_sidecar(&self) -> bool {
+        true
+    }
+
+    fn stage_sidecar(&mut self, blob: Bytes) -> Result<(), StateMachineError> {
+        self.sidecar = Some(blob);
+        Ok(())
+    }
+
+    fn sidecar(&self) -> Option<Bytes> {
+        self.sidecar.clone()
     }
 }
 

@@ -79,11 +79,46 @@ pub trait StateMachine: Send + 'static {
 
     /// Replaces the whole state with the snapshot streamed from `chunks`.
     /// On error the previous state is kept.
+    ///
+    /// A sidecar staged with [`stage_sidecar`](Self::stage_sidecar) is
+    /// stored with the installed state, in the same atomic write.
     fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
         chunks: &mut dyn ChunkSource,
     ) -> Result<(), StateMachineError>;
+
+    /// Whether this machine keeps a sidecar ([`stage_sidecar`](Self::stage_sidecar)).
+    /// Default: no.
+    ///
+    /// A *sidecar* is a small opaque blob that a layer wrapping the state
+    /// machine (e.g. ha-node's member table around the application) needs
+    /// to be exactly as durable as the applied state: it is stored in the
+    /// same atomic write as `last_applied`, so after a crash the blob and
+    /// the state always belong to the same applied index.
+    fn keeps_sidecar(&self) -> bool {
+        false
+    }
+
+    /// Stages `blob` as the new sidecar: [`sidecar`](Self::sidecar) returns
+    /// it at once, and it is stored by the next [`apply`](Self::apply) that
+    /// moves `last_applied` (or the next
+    /// [`install_snapshot`](Self::install_snapshot)), in that call's atomic
+    /// write. An install keeps the current sidecar when none is staged. A
+    /// machine that does not keep sidecars ([`keeps_sidecar`](Self::keeps_sidecar)
+    /// false) refuses with [`StateMachineError::Storage`].
+    fn stage_sidecar(&mut self, blob: Bytes) -> Result<(), StateMachineError> {
+        let _ = blob;
+        Err(StateMachineError::Storage(
+            "this state machine keeps no sidecar".into(),
+        ))
+    }
+
+    /// The sidecar stored with the current state (`None` if none was ever
+    /// stored): after a restart, the blob written with `last_applied`.
+    fn sidecar(&self) -> Option<Bytes> {
+        None
+    }
 }
 
 /// A [`ChunkSource`] over chunks held in memory.

@@ -47,6 +47,10 @@ pub struct LockMachine {
     journal: Journal,
     sink: Option<EventSink>,
     backend: Backend,
+    /// The sidecar ([`StateMachine::stage_sidecar`]) and whether it was
+    /// staged since it was last stored.
+    sidecar: Option<Bytes>,
+    sidecar_dirty: bool,
 }
 
 impl std::fmt::Debug for LockMachine {
@@ -114,6 +118,7 @@ impl LockMachine {
             LogId::default(),
             Membership::default(),
             Backend::Memory,
+            None,
         ))
     }
 
@@ -123,6 +128,7 @@ impl LockMachine {
         last_applied: LogId,
         membership: Membership,
         backend: Backend,
+        sidecar: Option<Bytes>,
     ) -> Self {
         LockMachine {
             state,
@@ -132,6 +138,8 @@ impl LockMachine {
             journal: Journal::default(),
             sink: None,
             backend,
+            sidecar,
+            sidecar_dirty: false,
         }
     }
 
@@ -161,6 +169,7 @@ impl LockMachine {
             loaded.last_applied,
             loaded.membership,
             Backend::Rocks(rocks),
+            loaded.sidecar,
         ))
     }
 
@@ -324,15 +333,18 @@ impl LockMachine {
 
     fn persist(&mut self) -> Result<(), StateMachineError> {
         match &mut self.backend {
-            Backend::Memory => Ok(()),
+            Backend::Memory => {}
             #[cfg(feature = "rocksdb")]
             Backend::Rocks(r) => r.stage_apply(
                 &self.state,
                 &self.journal,
                 self.last_applied,
                 &self.membership,
-            ),
+                self.sidecar.as_ref().filter(|_| self.sidecar_dirty),
+            )?,
         }
+        self.sidecar_dirty = false;
+        Ok(())
     }
 
     /// The snapshot chunks of the current state (deterministic: equal
@@ -497,12 +509,32 @@ impl StateMachine for LockMachine {
         match &mut self.backend {
             Backend::Memory => {}
             #[cfg(feature = "rocksdb")]
-            Backend::Rocks(r) => r.write_all(&state, meta.last_log_id, &meta.membership)?,
+            Backend::Rocks(r) => r.write_all(
+                &state,
+                meta.last_log_id,
+                &meta.membership,
+                self.sidecar.as_ref(),
+            )?,
         }
         self.state = state;
         self.last_applied = meta.last_log_id;
         self.membership = meta.membership.clone();
+        self.sidecar_dirty = false;
         Ok(())
+    }
+
+    fn keeps_sidecar(&self) -> bool {
+        true
+    }
+
+    fn stage_sidecar(&mut self, blob: Bytes) -> Result<(), StateMachineError> {
+        self.sidecar = Some(blob);
+        self.sidecar_dirty = true;
+        Ok(())
+    }
+
+    fn sidecar(&self) -> Option<Bytes> {
+        self.sidecar.clone()
     }
 }
 

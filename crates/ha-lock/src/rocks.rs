@@ -14,11 +14,13 @@
 //! | group (u64 BE) ‖ `1` | codec frame of [`Meta`]: last applied, membership, revision, compact revision |
 //! | group (u64 BE) ‖ `2` ‖ main (u64 BE) ‖ sub (u64 BE) | codec frame of a record (key + value or tombstone) |
 //! | group (u64 BE) ‖ `3` ‖ lease id (u64 BE) | codec frame of a lease (TTL, remaining) |
+//! | group (u64 BE) ‖ `4` | codec frame of the sidecar blob (`StateMachine::stage_sidecar`), if one was stored |
 //!
 //! The applies between two [`flush`](RocksState::flush)es (the replica
 //! driver flushes after every apply batch) are **one** `WriteBatch`: the
 //! records they added, the records compaction removed, the leases they
-//! touched and the meta with the last `last_applied` — so the durable state
+//! touched and the meta with the last `last_applied` (and the sidecar, when an
+//! apply stored a new one) — so the durable state
 //! is always the state after some whole entry, never between two, and a
 //! batch of entries costs one RocksDB write, not one per entry. A staged
 //! batch larger than [`MAX_STAGED_BYTES`] is written early, so memory stays
@@ -41,6 +43,7 @@ use crate::store::{Journal, LeaseRecord, Record, Rev, State};
 const TAG_META: u8 = 1;
 const TAG_RECORD: u8 = 2;
 const TAG_LEASE: u8 = 3;
+const TAG_SIDECAR: u8 = 4;
 
 /// The durable meta of one group's state machine.
 #[derive(Serialize, Deserialize)]
@@ -56,6 +59,7 @@ pub(crate) struct Loaded {
     pub state: State,
     pub last_applied: LogId,
     pub membership: Membership,
+    pub sidecar: Option<bytes::Bytes>,
 }
 
 /// Staged writes larger than this are written at the next apply without
@@ -168,7 +172,9 @@ impl RocksState {
         let Some(meta_bytes) = self.db.get_cf(cf, self.prefix(TAG_META)).map_err(storage)? else {
             // Every batch writes the meta, so records without it are not
             // ours to interpret: refuse rather than mix them into a new state.
-            let stray = self.has_any(TAG_RECORD)? || self.has_any(TAG_LEASE)?;
+            let stray = self.has_any(TAG_RECORD)?
+                || self.has_any(TAG_LEASE)?
+                || self.has_any(TAG_SIDECAR)?;
             if stray {
                 return Err(storage(format!(
                     "group {} has state-machine records but no meta: refusing to start from an empty state",
@@ -179,6 +185,7 @@ impl RocksState {
                 state: State::default(),
                 last_applied: LogId::default(),
                 membership: Membership::default(),
+                sidecar: None,
             });
         };
         let meta: Meta =
@@ -215,10 +222,22 @@ impl RocksState {
         })?;
         let state = State::rebuild(meta.revision, meta.compact_revision, records, leases)
             .map_err(|e| storage(format!("sm state: {e}")))?;
+        let sidecar = match self
+            .db
+            .get_cf(cf, self.prefix(TAG_SIDECAR))
+            .map_err(storage)?
+        {
+            Some(v) => Some(
+                codec::decode::<bytes::Bytes>(&v)
+                    .map_err(|e| storage(format!("sm sidecar: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(Loaded {
             state,
             last_applied: meta.last_applied,
             membership: meta.membership,
+            sidecar,
         })
     }
 
@@ -243,6 +262,19 @@ impl RocksState {
         Ok(())
     }
 
+    fn put_sidecar(
+        &self,
+        wb: &mut WriteBatch,
+        blob: &bytes::Bytes,
+    ) -> Result<(), StateMachineError> {
+        let cf = self
+            .db
+            .cf_handle(CF_SM)
+            .ok_or_else(|| storage("sm family missing"))?;
+        wb.put_cf(cf, self.prefix(TAG_SIDECAR), codec::encode(blob));
+        Ok(())
+    }
+
     /// Stages the changes of one apply (from `journal`); they become
     /// durable, with the meta naming `last_applied`, at the next
     /// [`flush`](Self::flush) — or at once when the staged batch has grown
@@ -253,6 +285,7 @@ impl RocksState {
         journal: &Journal,
         last_applied: LogId,
         membership: &Membership,
+        sidecar: Option<&bytes::Bytes>,
     ) -> Result<(), StateMachineError> {
         self.check_usable()?;
         let cf = self
@@ -282,6 +315,12 @@ impl RocksState {
                 None => self.staged.delete_cf(cf, self.lease_key(*id)),
             }
         }
+        if let Some(blob) = sidecar {
+            let mut wb = std::mem::take(&mut self.staged);
+            let out = self.put_sidecar(&mut wb, blob);
+            self.staged = wb;
+            out?;
+        }
         self.dirty = true;
         if self.staged.size_in_bytes() > MAX_STAGED_BYTES {
             self.flush(state, last_applied, membership)?;
@@ -292,7 +331,9 @@ impl RocksState {
     /// Writes the staged applies and the meta (`last_applied`, membership,
     /// revisions) as one batch, WAL on (a process crash loses nothing
     /// flushed). Nothing to do when nothing was applied since the last
-    /// flush. On error the staged writes are kept for the next attempt.
+    /// flush. A failed write leaves the store refusing every later write
+    /// (the staged writes are gone; reopening recovers the durable state
+    /// and the log replays the rest).
     pub fn flush(
         &mut self,
         state: &State,
@@ -334,13 +375,15 @@ impl RocksState {
         out
     }
 
-    /// Replaces the group's whole state (snapshot install), synced.
-    /// Staged applies are discarded: the snapshot supersedes them.
+    /// Replaces the group's whole state (snapshot install) and its sidecar,
+    /// synced, as one batch. Staged applies are discarded: the snapshot
+    /// supersedes them.
     pub fn write_all(
         &mut self,
         state: &State,
         last_applied: LogId,
         membership: &Membership,
+        sidecar: Option<&bytes::Bytes>,
     ) -> Result<(), StateMachineError> {
         let cf = self
             .db
@@ -355,6 +398,9 @@ impl RocksState {
         }
         for l in state.lease_records() {
             wb.put_cf(cf, self.lease_key(l.id), codec::encode(&l));
+        }
+        if let Some(blob) = sidecar {
+            self.put_sidecar(&mut wb, blob)?;
         }
         self.put_meta(&mut wb, state, last_applied, membership)?;
         let mut wo = WriteOptions::default();

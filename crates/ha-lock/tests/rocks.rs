@@ -213,3 +213,62 @@ fn a_large_staged_batch_is_written_without_waiting_for_flush() {
         "20 MiB staged: one early write after the 16 MiB limit, got last applied {kept}"
     );
 }
+
+/// The sidecar is stored with the apply that follows its staging (same
+/// batch as `last_applied`), survives a reopen, is kept across a snapshot
+/// install (or replaced by one staged before it), and an apply below
+/// `last_applied` stores nothing.
+#[test]
+fn sidecar_is_stored_with_the_next_apply_and_survives_reopen_and_install() {
+    use ha_core::Bytes;
+    let dir = tempfile::tempdir().unwrap();
+    let store = RocksLogStore::open(dir.path(), Default::default()).unwrap();
+    let put = |k: &'static str| {
+        Command::Put(PutRequest {
+            key: k.into(),
+            value: "v".into(),
+            ..Default::default()
+        })
+    };
+    let mut m = open(&store, 9);
+    assert!(m.keeps_sidecar());
+    assert_eq!(m.sidecar(), None);
+    apply(&mut m, 1, &put("a"));
+    m.flush().unwrap();
+    m.stage_sidecar(Bytes::from_static(b"table-2")).unwrap();
+    // A replayed entry does not move last_applied: nothing is stored yet.
+    m.apply(LogId::new(1, 1), Entry::Blank).unwrap();
+    m.flush().unwrap();
+    drop(m);
+    let mut m = open(&store, 9);
+    assert_eq!(m.sidecar(), None, "staged, never stored");
+    m.stage_sidecar(Bytes::from_static(b"table-2")).unwrap();
+    m.apply(LogId::new(1, 2), Entry::Blank).unwrap();
+    apply(&mut m, 3, &put("b"));
+    m.flush().unwrap();
+    drop(m);
+    let mut m = open(&store, 9);
+    assert_eq!(m.last_applied(), LogId::new(1, 3));
+    assert_eq!(m.sidecar(), Some(Bytes::from_static(b"table-2")));
+
+    // Install m's snapshot into group 10, with a staged sidecar.
+    let mut g10 = open(&store, 10);
+    g10.stage_sidecar(Bytes::from_static(b"from-snapshot"))
+        .unwrap();
+    let mut snap = m.snapshot().unwrap();
+    let meta = snap.meta().clone();
+    g10.install_snapshot(&meta, snap.as_mut()).unwrap();
+    drop(g10);
+    let g10 = open(&store, 10);
+    assert_eq!(g10.last_applied(), LogId::new(1, 3));
+    assert_eq!(g10.sidecar(), Some(Bytes::from_static(b"from-snapshot")));
+    // Without a staged one, an install keeps the current sidecar.
+    let mut snap = m.snapshot().unwrap();
+    let meta = snap.meta().clone();
+    m.install_snapshot(&meta, snap.as_mut()).unwrap();
+    drop(m);
+    assert_eq!(
+        open(&store, 9).sidecar(),
+        Some(Bytes::from_static(b"table-2"))
+    );
+}

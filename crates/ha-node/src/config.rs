@@ -34,6 +34,17 @@ pub const MAX_HEARTBEAT_INTERVAL_MS: u64 = 10_000;
 pub const MAX_ELECTION_TIMEOUT_MS: u64 = 50_000;
 /// Default cluster token.
 pub const DEFAULT_TOKEN: &str = "ha-cluster";
+/// Default `--snapshot-count` (etcd's name): applied entries between two
+/// snapshots, each of which lets the log be purged.
+pub const DEFAULT_SNAPSHOT_COUNT: u64 = 10_000;
+/// Largest `--snapshot-count`.
+pub const MAX_SNAPSHOT_COUNT: u64 = 100_000_000;
+/// Default `--snapshot-catchup-entries` (etcd's name and default): entries
+/// kept in the log behind a snapshot so that a slightly lagging member
+/// catches up from the log rather than by a whole snapshot.
+pub const DEFAULT_SNAPSHOT_CATCHUP_ENTRIES: u64 = 5_000;
+/// Largest `--snapshot-catchup-entries`.
+pub const MAX_SNAPSHOT_CATCHUP_ENTRIES: u64 = 100_000_000;
 
 /// Why the settings were refused. Nothing was started.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +139,16 @@ pub struct Settings {
     /// random time in [timeout, 1.5 × timeout).
     #[arg(long, env = "HA_ELECTION_TIMEOUT")]
     pub election_timeout: Option<u64>,
+    /// Applied entries between two snapshots of the state (each lets the
+    /// log be purged up to it, less --snapshot-catchup-entries); default
+    /// 10000, 1..=100000000.
+    #[arg(long, env = "HA_SNAPSHOT_COUNT")]
+    pub snapshot_count: Option<u64>,
+    /// Entries kept in the log behind a snapshot, so that a slow member
+    /// catches up from the log instead of receiving a whole snapshot;
+    /// default 5000, 0..=100000000.
+    #[arg(long, env = "HA_SNAPSHOT_CATCHUP_ENTRIES")]
+    pub snapshot_catchup_entries: Option<u64>,
     /// PEM file of the cluster CA peers' certificates must chain to.
     #[arg(long, env = "HA_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
@@ -175,6 +196,8 @@ impl Settings {
             consensus,
             heartbeat_interval,
             election_timeout,
+            snapshot_count,
+            snapshot_catchup_entries,
             peer_trusted_ca_file,
             peer_cert_file,
             peer_key_file,
@@ -357,6 +380,25 @@ impl Settings {
             ));
         }
 
+        let snapshot_count = self.snapshot_count.unwrap_or(DEFAULT_SNAPSHOT_COUNT);
+        if !(1..=MAX_SNAPSHOT_COUNT).contains(&snapshot_count) {
+            return Err(invalid(
+                "snapshot-count",
+                format!("must be in 1..={MAX_SNAPSHOT_COUNT} entries, got {snapshot_count}"),
+            ));
+        }
+        let snapshot_catchup_entries = self
+            .snapshot_catchup_entries
+            .unwrap_or(DEFAULT_SNAPSHOT_CATCHUP_ENTRIES);
+        if snapshot_catchup_entries > MAX_SNAPSHOT_CATCHUP_ENTRIES {
+            return Err(invalid(
+                "snapshot-catchup-entries",
+                format!(
+                    "must be at most {MAX_SNAPSHOT_CATCHUP_ENTRIES} entries, got {snapshot_catchup_entries}"
+                ),
+            ));
+        }
+
         let insecure = self.peer_insecure_dev_tls.unwrap_or(false);
         let files = (
             self.peer_trusted_ca_file,
@@ -445,6 +487,8 @@ impl Settings {
             consensus,
             heartbeat_interval_ms,
             election_timeout_ms,
+            snapshot_count,
+            snapshot_catchup_entries,
             peer_tls,
             listen_metrics,
             log_level,
@@ -558,6 +602,10 @@ pub struct Config {
     pub heartbeat_interval_ms: u64,
     /// Election timeout, ms.
     pub election_timeout_ms: u64,
+    /// Applied entries between two snapshots (`--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Entries kept behind a snapshot (`--snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
     /// Peer authentication.
     pub peer_tls: PeerTls,
     /// Metrics/health listen addresses.
@@ -774,6 +822,43 @@ mod tests {
         assert_eq!(c.peer_tls, PeerTls::SoloDev);
         assert_eq!(c.member_id, ids::member_id(DEFAULT_TOKEN, "default"));
         assert_eq!(c.consensus, ConsensusKind::Raft);
+        assert_eq!(c.snapshot_count, DEFAULT_SNAPSHOT_COUNT);
+        assert_eq!(c.snapshot_catchup_entries, DEFAULT_SNAPSHOT_CATCHUP_ENTRIES);
+    }
+
+    #[test]
+    fn snapshot_settings_from_toml_and_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "snapshot-count = 50\nsnapshot-catchup-entries = 0\n").unwrap();
+        let c = Settings::from_file(&p).unwrap().resolve().unwrap();
+        assert_eq!((c.snapshot_count, c.snapshot_catchup_entries), (50, 0));
+        for (st, want) in [
+            (
+                Settings {
+                    snapshot_count: Some(0),
+                    ..s()
+                },
+                "--snapshot-count",
+            ),
+            (
+                Settings {
+                    snapshot_count: Some(MAX_SNAPSHOT_COUNT + 1),
+                    ..s()
+                },
+                "--snapshot-count",
+            ),
+            (
+                Settings {
+                    snapshot_catchup_entries: Some(MAX_SNAPSHOT_CATCHUP_ENTRIES + 1),
+                    ..s()
+                },
+                "--snapshot-catchup-entries",
+            ),
+        ] {
+            let e = st.clone().resolve().unwrap_err().to_string();
+            assert!(e.contains(want), "{st:?}: {e}");
+        }
     }
 
     #[test]

@@ -89,6 +89,7 @@ fn config(
             group: GROUP,
             ..ReplicaConfig::default()
         },
+        snapshot_catchup_entries: 5_000,
         db_dir: Some(spec.dir.join("db")),
     }
 }

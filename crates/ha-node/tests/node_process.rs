@@ -108,6 +108,14 @@ fn bad_config_exits_non_zero_and_names_the_setting() {
             "--heartbeat-interval",
         ),
         (
+            vec![d.clone(), "--snapshot-count=0".into()],
+            "--snapshot-count",
+        ),
+        (
+            vec![d.clone(), "--snapshot-catchup-entries=-1".into()],
+            "--snapshot-catchup-entries",
+        ),
+        (
             vec![d.clone(), "--config-file=/nonexistent/ha.toml".into()],
             "/nonexistent/ha.toml",
         ),

@@ -245,8 +245,17 @@ async fn run_inner<S: StateMachine>(
                 match done {
                     Ok((back, (last_ok, err))) => {
                         sm = back;
+                        // Never publish a lower index: entries at or below
+                        // an installed snapshot are skipped by the state
+                        // machine but still pass through here.
                         if let Some(last) = last_ok {
-                            applied_tx.send_replace(last);
+                            applied_tx.send_if_modified(|cur| {
+                                let newer = last > *cur;
+                                if newer {
+                                    *cur = last;
+                                }
+                                newer
+                            });
                         }
                         if let Some(e) = err {
                             tracing::error!(error = %e, "state machine failed; stopping the replica");

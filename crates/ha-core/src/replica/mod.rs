@@ -74,6 +74,19 @@
 //! Proposals waiting at or below the snapshot's index are answered
 //! [`ReplicaError::OutcomeUnknown`]. A `Ready::snapshot` with no matching
 //! staged transfer stops the replica ([`ReplicaError::Protocol`]).
+//!
+//! The leader's driver streams its state machine's *current* snapshot,
+//! which may cover more than the protocol's `SnapshotSend::meta` (the
+//! state machine applied more since the protocol recorded its snapshot).
+//! The receiver therefore installs a staged snapshot whose index is at
+//! least the one the protocol's `Ready::snapshot` names, under the staged
+//! meta (what the chunks really cover), while the log store records the
+//! protocol's meta. The state machine is then ahead of the protocol's log:
+//! the protocol re-learns the entries between the two indexes from the
+//! leader (so its configuration is taken from them as usual), and the
+//! state machine skips them when they are committed (the idempotent-replay
+//! rule of [`StateMachine`]); waiters up to the staged index are answered
+//! `OutcomeUnknown`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -294,6 +307,10 @@ pub struct ReplicaStats {
     pub snapshot_frames_rejected: u64,
     /// Snapshots installed into the state machine.
     pub snapshots_installed: u64,
+    /// Snapshots the protocol asked to install that the state machine had
+    /// already passed (an earlier install of a newer snapshot); not
+    /// installed, so the state never moves backwards.
+    pub snapshots_skipped: u64,
     /// Proposals answered [`ReplicaError::OutcomeUnknown`].
     pub proposals_unknown: u64,
     /// Local snapshots built and reported to the protocol
@@ -995,7 +1012,11 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
                 meta.last_log_id
             ))
         })?;
-        let index = meta.last_log_id.index;
+        // The staged snapshot may be newer than the one the protocol named
+        // (see `snapshot::Receiver::take`): the state machine jumps to the
+        // staged index, so every waiter up to *that* index can no longer be
+        // matched to its entry (the entries up to it are skipped on apply).
+        let index = staged.meta.last_log_id.index.max(meta.last_log_id.index);
         let later = self.proposals.split_off(&index.next());
         for (_, (_, reply)) in std::mem::replace(&mut self.proposals, later) {
             self.stats.proposals_unknown += 1;
@@ -1005,8 +1026,18 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
         for (_, (_, reply)) in std::mem::replace(&mut self.changes, later) {
             reply.send(Err(ReplicaError::OutcomeUnknown));
         }
-        self.handed_to_apply = self.handed_to_apply.max(index);
         let (done_tx, done_rx) = oneshot::channel();
+        if staged.meta.last_log_id.index <= self.handed_to_apply {
+            // The state machine already holds (or will, once the entries
+            // handed to it are applied) everything this snapshot covers: an
+            // earlier install of a newer snapshot put it ahead of the
+            // protocol. Installing would move it backwards; skip it. The
+            // log store still records the protocol's snapshot.
+            self.stats.snapshots_skipped += 1;
+            let _ = done_tx.send(Ok(()));
+            return Ok(done_rx);
+        }
+        self.handed_to_apply = self.handed_to_apply.max(index);
         let msg = ApplyMsg::Install {
             meta: staged.meta,
             chunks: staged.chunks,

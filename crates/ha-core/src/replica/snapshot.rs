@@ -19,9 +19,10 @@
 //! over the limit or undecodable discards that sender's transfer; the
 //! protocol notices the follower did not catch up and sends again. Only when
 //! `End` checks out is the header message handed to the protocol via
-//! `step`; when the protocol then emits `Ready::snapshot` with the same
-//! meta, the driver installs the staged chunks into the state machine
-//! before it persists that Ready.
+//! `step`; when the protocol then emits `Ready::snapshot` naming that index
+//! or an older one, the driver installs the staged chunks (with the staged
+//! meta: what they really cover) into the state machine before it persists
+//! that Ready (see [`Receiver::take`] for why a newer snapshot may stand in).
 //!
 //! There is no per-chunk acknowledgement or flow control: the transport's
 //! queue must hold a transfer's chunks (QUIC streams provide this; the
@@ -266,12 +267,23 @@ impl Receiver {
         }
     }
 
-    /// Takes the staged snapshot if it is the one described by `meta`.
+    /// Takes the staged snapshot if it covers at least what `meta` (the
+    /// protocol's install request) names.
+    ///
+    /// The sender streams its state machine's *current* snapshot, which may
+    /// be newer than the one the protocol named in the header (the
+    /// [`SnapshotSend`](crate::consensus::SnapshotSend) contract: "at
+    /// least `meta`"). Every snapshot a driver streams is of committed
+    /// state, so a newer one is just as valid: the state machine is then
+    /// ahead of the protocol's log, and the entries up to the staged index
+    /// that the protocol later commits are skipped by the state machine
+    /// (its idempotent-replay rule). A staged snapshot *older* than `meta`
+    /// cannot stand in for it and is not taken.
     pub(super) fn take(&mut self, meta: &SnapshotMeta) -> Option<Staged> {
         if self
             .staged
             .as_ref()
-            .is_some_and(|s| s.meta.last_log_id == meta.last_log_id)
+            .is_some_and(|s| s.meta.last_log_id.index >= meta.last_log_id.index)
         {
             self.staged.take()
         } else {
@@ -330,13 +342,32 @@ mod tests {
                 header: Bytes::from_static(b"h")
             }
         );
-        assert!(r.take(&meta(4)).is_none(), "other meta");
+        assert!(r.take(&meta(6)).is_none(), "older than the protocol asks");
         let s = r.take(&meta(5)).unwrap();
         assert_eq!(
             s.chunks,
             vec![Bytes::from_static(b"ab"), Bytes::from_static(b"c")]
         );
         assert!(r.take(&meta(5)).is_none(), "taken once");
+    }
+
+    #[test]
+    fn a_staged_snapshot_newer_than_the_named_one_is_taken() {
+        // The sender streams its state machine's current snapshot (index 5)
+        // while the protocol's header named an older one (index 3).
+        let mut r = Receiver::new(100);
+        let a = NodeId(2);
+        r.on_frame(a, &begin(1));
+        r.on_frame(a, &chunk(1, 0, b"x"));
+        let end = enc(SnapshotFrame::End {
+            transfer: 1,
+            chunks: 1,
+            bytes: 1,
+        });
+        assert!(matches!(r.on_frame(a, &end), Received::Complete { .. }));
+        let s = r.take(&meta(3)).expect("a newer staged snapshot stands in");
+        assert_eq!(s.meta, meta(5), "installed as what it really covers");
+        assert!(r.take(&meta(3)).is_none(), "taken once");
     }
 
     #[test]

@@ -1393,6 +1393,128 @@ mod snapshot_transfer {
         follower.replica.shutdown().await.unwrap();
     }
 
+    /// Puts `k1..=k{n}` on `node` through committed entries.
+    async fn commit_puts(node: &Node, from: u64, to: u64) {
+        let entries: Vec<Entry> = (from..=to).map(put_entry).collect();
+        lock(&node.script).queued.push_back(Ready {
+            entries: entries.clone(),
+            committed: entries,
+            ..ready()
+        });
+        wait_applied(&node.replica.handle(), to).await;
+    }
+
+    /// `node`'s protocol asks to stream its snapshot `meta` to `to`.
+    async fn send_snapshot(node: &Node, to: NodeId, meta: &SnapshotMeta, header: u32) {
+        lock(&node.script).queued.push_back(Ready {
+            send_snapshots: vec![SnapshotSend {
+                to,
+                meta: meta.clone(),
+                header: TestMsg(header),
+            }],
+            ..ready()
+        });
+        node.replica.handle().status().await.unwrap();
+    }
+
+    fn meta_at(i: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: LogId::new(1, i),
+            membership: Membership::default(),
+        }
+    }
+
+    /// The sender streams its state machine's *current* snapshot, newer than
+    /// the one its protocol named: the receiver installs it (under what it
+    /// really covers), records the protocol's meta in its log store, skips
+    /// the entries the snapshot already covers when they commit, and never
+    /// moves its state backwards for a later, older snapshot.
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_newer_than_the_protocol_named_is_installed() {
+        let net = MemNetwork::new(MemNetworkConfig::default()).unwrap();
+        let leader = node(&net, ME);
+        let follower = node(&net, PEER);
+        let other = node(&net, NodeId(3));
+        commit_puts(&leader, 1, 3000).await;
+        // A proposal waiting on the follower at an index the snapshot covers
+        // (beyond the index the protocol names).
+        lock(&follower.script).next_index = 2499;
+        let fh = follower.replica.handle();
+        let waiting = {
+            let fh = fh.clone();
+            tokio::spawn(async move { fh.propose(Bytes::from_static(b"mine")).await })
+        };
+        until("proposal", || lock(&follower.script).proposals.len() == 1).await;
+
+        // The protocol's snapshot is at 2000; the state machine is at 3000.
+        send_snapshot(&leader, PEER, &meta_at(2000), 77).await;
+        until("header delivered", || {
+            !lock(&follower.script).steps.is_empty()
+        })
+        .await;
+        lock(&follower.script).queued.push_back(Ready {
+            snapshot: Some(meta_at(2000)),
+            hard_state: Some(crate::types::HardState::default()),
+            ..ready()
+        });
+        fh.status().await.unwrap();
+        until("advance", || lock(&follower.script).advanced.len() == 1).await;
+        let st = fh.status().await.unwrap();
+        assert_eq!(st.stats.snapshots_installed, 1);
+        assert_eq!(st.applied, LogIndex(3000), "at the staged snapshot's index");
+        assert_eq!(
+            fh.query(|kv: &MemKv| (kv.len(), kv.last_applied())).await,
+            Ok((3000, LogId::new(1, 3000)))
+        );
+        assert_eq!(
+            follower.store.snapshot_meta(GroupId(7)).unwrap(),
+            Some(meta_at(2000)),
+            "the log store records the protocol's snapshot"
+        );
+        assert_eq!(
+            waiting.await.unwrap(),
+            Err(ReplicaError::OutcomeUnknown),
+            "a waiter the installed state covers cannot be matched to its entry"
+        );
+
+        // The protocol re-learns 2001..=3000 and commits them with one more:
+        // the state machine skips what it has and applies 3001.
+        let entries: Vec<Entry> = (2001..=3001).map(put_entry).collect();
+        lock(&follower.script).queued.push_back(Ready {
+            entries: entries.clone(),
+            committed: entries,
+            ..ready()
+        });
+        wait_applied(&fh, 3001).await;
+        assert_eq!(fh.query(|kv: &MemKv| kv.len()).await, Ok(3001));
+
+        // Another sender's older snapshot (its state machine at 2800) for an
+        // install at 2500: the state machine is past it and stays put.
+        commit_puts(&other, 1, 2800).await;
+        send_snapshot(&other, PEER, &meta_at(2500), 78).await;
+        until("second header", || lock(&follower.script).steps.len() == 2).await;
+        lock(&follower.script).queued.push_back(Ready {
+            snapshot: Some(meta_at(2500)),
+            ..ready()
+        });
+        fh.status().await.unwrap();
+        until("advance", || lock(&follower.script).advanced.len() == 3).await;
+        let st = fh.status().await.unwrap();
+        assert_eq!(
+            (st.stats.snapshots_installed, st.stats.snapshots_skipped),
+            (1, 1)
+        );
+        assert_eq!(st.applied, LogIndex(3001));
+        assert_eq!(
+            fh.query(|kv: &MemKv| (kv.len(), kv.last_applied())).await,
+            Ok((3001, LogId::new(1, 3001))),
+            "the state never moves backwards"
+        );
+        for n in [leader, follower, other] {
+            n.replica.shutdown().await.unwrap();
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn lost_chunk_fails_the_transfer_and_nothing_is_stepped() {
         let net = MemNetwork::new(MemNetworkConfig {

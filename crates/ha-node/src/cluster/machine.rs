@@ -16,13 +16,32 @@
 //! "bad command" response — a pure function of the committed bytes, so every
 //! replica decides alike.
 //!
-//! ## Restart
+//! ## Durability and restart
 //!
-//! The machine's own applied index starts at 0 on every start: the log is
-//! replayed through it, rebuilding the member table; the application skips
-//! what it already applied (the `StateMachine` idempotence rule) or rebuilds
-//! itself if it lives in memory. Hence the node never purges its log
-//! (`ReplicaConfig::snapshot_every_entries` stays `None`).
+//! The member table is part of the application's durable state: it is the
+//! application's *sidecar* ([`StateMachine::stage_sidecar`]). Whenever a
+//! meta entry changes the table, the new table (encoded as
+//! [`encode_table`]) is staged and stored by the application's apply of
+//! that same entry (a `Blank` at its index), in the same atomic write as
+//! the application's `last_applied` (ha-lock: one RocksDB `WriteBatch`). So
+//! the stored table always belongs to the stored applied index, and on
+//! start the machine loads it ([`ClusterMachine::new`]) and resumes at the
+//! application's applied index: only the log after it is replayed, and the
+//! node may purge its log behind snapshots. The consensus configuration
+//! as of the applied index is stored alongside ([`StoredState`]; staged at
+//! every configuration entry too), so that a protocol restarted after its
+//! log was purged behind a local snapshot (which the log store does not
+//! record) starts from the application's state as its snapshot
+//! ([`ClusterMachine::resume_point`], [`resume_from`]).
+//!
+//! Two cases fall back to replaying the whole log (the table is rebuilt
+//! from index 1; the application skips what it has): an application that
+//! keeps no sidecar ([`StateMachine::keeps_sidecar`] false), and a data dir
+//! whose application state was written without a table (by a build before
+//! the table was stored; those builds never purged the log). In the second
+//! case the rebuilt table is stored with the first entry the application
+//! applies; until the table is stored, [`ClusterMachine::snapshot`] is
+//! refused, so the log is not purged before the table is durable.
 //!
 //! ## Member ids
 //!
@@ -40,10 +59,17 @@
 //! (A member that comes back with an empty data dir has forgotten its votes
 //! and promises; under its old id it could vote twice in a term.)
 //!
-//! ## Snapshot format
+//! ## Stored format
 //!
-//! The first chunk is a codec frame of [`MetaSnapshot`] (the member table);
-//! the application's chunks follow unchanged.
+//! The table is stored and sent as [`encode_table`]: a codec frame of
+//! `(format, frame of StoredState)`, with format [`STORED_TABLE_FORMAT`]; a table of
+//! another format is refused with an error naming both versions (a newer
+//! build wrote it), never guessed at.
+//!
+//! A snapshot's first chunk is the stored table; the application's chunks
+//! follow unchanged. The table is checked before the application's state is
+//! touched, so a snapshot with a table this build cannot read changes
+//! nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,7 +79,7 @@ use ha_core::codec;
 use ha_core::state_machine::{
     Applied, ChunkSource, SnapshotSource, StateMachine, StateMachineError,
 };
-use ha_core::{LogId, SnapshotMeta};
+use ha_core::{LogId, LogIndex, Membership, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -79,6 +105,79 @@ pub const MAX_TOMBSTONES: usize = 65_536;
 /// Ids tried for one added member before the add is refused (each a fresh
 /// hash; more than a few collisions means something else is wrong).
 pub const MAX_FRESH_ID_ATTEMPTS: u32 = 64;
+/// Version of the stored member table ([`encode_table`]): the application's
+/// sidecar and the first chunk of every snapshot. Bump it whenever the
+/// encoding of [`StoredState`] changes.
+pub const STORED_TABLE_FORMAT: u32 = 1;
+
+/// What the node stores with the application's state and sends as a
+/// snapshot's first chunk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredState {
+    /// The member table.
+    pub table: MemberTable,
+    /// The consensus configuration as of the same applied index (what a
+    /// protocol restarted from this state takes as its snapshot's).
+    pub membership: Membership,
+}
+
+/// The stored form: its format, then the state's own codec frame (so the
+/// format can be read whatever the state's shape).
+#[derive(Serialize, Deserialize)]
+struct StoredTable {
+    format: u32,
+    body: Bytes,
+}
+
+/// Encodes `state` as stored (sidecar) and sent (snapshot header).
+pub fn encode_table(state: &StoredState) -> Bytes {
+    Bytes::from(codec::encode(&StoredTable {
+        format: STORED_TABLE_FORMAT,
+        body: Bytes::from(codec::encode(state)),
+    }))
+}
+
+/// Decodes a stored table; a bad frame or another format is an error that
+/// says which.
+pub fn decode_table(bytes: &[u8]) -> Result<StoredState, String> {
+    let stored: StoredTable =
+        codec::decode(bytes).map_err(|e| format!("stored member table: {e}"))?;
+    if stored.format != STORED_TABLE_FORMAT {
+        return Err(format!(
+            "stored member table has format {}, this build reads format {STORED_TABLE_FORMAT} \
+             (written by a newer ha-node?)",
+            stored.format
+        ));
+    }
+    codec::decode(&stored.body).map_err(|e| format!("stored member table: {e}"))
+}
+
+/// Makes `recovered` (what the log store holds) start at `base`, the state
+/// the application resumes from ([`ClusterMachine::resume_point`]), when
+/// the store's log does not reach it on its own: the log was purged behind
+/// a locally built snapshot (the store records only installed snapshots),
+/// or a snapshot newer than the protocol's was installed. Entries at or
+/// below `base` are dropped (the state covers them); the protocol re-learns
+/// anything missing after it from the leader. Otherwise `recovered` is left
+/// as it is (its entries stay available to lagging members).
+pub fn resume_from(recovered: &mut ha_core::consensus::Recovered, base: &SnapshotMeta) {
+    let snap = recovered
+        .snapshot
+        .as_ref()
+        .map_or(LogIndex(0), |s| s.last_log_id.index);
+    let at = base.last_log_id.index;
+    if at <= snap {
+        return;
+    }
+    let first = recovered.entries.iter().map(|e| e.index()).min();
+    let last = recovered.entries.iter().map(|e| e.index()).max();
+    let reaches = first.is_some_and(|f| f <= snap.next()) && last.is_some_and(|l| l >= at);
+    if reaches {
+        return;
+    }
+    recovered.entries.retain(|e| e.index() > at);
+    recovered.snapshot = Some(base.clone());
+}
 
 /// One member of the cluster, as the replicated table records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,31 +367,55 @@ pub enum MetaResponse {
     },
 }
 
-/// First snapshot chunk.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MetaSnapshot {
-    /// The member table at the snapshot.
-    pub table: MemberTable,
-}
-
 /// The node's state machine: the member table around the application `S`.
 pub struct ClusterMachine<S> {
     inner: S,
     table: MemberTable,
+    /// The consensus configuration as of `last_applied`.
+    membership: Membership,
     last_applied: LogId,
     view: Arc<watch::Sender<Arc<MemberTable>>>,
+    /// Whether the application stores the table as its sidecar.
+    keeps_table: bool,
+    /// Whether the stored table belongs to the application's applied index
+    /// (false while a table is rebuilt by replay; see the module docs).
+    table_stored: bool,
 }
 
 impl<S: StateMachine> ClusterMachine<S> {
-    /// Wraps `inner`; table changes are published on `view`.
-    pub fn new(inner: S, view: Arc<watch::Sender<Arc<MemberTable>>>) -> Self {
-        view.send_replace(Arc::new(MemberTable::default()));
-        Self {
+    /// Wraps `inner`, loading the member table `inner` stored with its
+    /// applied state (see the [module docs](self)); table changes are
+    /// published on `view`. A stored table that does not decode, or of
+    /// another [`STORED_TABLE_FORMAT`], is an error.
+    pub fn new(
+        inner: S,
+        view: Arc<watch::Sender<Arc<MemberTable>>>,
+    ) -> Result<Self, StateMachineError> {
+        let keeps_table = inner.keeps_sidecar();
+        let applied = inner.last_applied();
+        let (stored, last_applied, table_stored) = match inner.sidecar().filter(|_| keeps_table) {
+            Some(blob) => (
+                decode_table(&blob).map_err(StateMachineError::Storage)?,
+                applied,
+                true,
+            ),
+            // Nothing applied yet: nothing to rebuild; the (empty) table is
+            // stored with the first apply.
+            None if applied == LogId::default() => (StoredState::default(), applied, false),
+            // Application state without a table: rebuild it by replay.
+            None => (StoredState::default(), LogId::default(), false),
+        };
+        let StoredState { table, membership } = stored;
+        view.send_replace(Arc::new(table.clone()));
+        Ok(Self {
             inner,
-            table: MemberTable::default(),
-            last_applied: LogId::default(),
+            table,
+            membership,
+            last_applied,
             view,
-        }
+            keeps_table,
+            table_stored,
+        })
     }
 
     /// The application.
@@ -312,6 +435,34 @@ impl<S: StateMachine> ClusterMachine<S> {
 
     fn publish(&self) {
         self.view.send_replace(Arc::new(self.table.clone()));
+    }
+
+    /// Where the node resumes after a restart: the applied index the
+    /// stored table belongs to, with the configuration as of it (`None`
+    /// while the table is rebuilt by replay or never stored). See
+    /// [`resume_from`].
+    pub fn resume_point(&self) -> Option<SnapshotMeta> {
+        (self.keeps_table && self.table_stored && self.last_applied != LogId::default()).then(
+            || SnapshotMeta {
+                last_log_id: self.last_applied,
+                membership: self.membership.clone(),
+            },
+        )
+    }
+
+    fn stored_state(&self) -> StoredState {
+        StoredState {
+            table: self.table.clone(),
+            membership: self.membership.clone(),
+        }
+    }
+
+    /// Stages the table to be stored with the application's next apply.
+    fn stage_table(&mut self) -> Result<(), StateMachineError> {
+        self.inner
+            .stage_sidecar(encode_table(&self.stored_state()))?;
+        self.table_stored = true;
+        Ok(())
     }
 
     fn apply_meta(&mut self, bytes: &[u8], index: u64) -> MetaResponse {
@@ -434,17 +585,41 @@ impl<S: StateMachine> StateMachine for ClusterMachine<S> {
         if log_id.index <= self.last_applied.index {
             return Ok(Bytes::new());
         }
+        // Whether the application applies this entry (it skips what it
+        // already has: during a rebuild by replay, or after it installed a
+        // snapshot newer than the protocol's).
+        let inner_applies = log_id.index > self.inner.last_applied().index;
+        if inner_applies && self.keeps_table && !self.table_stored {
+            // A table rebuilt by replay has caught up with the application:
+            // store it with this apply.
+            self.stage_table()?;
+        }
         let out = match entry {
             Applied::Command(bytes) => match bytes.split_first() {
                 Some((&TAG_META, rest)) => {
                     let resp = self.apply_meta(rest, log_id.index.0);
+                    if inner_applies
+                        && self.keeps_table
+                        && !matches!(resp, MetaResponse::Refused(_))
+                    {
+                        self.stage_table()?;
+                    }
                     self.inner.apply(log_id, Applied::Blank)?;
                     Bytes::from(codec::encode(&resp))
                 }
                 Some((&TAG_APP, rest)) => self.inner.apply(log_id, Applied::Command(rest))?,
                 _ => self.inner.apply(log_id, Applied::Command(bytes))?,
             },
-            other => self.inner.apply(log_id, other)?,
+            Applied::Membership(m) => {
+                // Stored with the table, so a restart knows the
+                // configuration at the applied index.
+                self.membership = m.clone();
+                if inner_applies && self.keeps_table {
+                    self.stage_table()?;
+                }
+                self.inner.apply(log_id, Applied::Membership(m))?
+            }
+            Applied::Blank => self.inner.apply(log_id, Applied::Blank)?,
         };
         self.last_applied = log_id;
         Ok(out)
@@ -458,11 +633,27 @@ impl<S: StateMachine> StateMachine for ClusterMachine<S> {
         self.last_applied
     }
 
+    /// Refused while the table is not stored with the application's state
+    /// (an application without sidecars, or a rebuild by replay that has
+    /// not caught up): a snapshot lets the log be purged, and the table
+    /// could then not be rebuilt after a restart.
     fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StateMachineError> {
+        if !self.keeps_table || !self.table_stored {
+            return Err(StateMachineError::Storage(
+                "the member table is not stored with the application state yet; \
+                 no snapshot (the log is kept)"
+                    .into(),
+            ));
+        }
         let inner = self.inner.snapshot()?;
-        let header = Bytes::from(codec::encode(&MetaSnapshot {
-            table: self.table.clone(),
-        }));
+        if inner.meta().last_log_id != self.last_applied {
+            return Err(StateMachineError::Storage(format!(
+                "application snapshot covers {:?}, member table {:?}",
+                inner.meta().last_log_id,
+                self.last_applied
+            )));
+        }
+        let header = encode_table(&self.stored_state());
         Ok(Box::new(WrappedSnapshot {
             meta: inner.meta().clone(),
             header: Some(header),
@@ -478,11 +669,28 @@ impl<S: StateMachine> StateMachine for ClusterMachine<S> {
         let first = chunks
             .next_chunk()?
             .ok_or_else(|| StateMachineError::CorruptSnapshot("empty snapshot".into()))?;
-        let header: MetaSnapshot = codec::decode(&first)
-            .map_err(|e| StateMachineError::CorruptSnapshot(format!("member table: {e}")))?;
-        self.inner.install_snapshot(meta, chunks)?;
-        self.table = header.table;
+        // Checked before the application's state is touched.
+        let stored = decode_table(&first).map_err(StateMachineError::CorruptSnapshot)?;
+        let installed = StoredState {
+            table: stored.table,
+            // The snapshot's meta is authoritative for the configuration.
+            membership: meta.membership.clone(),
+        };
+        if self.keeps_table {
+            self.inner.stage_sidecar(encode_table(&installed))?;
+        }
+        if let Err(e) = self.inner.install_snapshot(meta, chunks) {
+            if self.keeps_table && self.table_stored {
+                // Keep the stored table the application's state has.
+                self.inner
+                    .stage_sidecar(encode_table(&self.stored_state()))?;
+            }
+            return Err(e);
+        }
+        self.table = installed.table;
+        self.membership = installed.membership;
         self.last_applied = meta.last_log_id;
+        self.table_stored = self.keeps_table;
         self.publish();
         Ok(())
     }
@@ -516,7 +724,7 @@ mod tests {
 
     fn machine() -> ClusterMachine<MemKv> {
         let (tx, _rx) = watch::channel(Arc::new(MemberTable::default()));
-        ClusterMachine::new(MemKv::default(), Arc::new(tx))
+        ClusterMachine::new(MemKv::default(), Arc::new(tx)).unwrap()
     }
 
     fn member(id: u64, name: &str, url: &str) -> Member {
@@ -749,6 +957,248 @@ mod tests {
         assert!(t.is_removed(4) && t.is_removed(MAX_TOMBSTONES as u64 + 3));
     }
 
+    fn put_entry(k: &str) -> Bytes {
+        app_entry(
+            &KvCommand::Put {
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                value: "v".into(),
+            }
+            .encode(),
+        )
+    }
+
+    fn rewrap(inner: MemKv) -> Result<ClusterMachine<MemKv>, StateMachineError> {
+        let (tx, _rx) = watch::channel(Arc::new(MemberTable::default()));
+        ClusterMachine::new(inner, Arc::new(tx))
+    }
+
+    #[test]
+    fn restart_loads_the_table_stored_with_the_application() {
+        let mut m = machine();
+        meta(
+            &mut m,
+            1,
+            MetaCommand::Bootstrap {
+                cluster_id: 9,
+                members: vec![member(1, "a", "https://a:1")],
+            },
+        );
+        m.apply(LogId::new(1, 2), Applied::Command(&put_entry("k")))
+            .unwrap();
+        add_new(&mut m, 3, "https://b:1");
+        m.apply(LogId::new(1, 4), Applied::Command(&put_entry("k2")))
+            .unwrap();
+        let table = m.table().clone();
+        assert_eq!(table.members.len(), 2);
+        // The application stored the table with its state; a machine over
+        // it resumes at its applied index, table included, without replay.
+        let back = rewrap(m.into_inner()).unwrap();
+        assert_eq!(back.table(), &table);
+        assert_eq!(back.last_applied(), LogId::new(1, 4));
+        let mut back = back;
+        assert!(
+            back.snapshot().is_ok(),
+            "the table is stored: snapshots allowed"
+        );
+    }
+
+    #[test]
+    fn restart_resumes_from_the_stored_state_when_the_log_does_not_reach_it() {
+        use ha_core::consensus::Recovered;
+        use ha_core::types::{Entry, EntryPayload};
+        let entries = |r: std::ops::RangeInclusive<u64>| -> Vec<Entry> {
+            r.map(|i| Entry {
+                log_id: LogId::new(1, i),
+                payload: EntryPayload::Blank,
+            })
+            .collect()
+        };
+        let voters = Membership::new([ha_core::NodeId(1), ha_core::NodeId(2)]);
+        let base = SnapshotMeta {
+            last_log_id: LogId::new(1, 50),
+            membership: voters.clone(),
+        };
+        let rec = |snapshot: Option<u64>, e: Vec<Entry>| Recovered {
+            hard_state: Default::default(),
+            snapshot: snapshot.map(|i| SnapshotMeta {
+                last_log_id: LogId::new(1, i),
+                membership: Membership::default(),
+            }),
+            entries: e,
+        };
+        // Purged behind a local snapshot: 1..=40 gone, no snapshot recorded.
+        let mut r = rec(None, entries(41..=60));
+        resume_from(&mut r, &base);
+        assert_eq!(r.snapshot, Some(base.clone()));
+        assert_eq!(r.entries, entries(51..=60));
+        // Everything purged.
+        let mut r = rec(None, Vec::new());
+        resume_from(&mut r, &base);
+        assert_eq!((r.snapshot, r.entries.len()), (Some(base.clone()), 0));
+        // An installed snapshot at 30 the state machine passed (it installed
+        // a newer one), log ends before the state: resume from the state.
+        let mut r = rec(Some(30), entries(31..=45));
+        resume_from(&mut r, &base);
+        assert_eq!((r.snapshot, r.entries.len()), (Some(base.clone()), 0));
+        // A log that reaches the state is left whole (catch-up entries).
+        for mut r in [rec(None, entries(1..=60)), rec(Some(30), entries(31..=60))] {
+            let before = r.clone();
+            resume_from(&mut r, &base);
+            assert_eq!(r, before);
+        }
+        // The store's snapshot is at or past the state: nothing to do.
+        let mut r = rec(Some(50), entries(51..=60));
+        let before = r.clone();
+        resume_from(&mut r, &base);
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn a_fresh_machine_stores_its_table_with_the_first_apply() {
+        let mut m = machine();
+        assert!(m.snapshot().is_err(), "nothing stored yet");
+        m.apply(LogId::new(1, 1), Applied::Blank).unwrap();
+        assert_eq!(
+            decode_table(&m.inner().sidecar().expect("stored with entry 1")).unwrap(),
+            StoredState::default()
+        );
+        assert!(m.snapshot().is_ok());
+        let back = rewrap(m.into_inner()).unwrap();
+        assert_eq!(back.last_applied(), LogId::new(1, 1), "no replay needed");
+    }
+
+    #[test]
+    fn the_configuration_is_stored_with_the_table() {
+        let mut m = machine();
+        meta(
+            &mut m,
+            1,
+            MetaCommand::Bootstrap {
+                cluster_id: 9,
+                members: vec![member(1, "a", "https://a:1")],
+            },
+        );
+        let voters = Membership::new([ha_core::NodeId(1), ha_core::NodeId(2)]);
+        m.apply(LogId::new(2, 2), Applied::Membership(&voters))
+            .unwrap();
+        m.apply(LogId::new(2, 3), Applied::Command(&put_entry("k")))
+            .unwrap();
+        let back = rewrap(m.into_inner()).unwrap();
+        assert_eq!(
+            back.resume_point(),
+            Some(SnapshotMeta {
+                last_log_id: LogId::new(2, 3),
+                membership: voters,
+            })
+        );
+        assert_eq!(machine().resume_point(), None, "nothing applied");
+    }
+
+    #[test]
+    fn a_stored_table_of_another_format_is_refused() {
+        let other = Bytes::from(codec::encode(&StoredTable {
+            format: STORED_TABLE_FORMAT + 1,
+            body: Bytes::from(codec::encode(&StoredState::default())),
+        }));
+        let e = decode_table(&other).unwrap_err();
+        assert!(
+            e.contains(&format!("format {}", STORED_TABLE_FORMAT + 1))
+                && e.contains(&format!("reads format {STORED_TABLE_FORMAT}")),
+            "{e}"
+        );
+        assert!(decode_table(b"junk").is_err());
+        // At start: a clear error, not an empty table.
+        let mut kv = MemKv::default();
+        kv.apply(LogId::new(1, 1), Applied::Blank).unwrap();
+        kv.stage_sidecar(other.clone()).unwrap();
+        let e = rewrap(kv).err().expect("refused").to_string();
+        assert!(e.contains("this build reads format"), "{e}");
+        // In a snapshot: refused before the application's state is touched.
+        let mut m = machine();
+        meta(
+            &mut m,
+            1,
+            MetaCommand::Bootstrap {
+                cluster_id: 9,
+                members: vec![member(1, "a", "https://a:1")],
+            },
+        );
+        let before = (m.table().clone(), m.inner().clone());
+        let mut src = MemKv::default();
+        src.apply(
+            LogId::new(1, 5),
+            Applied::Command(
+                &KvCommand::Put {
+                    key: "x".into(),
+                    value: "y".into(),
+                }
+                .encode(),
+            ),
+        )
+        .unwrap();
+        let mut snap = src.snapshot().unwrap();
+        let meta_ = snap.meta().clone();
+        let mut chunks = vec![other];
+        while let Some(c) = snap.next_chunk().unwrap() {
+            chunks.push(c);
+        }
+        let e = m
+            .install_snapshot(&meta_, &mut ha_core::state_machine::VecChunks::new(chunks))
+            .unwrap_err();
+        assert!(e.to_string().contains("format"), "{e}");
+        assert_eq!((m.table().clone(), m.inner().clone()), before);
+        assert_eq!(m.last_applied(), LogId::new(1, 1));
+    }
+
+    #[test]
+    fn state_without_a_stored_table_is_rebuilt_by_replay_before_snapshots() {
+        // An application that applied entries 1..=2 under a build that kept
+        // the table only in the log.
+        let boot = MetaCommand::Bootstrap {
+            cluster_id: 9,
+            members: vec![member(1, "a", "https://a:1")],
+        };
+        let mut kv = MemKv::default();
+        kv.apply(LogId::new(1, 1), Applied::Blank).unwrap();
+        kv.apply(
+            LogId::new(1, 2),
+            Applied::Command(
+                &KvCommand::Put {
+                    key: "k".into(),
+                    value: "v".into(),
+                }
+                .encode(),
+            ),
+        )
+        .unwrap();
+        let mut m = rewrap(kv).unwrap();
+        assert_eq!(m.last_applied(), LogId::default(), "replays from the start");
+        assert!(!m.table().initialized);
+        m.apply(LogId::new(1, 1), Applied::Command(&boot.encode_entry()))
+            .unwrap();
+        m.apply(LogId::new(1, 2), Applied::Command(&put_entry("k")))
+            .unwrap();
+        assert!(m.table().initialized, "rebuilt from the log");
+        assert!(
+            m.snapshot().is_err(),
+            "no snapshot (no log purge) before the table is stored"
+        );
+        assert_eq!(m.inner().sidecar(), None);
+        m.apply(LogId::new(1, 3), Applied::Command(&put_entry("k3")))
+            .unwrap();
+        assert_eq!(
+            decode_table(&m.inner().sidecar().expect("stored"))
+                .unwrap()
+                .table,
+            *m.table()
+        );
+        assert!(m.snapshot().is_ok());
+        let table = m.table().clone();
+        let back = rewrap(m.into_inner()).unwrap();
+        assert_eq!(back.table(), &table);
+        assert_eq!(back.last_applied(), LogId::new(1, 3));
+    }
+
     #[test]
     fn snapshot_carries_table_and_application() {
         let mut m = machine();
@@ -776,5 +1226,12 @@ mod tests {
         assert_eq!(other.table(), m.table());
         assert_eq!(other.inner(), m.inner());
         assert_eq!(other.last_applied(), LogId::new(1, 2));
+        // The installed table is stored with the installed state.
+        assert_eq!(
+            decode_table(&other.into_inner().sidecar().expect("stored"))
+                .unwrap()
+                .table,
+            *m.table()
+        );
     }
 }

@@ -133,6 +133,21 @@ pub const PROGRESS_TIMEOUT_MS: u64 = 1_000;
 /// Most not-yet-known senders a joining member remembers while it learns
 /// their addresses (see [Joining](self#joining)).
 pub const MAX_UNKNOWN_SENDERS: usize = 64;
+/// How long the leader waits for a member to acknowledge a snapshot before
+/// it probes the member again (and sends a new snapshot if still needed),
+/// in election timeouts; at least [`MIN_SNAPSHOT_SEND_TIMEOUT_MS`]. A
+/// transfer lost on the way (sent while the member's connection was coming
+/// back, or discarded by its receiver) then costs seconds, not the
+/// protocols' default minute.
+pub const SNAPSHOT_SEND_TIMEOUT_ELECTIONS: u64 = 10;
+/// Lower bound of the snapshot send timeout, in milliseconds.
+pub const MIN_SNAPSHOT_SEND_TIMEOUT_MS: u64 = 5_000;
+
+fn snapshot_send_timeout_ms(cfg: &NodeConfig) -> u64 {
+    cfg.election_timeout_ms
+        .saturating_mul(SNAPSHOT_SEND_TIMEOUT_ELECTIONS)
+        .max(MIN_SNAPSHOT_SEND_TIMEOUT_MS)
+}
 
 /// Why a node call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -318,8 +333,17 @@ pub struct NodeConfig {
     pub status_interval_ms: u64,
     /// Peer address refresh period, ms.
     pub peer_resolve_interval_ms: u64,
-    /// Driver limits.
+    /// Driver limits. `snapshot_every_entries` is `--snapshot-count`: the
+    /// node builds a snapshot (and the protocol purges its log) every this
+    /// many applied entries; the member table is stored with the
+    /// application's state, so the log is not needed to rebuild it (see
+    /// [`machine`]). Use it only with a durable application (the lock
+    /// machine on RocksDB): an in-memory one is rebuilt from the log.
     pub replica: ReplicaConfig,
+    /// Entries the protocol keeps in its log behind a snapshot
+    /// (`--snapshot-catchup-entries`), so that a member that lags by fewer
+    /// catches up from the log instead of receiving a snapshot.
+    pub snapshot_catchup_entries: u64,
     /// Directory whose size is reported as the database size.
     pub db_dir: Option<PathBuf>,
 }
@@ -384,8 +408,10 @@ impl NodeConfig {
             replica: ReplicaConfig {
                 group: GROUP,
                 max_proposal_bytes: MAX_COMMAND_BYTES,
+                snapshot_every_entries: Some(cfg.snapshot_count),
                 ..ReplicaConfig::default()
             },
+            snapshot_catchup_entries: cfg.snapshot_catchup_entries,
             db_dir: Some(cfg.data_dir.join("db")),
         }
     }
@@ -606,7 +632,14 @@ impl<S: StateMachine> Node<S> {
         let transport = Arc::new(bound.transport);
         let transport_inbound = bound.inbound;
         let (view_tx, view_rx) = watch::channel(Arc::new(MemberTable::default()));
-        let machine = ClusterMachine::new(app, Arc::new(view_tx));
+        let machine = ClusterMachine::new(app, Arc::new(view_tx))
+            .map_err(|e| NodeError::Start(format!("state machine: {e}")))?;
+        // After a compaction the log starts past what the store records as
+        // a snapshot: the protocol resumes from the application's state.
+        let mut recovered = recovered;
+        if let Some(base) = machine.resume_point() {
+            machine::resume_from(&mut recovered, &base);
+        }
 
         let replica = match cfg.consensus {
             #[cfg(feature = "raft")]
@@ -811,6 +844,8 @@ fn raft_protocol(
             cfg,
             ha_raft::Config::default().max_proposal_bytes,
         ),
+        snapshot_trailing_entries: cfg.snapshot_catchup_entries,
+        snapshot_send_timeout_ms: snapshot_send_timeout_ms(cfg),
         ..ha_raft::Config::default()
     };
     ha_raft::Raft::new(
@@ -841,6 +876,8 @@ fn paxos_protocol(
             cfg,
             ha_paxos::Config::default().max_proposal_bytes,
         ),
+        snapshot_trailing_entries: cfg.snapshot_catchup_entries,
+        snapshot_send_timeout_ms: snapshot_send_timeout_ms(cfg),
         ..ha_paxos::Config::default()
     };
     ha_paxos::Paxos::new(

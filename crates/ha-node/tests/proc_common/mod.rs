@@ -34,6 +34,10 @@ pub const HEARTBEAT_MS: u64 = 50;
 /// Election timeout of the test clusters, ms (10 heartbeats: slack for a
 /// loaded 2-core machine).
 pub const ELECTION_TIMEOUT_MS: u64 = 500;
+/// `--snapshot-count` of every member the suites start.
+pub const SNAPSHOT_COUNT: u64 = 100;
+/// `--snapshot-catchup-entries` of every member the suites start.
+pub const SNAPSHOT_CATCHUP_ENTRIES: u64 = 20;
 
 /// A child process killed and reaped on drop; its stderr tail is kept.
 pub struct Proc {
@@ -513,6 +517,11 @@ impl Member {
             "--peer-insecure-dev-tls".into(),
             format!("--heartbeat-interval={HEARTBEAT_MS}"),
             format!("--election-timeout={ELECTION_TIMEOUT_MS}"),
+            // Small, so that the suites run with log compaction: members
+            // snapshot and purge often, and one that was down catches up by
+            // snapshot.
+            format!("--snapshot-count={SNAPSHOT_COUNT}"),
+            format!("--snapshot-catchup-entries={SNAPSHOT_CATCHUP_ENTRIES}"),
         ];
         if let Some(id) = &self.member_id {
             args.push(format!("--member-id={id}"));
