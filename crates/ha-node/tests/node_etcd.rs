@@ -1294,8 +1294,10 @@ fn etcd_suite_against_three_paxos_processes() {
 /// SIGTERM ends a member within bounds even while a client call on it waits
 /// for a commit that cannot happen: a member removal on the leader while
 /// the other follower is down (the new configuration needs the member that
-/// is down). The node's shutdown answers that call; it once waited for the
-/// call to finish first (the member did not exit within 20 s of SIGTERM).
+/// is down). The call ends at its request deadline (etcd's: 5 s + 2
+/// election timeouts) or, if it outlives the drain, the node's shutdown
+/// answers it; the member once waited for the call to finish first and did
+/// not exit within 20 s of SIGTERM.
 #[test]
 fn sigterm_ends_a_member_whose_client_call_waits_for_a_down_member() {
     let mut cl = Cluster::start("raft", 3);
@@ -1305,7 +1307,7 @@ fn sigterm_ends_a_member_whose_client_call_waits_for_a_down_member() {
     let lead = cl.members[li].endpoint();
     cl.kill9(followers[1]);
     // A client that waits longer than the shutdown may take.
-    let _waiting = CtlStream::spawn(
+    let mut waiting = CtlStream::spawn(
         &lead,
         &[
             "--command-timeout=120s",
@@ -1316,6 +1318,10 @@ fn sigterm_ends_a_member_whose_client_call_waits_for_a_down_member() {
     );
     // Long enough for the removal to reach the leader (it cannot commit).
     std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        waiting.running(),
+        "the removal must still be waiting when SIGTERM is sent"
+    );
     let (code, log) = cl.stop_with_log(li);
     let start = log.len().saturating_sub(8 * 1024);
     let start = (start..log.len())
@@ -1325,11 +1331,6 @@ fn sigterm_ends_a_member_whose_client_call_waits_for_a_down_member() {
         code,
         0,
         "clean exit within 20 s of SIGTERM expected (-1: it had to be killed)\n{}",
-        &log[start..]
-    );
-    assert!(
-        log.contains("client calls still in flight"),
-        "the removal was waiting when the member stopped\n{}",
         &log[start..]
     );
     for i in cl.live() {

@@ -327,7 +327,8 @@ pub struct NodeConfig {
     /// Deadline of a request, ms: a write waits at most this for a leader
     /// to be known, to be forwarded and to commit (on the leader too), a
     /// linearizable read for its read barrier. Past it the caller gets
-    /// [`NodeError::OutcomeUnknown`] (etcd's "request timed out").
+    /// [`NodeError::OutcomeUnknown`] (etcd's "request timed out"). `ha-node`
+    /// sets it as etcd does: 5 s + 2 election timeouts.
     pub forward_timeout_ms: u64,
     /// Status poll period (metrics, health, housekeeping), ms.
     pub status_interval_ms: u64,
@@ -402,7 +403,8 @@ impl NodeConfig {
             heartbeat_interval_ms: cfg.heartbeat_interval_ms,
             election_timeout_ms: cfg.election_timeout_ms,
             storage,
-            forward_timeout_ms: 5_000,
+            // etcd's request timeout: 5 s + 2 election timeouts.
+            forward_timeout_ms: 5_000 + 2 * cfg.election_timeout_ms,
             status_interval_ms: 200,
             peer_resolve_interval_ms: 2_000,
             replica: ReplicaConfig {

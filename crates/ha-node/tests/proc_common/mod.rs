@@ -346,6 +346,11 @@ pub struct CtlStream {
 }
 
 impl CtlStream {
+    /// Whether the etcdctl process is still running (its call unanswered).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.0.try_wait(), Ok(None))
+    }
+
     /// Starts `etcdctl args` against `endpoints`.
     pub fn spawn(endpoints: &str, args: &[&str]) -> CtlStream {
         let mut cmd = ctl_command(endpoints, args);
