@@ -47,6 +47,7 @@
 pub mod config;
 pub mod frame;
 pub mod identity;
+mod recv;
 pub mod stats;
 pub mod transport;
 
