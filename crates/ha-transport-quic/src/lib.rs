@@ -50,6 +50,7 @@ pub mod identity;
 mod recv;
 pub mod stats;
 pub mod transport;
+mod udp;
 
 pub use config::{ConfigError, QuicConfig};
 pub use frame::{FrameDecoder, FrameError};

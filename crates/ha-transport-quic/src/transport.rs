@@ -68,7 +68,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::config::{ConfigError, GSO_SAFE_UDP_PAYLOAD_BYTES, QuicConfig};
+use crate::config::{ConfigError, QuicConfig};
 use crate::frame::{
     FRAME_HEADER_BYTES, FrameDecoder, FrameError, PREAMBLE_BYTES, Preamble, StreamKind, WireFrame,
     WireKind, checked_len, encode_frame, encode_header,
@@ -76,6 +76,7 @@ use crate::frame::{
 use crate::identity::{self, IdentityError, NodeIdentity, node_dns_name, node_id_from_cert};
 use crate::recv::StreamAssembler;
 use crate::stats::{Counters, TransportStats};
+use crate::udp::SplitGso;
 
 /// Application error codes on the wire (stream stop/reset and connection
 /// close codes).
@@ -368,8 +369,16 @@ impl QuicTransport {
             .map_err(|_| ConfigError("max_udp_payload_bytes out of range"))?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| bind_err(std::io::Error::other("no Tokio runtime")))?;
-        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
-            .map_err(bind_err)?;
+        let socket = Arc::new(SplitGso::new(
+            runtime.wrap_udp_socket(socket).map_err(bind_err)?,
+        ));
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .map_err(bind_err)?;
 
         let (inbound_tx, inbound) = mpsc::channel(config.inbound_queue_frames);
         let (request_tx, requests) = mpsc::channel(config.request_queue);
@@ -424,6 +433,15 @@ impl QuicTransport {
             .peers_read()
             .get(&peer)
             .is_some_and(|p| p.link.conn.borrow().is_some())
+    }
+
+    /// The current packet size limit (path MTU as a UDP payload, in bytes)
+    /// of the dialled connection to `peer`, if it is up: 1200 at first,
+    /// raised by path-MTU discovery up to `max_udp_payload_bytes`.
+    pub fn path_mtu(&self, peer: NodeId) -> Option<u16> {
+        let peers = self.shared.peers_read();
+        let conn = peers.get(&peer)?.link.conn.borrow();
+        conn.as_ref().map(|c| c.stats().path.current_mtu)
     }
 
     /// Adds `id` at `addr`, or changes its address (used from the next
@@ -689,11 +707,6 @@ fn transport_config(
     let mut mtud = quinn::MtuDiscoveryConfig::default();
     mtud.upper_bound(cfg.max_udp_payload_bytes);
     tc.mtu_discovery_config(Some(mtud));
-    if cfg.max_udp_payload_bytes > GSO_SAFE_UDP_PAYLOAD_BYTES {
-        // A GSO batch would exceed the 64 KiB UDP limit; the kernel refuses
-        // it (EMSGSIZE) and quinn counts the packets as lost.
-        tc.enable_segmentation_offload(false);
-    }
 
     if inbound {
         tc.max_concurrent_uni_streams(VarInt::from_u32(cfg.max_uni_streams_per_peer));
@@ -1604,13 +1617,13 @@ mod tests {
     fn udp_payload_bound_sets_mtu_discovery_and_gso() {
         let mut cfg = QuicConfig::new("127.0.0.1:0".parse().unwrap());
         let tc = format!("{:?}", transport_config(&cfg, true).unwrap());
-        assert!(tc.contains("upper_bound: 6548"), "{tc}");
+        assert!(tc.contains("upper_bound: 16371"), "{tc}");
         assert!(tc.contains("enable_segmentation_offload: true"), "{tc}");
-        // Above the GSO-safe size: discovery may go higher, GSO is off.
-        cfg.max_udp_payload_bytes = 8952;
+        // Any packet size keeps GSO on (the socket splits large batches).
+        cfg.max_udp_payload_bytes = 65_527;
         let tc = format!("{:?}", transport_config(&cfg, false).unwrap());
-        assert!(tc.contains("upper_bound: 8952"), "{tc}");
-        assert!(tc.contains("enable_segmentation_offload: false"), "{tc}");
+        assert!(tc.contains("upper_bound: 65527"), "{tc}");
+        assert!(tc.contains("enable_segmentation_offload: true"), "{tc}");
     }
 
     #[cfg(target_os = "linux")]
