@@ -21,6 +21,9 @@
 //! per message is the cost of the data path itself, so the two transports
 //! can be compared under load too.
 //!
+//! Last, paired rounds (see [`paired`]) give a QUIC / TCP+TLS throughput
+//! ratio per size from batches run back to back.
+//!
 //! Run: `cargo bench -p ha-transport-quic --bench transport`
 
 use std::net::SocketAddr;
@@ -324,6 +327,92 @@ async fn tcp_round_trip(
     }
 }
 
+/// Sends `iters` batches of `n` frames over QUIC, each waited for until
+/// node 2's consumer has it all; returns the time taken.
+async fn quic_batches(quic: &QuicPair, iters: u64, n: u64, payload: &Bytes) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let (done_tx, done) = oneshot::channel();
+        quic.counter.send((n, done_tx)).await.unwrap();
+        for i in 0..n {
+            let f = Frame {
+                group: GroupId(i % 4),
+                kind: FrameKind::Protocol,
+                payload: payload.clone(),
+            };
+            quic.t1.send_wait(NodeId(2), f).await.unwrap();
+        }
+        done.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// The same as [`quic_batches`] over the TCP + TLS baseline.
+async fn tcp_batches(tcp: &TcpPair, iters: u64, n: u64, payload: &Bytes) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let (done_tx, done) = oneshot::channel();
+        tcp.counter.send((n, done_tx)).await.unwrap();
+        for i in 0..n {
+            tcp.tx
+                .send((GroupId(i % 4), payload.clone()))
+                .await
+                .unwrap();
+        }
+        done.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// Paired one-way rounds, printed after criterion's report: each round
+/// sends one batch over QUIC and one over TCP + TLS back to back (which
+/// goes first alternates), so both see the same machine load, and the
+/// ratio of the summed times is QUIC's throughput relative to the
+/// baseline. On a shared machine this is far steadier than the ratio of
+/// two criterion estimates taken seconds apart. Rounds per size:
+/// `HA_QUIC_BENCH_PAIRED_ROUNDS` (default 100; 0 skips).
+fn paired(rt: &Runtime, quic: &QuicPair, tcp: &TcpPair) {
+    let rounds = env_u64("HA_QUIC_BENCH_PAIRED_ROUNDS").unwrap_or(100);
+    if rounds == 0 {
+        return;
+    }
+    println!(
+        "\nPaired rounds ({rounds} per size; one QUIC and one TCP+TLS batch back to back per round):"
+    );
+    for size in SIZES {
+        let n = batch_len(size);
+        let payload = Bytes::from(vec![0xab; size]);
+        let (mut q_total, mut t_total) = (Duration::ZERO, Duration::ZERO);
+        let mut ratios = Vec::with_capacity(rounds as usize);
+        for r in 0..rounds {
+            let (q, t) = rt.block_on(async {
+                if r % 2 == 0 {
+                    let q = quic_batches(quic, 1, n, &payload).await;
+                    (q, tcp_batches(tcp, 1, n, &payload).await)
+                } else {
+                    let t = tcp_batches(tcp, 1, n, &payload).await;
+                    (quic_batches(quic, 1, n, &payload).await, t)
+                }
+            });
+            q_total += q;
+            t_total += t;
+            // Same message count: QUIC msgs/s ÷ TCP msgs/s = t / q.
+            ratios.push(t.as_secs_f64() / q.as_secs_f64().max(1e-9));
+        }
+        ratios.sort_by(f64::total_cmp);
+        let msgs = (n * rounds) as f64;
+        println!(
+            "  oneway/{size:<6} QUIC {:>10.0} msgs/s  TCP+TLS {:>10.0} msgs/s  QUIC/TCP {:.2}x  (per round: median {:.2}x, {:.2}x..{:.2}x)",
+            msgs / q_total.as_secs_f64(),
+            msgs / t_total.as_secs_f64(),
+            t_total.as_secs_f64() / q_total.as_secs_f64(),
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1],
+        );
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -346,44 +435,14 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("quic", size), &size, |b, _| {
             b.iter_custom(|iters| {
                 cpu.measure(&format!("oneway/quic/{size}"), iters * n, || {
-                    rt.block_on(async {
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            let (done_tx, done) = oneshot::channel();
-                            quic.counter.send((n, done_tx)).await.unwrap();
-                            for i in 0..n {
-                                let f = Frame {
-                                    group: GroupId(i % 4),
-                                    kind: FrameKind::Protocol,
-                                    payload: payload.clone(),
-                                };
-                                quic.t1.send_wait(NodeId(2), f).await.unwrap();
-                            }
-                            done.await.unwrap();
-                        }
-                        start.elapsed()
-                    })
+                    rt.block_on(quic_batches(&quic, iters, n, &payload))
                 })
             })
         });
         g.bench_with_input(BenchmarkId::new("tcp_tls", size), &size, |b, _| {
             b.iter_custom(|iters| {
                 cpu.measure(&format!("oneway/tcp_tls/{size}"), iters * n, || {
-                    rt.block_on(async {
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            let (done_tx, done) = oneshot::channel();
-                            tcp.counter.send((n, done_tx)).await.unwrap();
-                            for i in 0..n {
-                                tcp.tx
-                                    .send((GroupId(i % 4), payload.clone()))
-                                    .await
-                                    .unwrap();
-                            }
-                            done.await.unwrap();
-                        }
-                        start.elapsed()
-                    })
+                    rt.block_on(tcp_batches(&tcp, iters, n, &payload))
                 })
             })
         });
@@ -432,6 +491,7 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     cpu.report();
+    paired(&rt, &quic, &tcp);
     let s1 = quic.t1.stats();
     let s2 = quic.t2.stats();
     assert_eq!(s1.dropped_queue_full + s1.dropped_disconnected, 0);
