@@ -858,7 +858,7 @@ async fn large_packets_keep_order_and_the_discovered_mtu() {
         let b2 = nodes.pop().unwrap();
         let b1 = nodes.pop().unwrap();
         let mut inbound = b2.inbound;
-        const FRAMES: u32 = 400;
+        const FRAMES: u32 = 120;
         let sender = {
             let t1 = Arc::new(b1.transport);
             let t = Arc::clone(&t1);
