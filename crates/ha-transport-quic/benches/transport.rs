@@ -14,6 +14,16 @@
 //! (up to 256 KiB per write). Requests over TCP reuse one connection
 //! (no per-request stream), which favours the baseline.
 //!
+//! After criterion's report, the bench prints each benchmark's CPU time
+//! per message (user + system time of the whole process, both endpoints,
+//! from `/proc/self/stat`, Linux only). On a shared machine wall-clock
+//! throughput follows whatever CPU share the bench gets, while CPU time
+//! per message is the cost of the data path itself, so the two transports
+//! can be compared under load too.
+//!
+//! Last, paired rounds (see [`paired`]) give a QUIC / TCP+TLS throughput
+//! ratio per size from batches run back to back.
+//!
 //! Run: `cargo bench -p ha-transport-quic --bench transport`
 
 use std::net::SocketAddr;
@@ -42,6 +52,75 @@ const MAX_FRAME_BYTES: usize = 1 << 20;
 /// the recorded numbers use the crate defaults unless stated).
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// CPU time (user + system) this process has used so far, from
+/// `/proc/self/stat` in clock ticks of 10 ms (Linux's `USER_HZ` of 100);
+/// `None` where that file is missing or unreadable.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), `)` ends it:
+    // state is field 3, utime field 14, stime field 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time and messages per benchmark, summed over all its iterations
+/// (warm-up included).
+#[derive(Default)]
+struct CpuMeter {
+    runs: std::sync::Mutex<Vec<(String, Duration, u64)>>,
+}
+
+impl CpuMeter {
+    /// Runs `f` (which moves `msgs` messages) and adds its CPU time to `id`.
+    fn measure<T>(&self, id: &str, msgs: u64, f: impl FnOnce() -> T) -> T {
+        let before = process_cpu();
+        let out = f();
+        if let (Some(a), Some(b)) = (before, process_cpu()) {
+            let mut runs = self.runs.lock().unwrap();
+            match runs.iter_mut().find(|(k, _, _)| k == id) {
+                Some((_, cpu, n)) => {
+                    *cpu += b.saturating_sub(a);
+                    *n += msgs;
+                }
+                None => runs.push((id.to_string(), b.saturating_sub(a), msgs)),
+            }
+        }
+        out
+    }
+
+    /// Prints µs of CPU per message, and QUIC's cost relative to TCP+TLS.
+    fn report(&self) {
+        let runs = self.runs.lock().unwrap();
+        if runs.is_empty() {
+            return;
+        }
+        let per_msg = |id: &str| {
+            runs.iter()
+                .find(|(k, _, _)| k == id)
+                .filter(|(_, cpu, n)| *n > 0 && !cpu.is_zero())
+                .map(|(_, cpu, n)| cpu.as_secs_f64() * 1e6 / *n as f64)
+        };
+        println!("\nCPU time per message (user + system, whole process):");
+        for (id, cpu, n) in runs.iter() {
+            let us = per_msg(id).unwrap_or(0.0);
+            let vs_tcp = if id.contains("/quic/") {
+                per_msg(&id.replace("/quic/", "/tcp_tls/"))
+                    .zip(per_msg(id))
+                    .map(|(t, q)| format!("  (QUIC / TCP+TLS CPU: {:.2}x)", q / t))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            println!(
+                "  {id:<24} {us:>9.3} us/msg over {n} msgs ({:.2} s CPU){vs_tcp}",
+                cpu.as_secs_f64()
+            );
+        }
+    }
 }
 
 /// Messages per measured batch for a payload size (about 1–8 MB a batch).
@@ -248,6 +327,92 @@ async fn tcp_round_trip(
     }
 }
 
+/// Sends `iters` batches of `n` frames over QUIC, each waited for until
+/// node 2's consumer has it all; returns the time taken.
+async fn quic_batches(quic: &QuicPair, iters: u64, n: u64, payload: &Bytes) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let (done_tx, done) = oneshot::channel();
+        quic.counter.send((n, done_tx)).await.unwrap();
+        for i in 0..n {
+            let f = Frame {
+                group: GroupId(i % 4),
+                kind: FrameKind::Protocol,
+                payload: payload.clone(),
+            };
+            quic.t1.send_wait(NodeId(2), f).await.unwrap();
+        }
+        done.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// The same as [`quic_batches`] over the TCP + TLS baseline.
+async fn tcp_batches(tcp: &TcpPair, iters: u64, n: u64, payload: &Bytes) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let (done_tx, done) = oneshot::channel();
+        tcp.counter.send((n, done_tx)).await.unwrap();
+        for i in 0..n {
+            tcp.tx
+                .send((GroupId(i % 4), payload.clone()))
+                .await
+                .unwrap();
+        }
+        done.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// Paired one-way rounds, printed after criterion's report: each round
+/// sends one batch over QUIC and one over TCP + TLS back to back (which
+/// goes first alternates), so both see the same machine load, and the
+/// ratio of the summed times is QUIC's throughput relative to the
+/// baseline. On a shared machine this is far steadier than the ratio of
+/// two criterion estimates taken seconds apart. Rounds per size:
+/// `HA_QUIC_BENCH_PAIRED_ROUNDS` (default 100; 0 skips).
+fn paired(rt: &Runtime, quic: &QuicPair, tcp: &TcpPair) {
+    let rounds = env_u64("HA_QUIC_BENCH_PAIRED_ROUNDS").unwrap_or(100);
+    if rounds == 0 {
+        return;
+    }
+    println!(
+        "\nPaired rounds ({rounds} per size; one QUIC and one TCP+TLS batch back to back per round):"
+    );
+    for size in SIZES {
+        let n = batch_len(size);
+        let payload = Bytes::from(vec![0xab; size]);
+        let (mut q_total, mut t_total) = (Duration::ZERO, Duration::ZERO);
+        let mut ratios = Vec::with_capacity(rounds as usize);
+        for r in 0..rounds {
+            let (q, t) = rt.block_on(async {
+                if r % 2 == 0 {
+                    let q = quic_batches(quic, 1, n, &payload).await;
+                    (q, tcp_batches(tcp, 1, n, &payload).await)
+                } else {
+                    let t = tcp_batches(tcp, 1, n, &payload).await;
+                    (quic_batches(quic, 1, n, &payload).await, t)
+                }
+            });
+            q_total += q;
+            t_total += t;
+            // Same message count: QUIC msgs/s ÷ TCP msgs/s = t / q.
+            ratios.push(t.as_secs_f64() / q.as_secs_f64().max(1e-9));
+        }
+        ratios.sort_by(f64::total_cmp);
+        let msgs = (n * rounds) as f64;
+        println!(
+            "  oneway/{size:<6} QUIC {:>10.0} msgs/s  TCP+TLS {:>10.0} msgs/s  QUIC/TCP {:.2}x  (per round: median {:.2}x, {:.2}x..{:.2}x)",
+            msgs / q_total.as_secs_f64(),
+            msgs / t_total.as_secs_f64(),
+            t_total.as_secs_f64() / q_total.as_secs_f64(),
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1],
+        );
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -257,6 +422,7 @@ fn bench(c: &mut Criterion) {
     let ca = DevCa::generate("bench", Validity::days_from_now(1)).unwrap();
     let quic = quic_pair(&rt, &ca);
     let tcp = tcp_pair(&rt, &ca);
+    let cpu = CpuMeter::default();
 
     let mut g = c.benchmark_group("oneway");
     g.sample_size(10)
@@ -268,41 +434,15 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n));
         g.bench_with_input(BenchmarkId::new("quic", size), &size, |b, _| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let (done_tx, done) = oneshot::channel();
-                        quic.counter.send((n, done_tx)).await.unwrap();
-                        for i in 0..n {
-                            let f = Frame {
-                                group: GroupId(i % 4),
-                                kind: FrameKind::Protocol,
-                                payload: payload.clone(),
-                            };
-                            quic.t1.send_wait(NodeId(2), f).await.unwrap();
-                        }
-                        done.await.unwrap();
-                    }
-                    start.elapsed()
+                cpu.measure(&format!("oneway/quic/{size}"), iters * n, || {
+                    rt.block_on(quic_batches(&quic, iters, n, &payload))
                 })
             })
         });
         g.bench_with_input(BenchmarkId::new("tcp_tls", size), &size, |b, _| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let (done_tx, done) = oneshot::channel();
-                        tcp.counter.send((n, done_tx)).await.unwrap();
-                        for i in 0..n {
-                            tcp.tx
-                                .send((GroupId(i % 4), payload.clone()))
-                                .await
-                                .unwrap();
-                        }
-                        done.await.unwrap();
-                    }
-                    start.elapsed()
+                cpu.measure(&format!("oneway/tcp_tls/{size}"), iters * n, || {
+                    rt.block_on(tcp_batches(&tcp, iters, n, &payload))
                 })
             })
         });
@@ -317,35 +457,41 @@ fn bench(c: &mut Criterion) {
     let payload = Bytes::from(vec![0xcd; 64]);
     g.bench_function(BenchmarkId::new("quic", 64), |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let r = quic
-                        .t1
-                        .request(NodeId(2), GroupId(0), payload.clone(), 10_000)
-                        .await
-                        .unwrap();
-                    assert_eq!(r.len(), 64);
-                }
-                start.elapsed()
+            cpu.measure("rr/quic/64", iters, || {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let r = quic
+                            .t1
+                            .request(NodeId(2), GroupId(0), payload.clone(), 10_000)
+                            .await
+                            .unwrap();
+                        assert_eq!(r.len(), 64);
+                    }
+                    start.elapsed()
+                })
             })
         })
     });
     g.bench_function(BenchmarkId::new("tcp_tls", 64), |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut conn = tcp.rr.lock().await;
-                let mut buf = BytesMut::new();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    tcp_round_trip(&mut conn, &payload, &mut buf).await;
-                }
-                start.elapsed()
+            cpu.measure("rr/tcp_tls/64", iters, || {
+                rt.block_on(async {
+                    let mut conn = tcp.rr.lock().await;
+                    let mut buf = BytesMut::new();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        tcp_round_trip(&mut conn, &payload, &mut buf).await;
+                    }
+                    start.elapsed()
+                })
             })
         })
     });
     g.finish();
 
+    cpu.report();
+    paired(&rt, &quic, &tcp);
     let s1 = quic.t1.stats();
     let s2 = quic.t2.stats();
     assert_eq!(s1.dropped_queue_full + s1.dropped_disconnected, 0);

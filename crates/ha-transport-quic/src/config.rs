@@ -13,20 +13,22 @@ pub const MIN_UDP_PAYLOAD_BYTES: u16 = 1200;
 /// Largest UDP payload an IPv4/IPv6 datagram can carry (65,535 minus the
 /// 8-byte UDP header): the ceiling of [`QuicConfig::max_udp_payload_bytes`].
 pub const MAX_UDP_PAYLOAD_BYTES: u16 = 65_527;
-/// Largest [`QuicConfig::max_udp_payload_bytes`] at which UDP segmentation
-/// offload (GSO) stays on. quinn 0.11 hands the kernel up to 10 datagrams
-/// per GSO send, and one send may carry at most 65,487 bytes of UDP payload
-/// over IPv6 (65,535 minus the IPv6 and UDP headers), so 10 × 6,548 is the
-/// largest batch that always fits; a larger one is refused by the kernel
-/// (`EMSGSIZE`) and its packets count as lost. Above this value the
-/// transport turns GSO off and sends datagram by datagram, which costs more
-/// CPU per byte than the larger packets save (measured on loopback: 8952
-/// bytes without GSO moved 64 KiB messages at ~0.6× the rate of 6548 with
-/// GSO).
+/// Largest [`QuicConfig::max_udp_payload_bytes`] at which a full batch of
+/// quinn's segmentation offload (GSO: up to 10 datagrams per send) fits one
+/// UDP send: a send may carry at most 65,487 bytes of UDP payload over
+/// IPv6 (65,535 minus the IPv6 and UDP headers), and 10 × 6,548 fits. A
+/// larger batch would be refused by the kernel (`EMSGSIZE`, all its packets
+/// lost), so above this value the transport's socket splits each batch
+/// into several sends of whole datagrams; GSO stays on either way.
 pub const GSO_SAFE_UDP_PAYLOAD_BYTES: u16 = 6_548;
-/// Default [`QuicConfig::max_udp_payload_bytes`]: the largest value that
-/// keeps GSO on ([`GSO_SAFE_UDP_PAYLOAD_BYTES`]).
-pub const DEFAULT_MAX_UDP_PAYLOAD_BYTES: u16 = GSO_SAFE_UDP_PAYLOAD_BYTES;
+/// Default [`QuicConfig::max_udp_payload_bytes`]: 16,371, the largest
+/// payload of which 4 datagrams fit one GSO send (4 × 16,371 ≤ 65,487), so a
+/// batch splits into whole sends of ~64 KiB. On loopback (and paths with an
+/// MTU that large) a 64 KiB message then takes 4 packets instead of 10 at
+/// 6,548 bytes: fewer encryptions, acknowledgements and per-packet
+/// bookkeeping per byte. Other paths stop where their MTU does (1452 on
+/// Ethernet, ~8952 on jumbo frames).
+pub const DEFAULT_MAX_UDP_PAYLOAD_BYTES: u16 = 16_371;
 /// Smallest [`QuicConfig::udp_socket_buffer_bytes`].
 pub const MIN_UDP_SOCKET_BUFFER_BYTES: usize = 64 << 10;
 /// Largest [`QuicConfig::udp_socket_buffer_bytes`].
@@ -101,10 +103,10 @@ pub struct QuicConfig {
     /// a standard 1500-byte Ethernet path, the bound itself on a
     /// jumbo-frame (9000) network or on loopback. Fewer, larger packets mean
     /// fewer encryptions, acknowledgements and syscalls per byte. Default
-    /// [`DEFAULT_MAX_UDP_PAYLOAD_BYTES`] (6548); range
-    /// [`MIN_UDP_PAYLOAD_BYTES`]..=[`MAX_UDP_PAYLOAD_BYTES`]; values above
-    /// [`GSO_SAFE_UDP_PAYLOAD_BYTES`] turn segmentation offload off. Set
-    /// 1452 to never probe above Ethernet size.
+    /// [`DEFAULT_MAX_UDP_PAYLOAD_BYTES`] (16371); range
+    /// [`MIN_UDP_PAYLOAD_BYTES`]..=[`MAX_UDP_PAYLOAD_BYTES`]; above
+    /// [`GSO_SAFE_UDP_PAYLOAD_BYTES`] segmentation-offload batches are sent
+    /// in several pieces. Set 1452 to never probe above Ethernet size.
     pub max_udp_payload_bytes: u16,
     /// Receive and send buffer size requested for the UDP socket
     /// (`SO_RCVBUF`/`SO_SNDBUF`). Bursts that overflow the receive buffer

@@ -203,6 +203,17 @@ pub struct WireFrame {
     pub payload: Bytes,
 }
 
+/// A checked frame header ([`FrameDecoder::header`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// What the frame carries.
+    pub kind: WireKind,
+    /// The consensus group.
+    pub group: GroupId,
+    /// Payload length in bytes, within the decoder's limit.
+    pub len: usize,
+}
+
 /// Writes one frame header for a payload of `len` bytes. The caller has
 /// checked `len` against its limit.
 pub fn encode_header(kind: WireKind, group: GroupId, len: u32) -> [u8; FRAME_HEADER_BYTES] {
@@ -310,20 +321,9 @@ impl FrameDecoder {
             }
             return Ok(None);
         }
-        if buf[0] != WIRE_VERSION {
-            return Err(FrameError::BadVersion(buf[0]));
-        }
-        let kind = self.check_kind(buf[1])?;
-        let mut g = [0u8; 8];
-        g.copy_from_slice(&buf[2..10]);
-        let group = GroupId(u64::from_le_bytes(g));
-        let len = u32::from_le_bytes([buf[10], buf[11], buf[12], buf[13]]) as usize;
-        if len > self.max_frame_bytes {
-            return Err(FrameError::TooLarge {
-                len: len as u64,
-                max: self.max_frame_bytes,
-            });
-        }
+        let mut h = [0u8; FRAME_HEADER_BYTES];
+        h.copy_from_slice(&buf[..FRAME_HEADER_BYTES]);
+        let FrameHeader { kind, group, len } = self.header(&h)?;
         if buf.len() < FRAME_HEADER_BYTES + len {
             buf.reserve(FRAME_HEADER_BYTES + len - buf.len());
             return Ok(None);
@@ -335,6 +335,26 @@ impl FrameDecoder {
             group,
             payload,
         }))
+    }
+
+    /// Checks and parses one frame header (version, kind allowed on this
+    /// stream, length within the limit).
+    pub fn header(&self, h: &[u8; FRAME_HEADER_BYTES]) -> Result<FrameHeader, FrameError> {
+        if h[0] != WIRE_VERSION {
+            return Err(FrameError::BadVersion(h[0]));
+        }
+        let kind = self.check_kind(h[1])?;
+        let mut g = [0u8; 8];
+        g.copy_from_slice(&h[2..10]);
+        let group = GroupId(u64::from_le_bytes(g));
+        let len = u32::from_le_bytes([h[10], h[11], h[12], h[13]]) as usize;
+        if len > self.max_frame_bytes {
+            return Err(FrameError::TooLarge {
+                len: len as u64,
+                max: self.max_frame_bytes,
+            });
+        }
+        Ok(FrameHeader { kind, group, len })
     }
 
     /// At end of stream: an error if a partial frame is left.

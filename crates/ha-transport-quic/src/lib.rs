@@ -47,8 +47,10 @@
 pub mod config;
 pub mod frame;
 pub mod identity;
+mod recv;
 pub mod stats;
 pub mod transport;
+mod udp;
 
 pub use config::{ConfigError, QuicConfig};
 pub use frame::{FrameDecoder, FrameError};

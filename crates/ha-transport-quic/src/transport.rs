@@ -50,7 +50,7 @@
 //!   closes the whole connection with [`code::IDENTITY`] and counts
 //!   `identity_rejections`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -68,13 +68,15 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::config::{ConfigError, GSO_SAFE_UDP_PAYLOAD_BYTES, QuicConfig};
+use crate::config::{ConfigError, QuicConfig};
 use crate::frame::{
     FRAME_HEADER_BYTES, FrameDecoder, FrameError, PREAMBLE_BYTES, Preamble, StreamKind, WireFrame,
     WireKind, checked_len, encode_frame, encode_header,
 };
 use crate::identity::{self, IdentityError, NodeIdentity, node_dns_name, node_id_from_cert};
+use crate::recv::StreamAssembler;
 use crate::stats::{Counters, TransportStats};
+use crate::udp::SplitGso;
 
 /// Application error codes on the wire (stream stop/reset and connection
 /// close codes).
@@ -110,14 +112,6 @@ const INLINE_PAYLOAD_BYTES_MAX: usize = 4 << 10;
 /// Size of the buffers small frames are copied into. A full buffer becomes
 /// one chunk of the stream write and the writer moves to the next one.
 const SMALL_BUFFER_BYTES: usize = 64 << 10;
-/// Smallest receive buffer of a stream reader (see [`RecvBuffers`]); a
-/// buffer is enlarged to hold a whole frame when one is larger.
-const RECV_BUFFER_BYTES: usize = 64 << 10;
-/// Used receive buffers a stream reader keeps for reuse.
-const RECV_BUFFERS_PARKED_MAX: usize = 16;
-/// Bytes of used receive buffers a stream reader keeps for reuse (the sum
-/// of their allocation sizes); a buffer larger than this is never parked.
-const RECV_PARKED_BYTES_MAX: usize = 2 << 20;
 /// Copy buffers a protocol writer keeps for reuse (see [`CopyBuffers`]):
 /// at most this many × [`SMALL_BUFFER_BYTES`] (1 MiB) stay allocated per
 /// peer after a burst.
@@ -379,8 +373,16 @@ impl QuicTransport {
             .map_err(|_| ConfigError("max_udp_payload_bytes out of range"))?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| bind_err(std::io::Error::other("no Tokio runtime")))?;
-        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
-            .map_err(bind_err)?;
+        let socket = Arc::new(SplitGso::new(
+            runtime.wrap_udp_socket(socket).map_err(bind_err)?,
+        ));
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .map_err(bind_err)?;
 
         let (inbound_tx, inbound) = mpsc::channel(config.inbound_queue_frames);
         let (request_tx, requests) = mpsc::channel(config.request_queue);
@@ -435,6 +437,15 @@ impl QuicTransport {
             .peers_read()
             .get(&peer)
             .is_some_and(|p| p.link.conn.borrow().is_some())
+    }
+
+    /// The current packet size limit (path MTU as a UDP payload, in bytes)
+    /// of the dialled connection to `peer`, if it is up: 1200 at first,
+    /// raised by path-MTU discovery up to `max_udp_payload_bytes`.
+    pub fn path_mtu(&self, peer: NodeId) -> Option<u16> {
+        let peers = self.shared.peers_read();
+        let conn = peers.get(&peer)?.link.conn.borrow();
+        conn.as_ref().map(|c| c.stats().path.current_mtu)
     }
 
     /// Adds `id` at `addr`, or changes its address (used from the next
@@ -700,11 +711,6 @@ fn transport_config(
     let mut mtud = quinn::MtuDiscoveryConfig::default();
     mtud.upper_bound(cfg.max_udp_payload_bytes);
     tc.mtu_discovery_config(Some(mtud));
-    if cfg.max_udp_payload_bytes > GSO_SAFE_UDP_PAYLOAD_BYTES {
-        // A GSO batch would exceed the 64 KiB UDP limit; the kernel refuses
-        // it (EMSGSIZE) and quinn counts the packets as lost.
-        tc.enable_segmentation_offload(false);
-    }
 
     if inbound {
         tc.max_concurrent_uni_streams(VarInt::from_u32(cfg.max_uni_streams_per_peer));
@@ -1399,104 +1405,6 @@ async fn read_preamble(
     None
 }
 
-/// A stream reader's receive buffer, with its allocations recycled.
-///
-/// Frames are handed out as slices of `buf` (no copy), so a buffer stays
-/// alive until the consumer drops its last frame, and `BytesMut` then has to
-/// allocate a fresh one, which the allocator maps and page-faults in
-/// (about half the page faults at 64 KiB messages). Instead, when `buf`
-/// runs out of room, it is parked, and the oldest parked buffer is reused
-/// once the consumer has dropped every frame of it (frames are consumed in
-/// order, so the oldest frees first). Room is made for the whole pending
-/// frame at once, so the decoder never reallocates mid-frame. At most
-/// [`RECV_BUFFERS_PARKED_MAX`] buffers and [`RECV_PARKED_BYTES_MAX`] bytes
-/// stay parked per stream.
-#[derive(Debug)]
-struct RecvBuffers {
-    buf: BytesMut,
-    /// Allocation size of `buf` (its capacity when it was set up).
-    buf_alloc: usize,
-    /// Used buffers with their allocation sizes, oldest first.
-    parked: std::collections::VecDeque<(BytesMut, usize)>,
-    /// Sum of the parked allocation sizes, at most [`RECV_PARKED_BYTES_MAX`].
-    parked_bytes: usize,
-}
-
-impl RecvBuffers {
-    fn new() -> Self {
-        Self {
-            buf: BytesMut::with_capacity(RECV_BUFFER_BYTES),
-            buf_alloc: RECV_BUFFER_BYTES,
-            parked: std::collections::VecDeque::with_capacity(RECV_BUFFERS_PARKED_MAX),
-            parked_bytes: 0,
-        }
-    }
-
-    /// Appends `data` (making room for it first).
-    fn append(&mut self, data: &[u8]) {
-        self.room(self.buf.len() + data.len());
-        self.buf.extend_from_slice(data);
-    }
-
-    /// Takes the next complete frame off the front, like
-    /// [`FrameDecoder::decode`], after making room for all of a frame whose
-    /// header has arrived (so the decoder's own `reserve` never allocates).
-    fn decode(&mut self, decoder: &FrameDecoder) -> Result<Option<WireFrame>, FrameError> {
-        if let Some(h) = self.buf.get(..FRAME_HEADER_BYTES) {
-            let len = u32::from_le_bytes([h[10], h[11], h[12], h[13]]) as usize;
-            // A larger length is refused by the decoder; allocate nothing.
-            if len <= decoder.max_frame_bytes() {
-                self.room(FRAME_HEADER_BYTES + len);
-            }
-        }
-        decoder.decode(&mut self.buf)
-    }
-
-    /// Makes `buf` able to hold `total` bytes from its start, switching to
-    /// a recycled or new buffer (and copying the partial frame over) if not.
-    fn room(&mut self, total: usize) {
-        if self.buf.capacity() >= total {
-            return;
-        }
-        let want = total.max(RECV_BUFFER_BYTES);
-        let reclaimed = self
-            .parked
-            .front_mut()
-            .is_some_and(|(b, _)| b.try_reclaim(want));
-        let (mut next, next_alloc) = match self.parked.pop_front() {
-            Some((b, alloc)) if reclaimed => {
-                self.parked_bytes -= alloc;
-                (b, alloc)
-            }
-            front => {
-                if let Some(front) = front {
-                    self.parked.push_front(front);
-                }
-                (BytesMut::with_capacity(want), want)
-            }
-        };
-        next.extend_from_slice(&self.buf);
-        let mut used = std::mem::replace(&mut self.buf, next);
-        let used_alloc = std::mem::replace(&mut self.buf_alloc, next_alloc);
-        used.clear();
-        if used_alloc > RECV_PARKED_BYTES_MAX {
-            return;
-        }
-        // At a bound: the oldest goes (frames still referencing it keep its
-        // memory alive for as long as they need it).
-        while self.parked.len() >= RECV_BUFFERS_PARKED_MAX
-            || self.parked_bytes + used_alloc > RECV_PARKED_BYTES_MAX
-        {
-            match self.parked.pop_front() {
-                Some((_, alloc)) => self.parked_bytes -= alloc,
-                None => break,
-            }
-        }
-        self.parked_bytes += used_alloc;
-        self.parked.push_back((used, used_alloc));
-    }
-}
-
 /// Reads one protocol or snapshot stream and delivers its frames in order.
 async fn read_stream(shared: Arc<Shared>, conn: Connection, peer: NodeId, mut recv: RecvStream) {
     let Some(pre) = read_preamble(&shared, &conn, peer, &mut recv).await else {
@@ -1511,8 +1419,9 @@ async fn read_stream(shared: Arc<Shared>, conn: Connection, peer: NodeId, mut re
         }
     };
     let decoder = FrameDecoder::for_stream(pre.kind, shared.config.max_frame_bytes);
-    let mut rbuf = RecvBuffers::new();
+    let mut asm = StreamAssembler::new(decoder);
     let mut chunks: [Bytes; READ_CHUNKS_PER_CALL] = Default::default();
+    let mut ready: VecDeque<WireFrame> = VecDeque::new();
     // Delivered but not yet counted (counted once per read, not per frame).
     let (mut frames, mut bytes) = (0u64, 0u64);
     let count = |frames: &mut u64, bytes: &mut u64| {
@@ -1520,15 +1429,21 @@ async fn read_stream(shared: Arc<Shared>, conn: Connection, peer: NodeId, mut re
         shared.count(|c| &c.bytes_received, std::mem::take(bytes));
     };
     loop {
+        let mut bad = None;
         match recv.read_chunks(&mut chunks).await {
             Ok(Some(n)) => {
                 for c in &mut chunks[..n] {
                     // Taken, so quinn's receive buffer is released now.
-                    rbuf.append(&std::mem::take(c));
+                    let c = std::mem::take(c);
+                    if bad.is_none()
+                        && let Err(e) = asm.push(&c, &mut ready)
+                    {
+                        bad = Some(e);
+                    }
                 }
             }
             Ok(None) => {
-                if let Err(e) = decoder.finish(&rbuf.buf) {
+                if let Err(e) = asm.finish() {
                     frame_error(&shared, peer, &mut recv, &e);
                 }
                 return;
@@ -1538,47 +1453,40 @@ async fn read_stream(shared: Arc<Shared>, conn: Connection, peer: NodeId, mut re
                 return;
             }
         }
-        loop {
-            match rbuf.decode(&decoder) {
-                Ok(Some(f)) => {
-                    let n = f.payload.len() as u64;
-                    let inbound = Inbound {
-                        from: peer,
-                        frame: Frame {
-                            group: f.group,
-                            kind,
-                            payload: f.payload,
-                        },
-                    };
-                    // Fast path without an await; wait (back-pressure)
-                    // only when the consumer's queue is full.
-                    let sent = match shared.inbound_tx.try_send(inbound) {
-                        Ok(()) => true,
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
-                        Err(mpsc::error::TrySendError::Full(inbound)) => {
-                            count(&mut frames, &mut bytes);
-                            shared.inbound_tx.send(inbound).await.is_ok()
-                        }
-                    };
-                    if !sent {
-                        count(&mut frames, &mut bytes);
-                        shared.count(|c| &c.dropped_inbound_closed, 1);
-                        let _ = recv.stop(VarInt::from_u32(code::GONE));
-                        return;
-                    }
-                    frames += 1;
-                    bytes += n;
-                }
-                Ok(None) => {
+        // The frames before a bad one are delivered, then the stream closes.
+        while let Some(f) = ready.pop_front() {
+            let n = f.payload.len() as u64;
+            let inbound = Inbound {
+                from: peer,
+                frame: Frame {
+                    group: f.group,
+                    kind,
+                    payload: f.payload,
+                },
+            };
+            // Fast path without an await; wait (back-pressure) only when
+            // the consumer's queue is full.
+            let sent = match shared.inbound_tx.try_send(inbound) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Full(inbound)) => {
                     count(&mut frames, &mut bytes);
-                    break;
+                    shared.inbound_tx.send(inbound).await.is_ok()
                 }
-                Err(e) => {
-                    count(&mut frames, &mut bytes);
-                    frame_error(&shared, peer, &mut recv, &e);
-                    return;
-                }
+            };
+            if !sent {
+                count(&mut frames, &mut bytes);
+                shared.count(|c| &c.dropped_inbound_closed, 1);
+                let _ = recv.stop(VarInt::from_u32(code::GONE));
+                return;
             }
+            frames += 1;
+            bytes += n;
+        }
+        count(&mut frames, &mut bytes);
+        if let Some(e) = bad {
+            frame_error(&shared, peer, &mut recv, &e);
+            return;
         }
     }
 }
@@ -1732,78 +1640,16 @@ mod tests {
     }
 
     #[test]
-    fn recv_buffers_deliver_frames_intact_and_reuse_released_buffers() {
-        let max = 1 << 20;
-        let decoder = FrameDecoder::for_stream(StreamKind::Protocol, max);
-        let sizes = [10usize, 70_000, 64, 200_000, 1, 65_536, 3_000];
-        let mut wire = BytesMut::new();
-        for (i, &n) in sizes.iter().enumerate() {
-            let payload = vec![i as u8; n];
-            encode_frame(
-                &mut wire,
-                WireKind::Protocol,
-                GroupId(i as u64),
-                &payload,
-                max,
-            )
-            .unwrap();
-        }
-        let mut rbuf = RecvBuffers::new();
-        let mut got = Vec::new();
-        // Feed in uneven pieces, as QUIC chunks arrive.
-        for piece in wire.chunks(6_548) {
-            rbuf.append(piece);
-            while let Some(f) = rbuf.decode(&decoder).unwrap() {
-                got.push(f);
-            }
-            assert!(rbuf.parked.len() <= RECV_BUFFERS_PARKED_MAX);
-            let sum: usize = rbuf.parked.iter().map(|&(_, a)| a).sum();
-            assert_eq!(sum, rbuf.parked_bytes);
-            assert!(sum <= RECV_PARKED_BYTES_MAX);
-        }
-        assert!(rbuf.buf.is_empty());
-        assert_eq!(got.len(), sizes.len());
-        for (i, f) in got.iter().enumerate() {
-            assert_eq!(f.group, GroupId(i as u64));
-            assert_eq!(f.payload.len(), sizes[i]);
-            assert!(f.payload.iter().all(|&b| b == i as u8));
-        }
-        // Frames alive: the buffers holding them cannot be reclaimed (a
-        // buffer whose data all moved on can be).
-        let held = rbuf
-            .parked
-            .iter_mut()
-            .map(|(b, _)| !b.try_reclaim(RECV_BUFFER_BYTES))
-            .filter(|&stuck| stuck)
-            .count();
-        assert!(held >= 2, "{held}");
-        // Consumer dropped them: every parked buffer is free again, and the
-        // next switch reuses the oldest.
-        drop(got);
-        assert!(
-            rbuf.parked
-                .iter_mut()
-                .all(|(b, _)| b.try_reclaim(RECV_BUFFER_BYTES))
-        );
-        let oldest = rbuf.parked.front().map(|(b, _)| b.as_ptr());
-        let fill = vec![0u8; rbuf.buf.capacity() + 1];
-        rbuf.append(&fill);
-        assert_eq!(rbuf.buf.len(), fill.len());
-        let reused = rbuf.parked.iter().all(|(b, _)| Some(b.as_ptr()) != oldest);
-        assert!(reused, "the oldest parked buffer was not reused");
-    }
-
-    #[test]
     fn udp_payload_bound_sets_mtu_discovery_and_gso() {
         let mut cfg = QuicConfig::new("127.0.0.1:0".parse().unwrap());
         let tc = format!("{:?}", transport_config(&cfg, true).unwrap());
-        assert!(tc.contains("upper_bound: 6548"), "{tc}");
+        assert!(tc.contains("upper_bound: 16371"), "{tc}");
         assert!(tc.contains("enable_segmentation_offload: true"), "{tc}");
-        // Above the GSO-safe size: discovery may go higher, GSO is off.
-        cfg.max_udp_payload_bytes = 8952;
+        // Any packet size keeps GSO on (the socket splits large batches).
+        cfg.max_udp_payload_bytes = 65_527;
         let tc = format!("{:?}", transport_config(&cfg, false).unwrap());
-        assert!(tc.contains("upper_bound: 8952"), "{tc}");
-        assert!(tc.contains("enable_segmentation_offload: false"), "{tc}");
+        assert!(tc.contains("upper_bound: 65527"), "{tc}");
+        assert!(tc.contains("enable_segmentation_offload: true"), "{tc}");
     }
 
     #[cfg(target_os = "linux")]

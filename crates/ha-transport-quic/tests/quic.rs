@@ -848,3 +848,61 @@ async fn a_peer_killed_without_closing_is_reachable_again_before_the_idle_timeou
     drop(b3.transport);
     rt3.shutdown_background();
 }
+
+/// Packets larger than 6548 bytes make quinn's 10-datagram GSO batches
+/// exceed what one UDP send may carry; the transport's socket splits them.
+/// Without that the kernel refuses every full batch, quinn's black-hole
+/// detection drops the path MTU to 1200, and this test fails on the MTU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_packets_keep_order_and_the_discovered_mtu() {
+    let ca = DevCa::generate("ca", Validity::days_from_now(1)).unwrap();
+    for max_udp in [16_371u16, 65_527] {
+        let mut nodes = cluster(&ca, 2, |c| c.max_udp_payload_bytes = max_udp);
+        let b2 = nodes.pop().unwrap();
+        let b1 = nodes.pop().unwrap();
+        let mut inbound = b2.inbound;
+        const FRAMES: u32 = 120;
+        let sender = {
+            let t1 = Arc::new(b1.transport);
+            let t = Arc::clone(&t1);
+            let task = tokio::spawn(async move {
+                for i in 0..FRAMES {
+                    // 60,000 bytes, every byte a function of the sequence.
+                    let mut p = BytesMut::with_capacity(60_000);
+                    p.put_u32(i);
+                    p.extend((4..60_000u32).map(|j| (i ^ j) as u8));
+                    t.send_wait(NodeId(2), proto(1, p.freeze())).await.unwrap();
+                }
+            });
+            (t1, task)
+        };
+        for i in 0..FRAMES {
+            let m = recv(&mut inbound).await;
+            let p = &m.frame.payload;
+            assert_eq!(p.len(), 60_000, "max {max_udp}");
+            assert_eq!(
+                u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
+                i,
+                "order, max {max_udp}"
+            );
+            assert!(
+                p[4..]
+                    .iter()
+                    .zip(4..60_000u32)
+                    .all(|(&b, j)| b == (i ^ j) as u8),
+                "frame {i} damaged, max {max_udp}"
+            );
+        }
+        sender.1.await.unwrap();
+        let t1 = sender.0;
+        // Discovery has settled within quinn's 20-byte search resolution
+        // of the bound (loopback carries 65,535-byte IP packets).
+        let want = max_udp.min(65_507) - 20;
+        eventually("path MTU discovered", || {
+            t1.path_mtu(NodeId(2)).is_some_and(|m| m >= want)
+        })
+        .await;
+        t1.shutdown(1_000).await;
+        b2.transport.shutdown(1_000).await;
+    }
+}
