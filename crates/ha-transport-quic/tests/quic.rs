@@ -772,8 +772,13 @@ async fn a_peer_killed_without_closing_is_reachable_again_before_the_idle_timeou
     let addr1 = b1.transport.local_addr().unwrap();
 
     // Node 3 lives on its own runtime, so it can be killed without closing.
+    // A restart reuses its identity (the key and certificate files of a
+    // real member): the stateless-reset and connection-id keys derive
+    // from it. A new key per start would make the reset impossible, and
+    // the test would then pass only when node 1 happened to redial.
+    let identity3 = ident(&ca, 3);
     let bind3 = |addr: SocketAddr| {
-        let ident3 = ident(&ca, 3);
+        let ident3 = identity3.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
