@@ -1835,7 +1835,7 @@ impl Consensus for Paxos {
             || !self.persisted_msgs.is_empty()
             || self.pending_install.is_some()
             || !self.dirty.is_empty()
-            || self.handed_hs != self.hard_state()
+            || self.promised != self.handed_hs.term
             || self.commit > self.applied_handed
             || !self.read_states.is_empty()
             || !self.snapshot_sends.is_empty()
@@ -1866,8 +1866,20 @@ impl Consensus for Paxos {
         dirty.clear();
         self.dirty = dirty;
         let hs = self.hard_state();
-        if hs != self.handed_hs {
-            if hs.term != self.handed_hs.term {
+        let promise_changed = hs.term != self.handed_hs.term;
+        // The commit point is volatile here as in Raft: after a restart it
+        // is re-learned from the leader (or, on a new leader, phase 1
+        // recovers every chosen value above the stored one), so storing it
+        // is only a head start on re-applying. A commit-only change rides
+        // along with a write this Ready makes anyway and never costs an
+        // fsync of its own — before, every commit cost the leader one more
+        // fsync between choosing a value and applying it. The recovery
+        // horizon check stays sound: slots are written together with the
+        // commit point they were accepted under.
+        let writes_anyway =
+            !rd.entries.is_empty() || rd.snapshot.is_some() || self.pending_purge.is_some();
+        if hs != self.handed_hs && (promise_changed || writes_anyway) {
+            if promise_changed {
                 // Every message may depend on the new promise.
                 let mut all = mem::take(&mut rd.messages);
                 all.append(&mut rd.persisted_messages);

@@ -56,6 +56,9 @@ struct Node {
     /// A snapshot streamed to this node, staged until its Ready installs it.
     staged: Option<Vec<Entry>>,
     reads: Vec<ReadState>,
+    /// Readys that asked for a durable write of nothing but a new commit
+    /// point (each would cost an fsync of its own).
+    commit_only_writes: usize,
 }
 
 enum Delivery {
@@ -115,6 +118,7 @@ impl Cluster {
                 applied: Vec::new(),
                 staged: None,
                 reads: Vec::new(),
+                commit_only_writes: 0,
             },
         );
     }
@@ -181,6 +185,13 @@ impl Cluster {
                     n.store.insert(e.index(), e.clone());
                 }
                 if let Some(hs) = rd.hard_state {
+                    if hs.term == n.hs.term
+                        && rd.entries.is_empty()
+                        && rd.snapshot.is_none()
+                        && rd.purge_to.is_none()
+                    {
+                        n.commit_only_writes += 1;
+                    }
                     n.hs = hs;
                 }
                 if let Some(p) = rd.purge_to {
@@ -319,6 +330,44 @@ fn a_single_node_commits_after_phase_one() {
         payload_at(&c, 1, id.index.0),
         Some(EntryPayload::Normal(Bytes::from_static(b"x")))
     );
+}
+
+#[test]
+fn a_commit_point_change_alone_is_never_written_and_is_relearned_after_restarts() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let leader = c.elect(2_000);
+    let mut last = LogId::default();
+    for _ in 0..20 {
+        last = c.commit(leader, b"v");
+    }
+    // Heartbeats carry the commit point to the followers.
+    c.run_for(200);
+    for id in 1..=3 {
+        let n = c.node(id);
+        assert_eq!(
+            n.commit_only_writes, 0,
+            "node {id} wrote a commit point alone"
+        );
+        assert!(
+            n.px.commit_index() >= last.index,
+            "node {id} did not learn the commit"
+        );
+        // What is stored may lag: it rode along with the last slot write.
+        assert!(n.hs.commit <= n.px.commit_index());
+    }
+    // Every node restarts from what it stored; the commit point is learned
+    // again and nothing chosen changes (`record_applied` checks each slot).
+    for id in 1..=3 {
+        c.restart(id);
+    }
+    let leader = c.elect(2_000);
+    let next = c.commit(leader, b"after");
+    c.run_for(200);
+    for id in 1..=3 {
+        assert!(c.node(id).px.commit_index() >= next.index, "node {id}");
+        assert_eq!(c.node(id).commit_only_writes, 0, "node {id}");
+    }
+    assert!(next.index > last.index);
 }
 
 #[test]
