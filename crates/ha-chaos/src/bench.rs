@@ -147,6 +147,8 @@ pub struct BenchOptions {
     pub election_timeout_ms: u64,
     /// Root for member data (a temp dir is made inside).
     pub data_root: Option<PathBuf>,
+    /// Which members the clients talk to.
+    pub endpoints: Endpoints,
 }
 
 /// Starts a `nodes`-member cluster of `kind` in a fresh temp dir and waits
@@ -212,6 +214,56 @@ fn value_of(client: usize, seq: u64) -> Vec<u8> {
     let mut v = format!("c{client}-{seq}-").into_bytes();
     v.resize(VALUE_BYTES, b'x');
     v
+}
+
+/// Which members the load generator's connections go to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Endpoints {
+    /// Every member, round-robin (what a client given all endpoints does;
+    /// with one client, only the first member). Requests reaching a
+    /// follower are forwarded to the leader by the server.
+    #[default]
+    All,
+    /// Only the leader as it is before the point (no forwarding; one
+    /// member's client-side CPU for the whole load).
+    Leader,
+    /// Only the followers (every write is forwarded).
+    Followers,
+}
+
+impl Endpoints {
+    /// Name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoints::All => "all",
+            Endpoints::Leader => "leader",
+            Endpoints::Followers => "followers",
+        }
+    }
+
+    /// The URLs of `urls` this choice keeps, given the leader's index.
+    pub fn pick(self, urls: &[String], leader: usize) -> Vec<String> {
+        match self {
+            Endpoints::All => urls.to_vec(),
+            Endpoints::Leader => urls.get(leader).cloned().into_iter().collect(),
+            Endpoints::Followers => urls
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != leader)
+                .map(|(_, u)| u.clone())
+                .collect(),
+        }
+    }
+}
+
+impl FromStr for Endpoints {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Endpoints::All, Endpoints::Leader, Endpoints::Followers]
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| format!("unknown endpoints `{s}` (known: all, leader, followers)"))
+    }
 }
 
 /// Runs one point against the given endpoints.
@@ -424,12 +476,26 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Point>> {
             }
         }
     }
+    eprintln!(
+        "ha-chaos bench: clients connect to: {} members",
+        opts.endpoints.name()
+    );
     let mut points = Vec::new();
     for &w in &opts.workloads {
         for &c in &opts.clients {
             for i in 0..clusters.len() {
                 let label = clusters[i].0.clone();
-                let urls = clusters[i].1.client_urls();
+                let all_urls = clusters[i].1.client_urls();
+                let urls = if opts.endpoints == Endpoints::All {
+                    all_urls
+                } else {
+                    let every: Vec<usize> = (0..all_urls.len()).collect();
+                    let Some(leader) = wait_ready(&all_urls, &every, READY_TIMEOUT_MS).await else {
+                        stop_all(&mut clusters);
+                        bail!("{label}: no leader within {READY_TIMEOUT_MS} ms before a point");
+                    };
+                    opts.endpoints.pick(&all_urls, leader)
+                };
                 let p = tokio::select! {
                     p = run_point(&label, &urls, w, c, opts.warmup_ms, opts.duration_ms) => p,
                     _ = tokio::signal::ctrl_c() => {
@@ -877,6 +943,19 @@ pub async fn failover(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_pick_the_leader_or_the_others() {
+        let urls: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(Endpoints::All.pick(&urls, 1), urls);
+        assert_eq!(Endpoints::Leader.pick(&urls, 1), vec!["b".to_string()]);
+        assert_eq!(
+            Endpoints::Followers.pick(&urls, 1),
+            vec!["a".to_string(), "c".to_string()]
+        );
+        assert_eq!("followers".parse::<Endpoints>(), Ok(Endpoints::Followers));
+        assert!("most".parse::<Endpoints>().is_err());
+    }
 
     fn point(system: &str, clients: usize, ops_per_s: f64) -> Point {
         Point {

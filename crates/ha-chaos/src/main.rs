@@ -270,6 +270,11 @@ struct BenchArgs {
     /// Where member data goes (a temp dir is made inside; default: system temp).
     #[arg(long)]
     data_root: Option<PathBuf>,
+    /// Members the clients connect to: `all` (round-robin over every
+    /// member, like a client given all endpoints), `leader` or `followers`
+    /// (found before each point; writes through a follower are forwarded).
+    #[arg(long, default_value = "all")]
+    endpoints: String,
     /// Failover: leader kills.
     #[arg(long, default_value_t = 20)]
     kills: usize,
@@ -323,6 +328,7 @@ async fn bench_cmd(a: BenchArgs) -> Result<()> {
         heartbeat_ms: a.server_args.heartbeat_ms,
         election_timeout_ms: a.server_args.election_timeout_ms,
         data_root: a.data_root.clone(),
+        endpoints: a.endpoints.parse().map_err(anyhow::Error::msg)?,
     };
     if a.mode.as_deref() == Some("failover") {
         std::fs::create_dir_all(&a.out_dir)
