@@ -610,13 +610,7 @@ impl<F: ProtocolFactory, S: StateMachine> AppCluster<F, S> {
             1
         };
         for _ in 0..copies {
-            let mut delay = self.cfg.net.delay.sample(&mut self.rng);
-            if self.rng.chance_ppm(self.cfg.net.reorder_ppm) {
-                delay += self
-                    .rng
-                    .range_inclusive(1, self.cfg.net.reorder_extra_max_ms.max(1));
-            }
-            let at = self.now + delay;
+            let at = self.now + self.cfg.net.sample_delay(&mut self.rng);
             self.push(
                 at,
                 Ev::Deliver {

@@ -937,12 +937,7 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
                 self.report.messages_dropped += 1;
                 continue;
             }
-            let mut delay = self.cfg.net.delay.sample(&mut self.rng);
-            if self.rng.chance_ppm(self.cfg.net.reorder_ppm) {
-                delay += self
-                    .rng
-                    .range_inclusive(1, self.cfg.net.reorder_extra_max_ms.max(1));
-            }
+            let delay = self.cfg.net.sample_delay(&mut self.rng);
             self.in_flight += 1;
             let at = self.now + delay;
             self.push(
