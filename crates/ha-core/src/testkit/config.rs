@@ -81,6 +81,19 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
+    /// Draws how many copies of one message the network delivers: 0 (lost,
+    /// with probability `drop_ppm`), else 2 (duplicated, with probability
+    /// `duplicate_ppm`) or 1.
+    pub fn sample_copies(&self, rng: &mut SimRng) -> u32 {
+        if rng.chance_ppm(self.drop_ppm) {
+            0
+        } else if rng.chance_ppm(self.duplicate_ppm) {
+            2
+        } else {
+            1
+        }
+    }
+
     /// Draws the one-way delay of one message copy: a [`Delay`] sample,
     /// plus 1..=`reorder_extra_max_ms` for a copy reordered (with
     /// probability `reorder_ppm`).

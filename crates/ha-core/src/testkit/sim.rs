@@ -921,17 +921,16 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
         payload: Payload<<F::Protocol as Consensus>::Message>,
     ) {
         self.report.messages_sent += 1;
-        if self.rng.chance_ppm(self.cfg.net.drop_ppm) {
-            self.report.messages_dropped += 1;
-            self.tr(|| format!("{from:?}→{to:?} dropped by the network"));
-            return;
+        let copies = self.cfg.net.sample_copies(&mut self.rng);
+        match copies {
+            0 => {
+                self.report.messages_dropped += 1;
+                self.tr(|| format!("{from:?}→{to:?} dropped by the network"));
+                return;
+            }
+            2 => self.report.messages_duplicated += 1,
+            _ => {}
         }
-        let copies = if self.rng.chance_ppm(self.cfg.net.duplicate_ppm) {
-            self.report.messages_duplicated += 1;
-            2
-        } else {
-            1
-        };
         for _ in 0..copies {
             if self.in_flight >= self.cfg.net.in_flight_max {
                 self.report.messages_dropped += 1;
