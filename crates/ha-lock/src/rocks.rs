@@ -30,7 +30,7 @@
 
 use std::sync::Arc;
 
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{ColumnFamily, DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
 use ha_core::codec;
@@ -86,12 +86,47 @@ fn storage(e: impl std::fmt::Display) -> StateMachineError {
     StateMachineError::Storage(e.to_string())
 }
 
+/// Column family `sm` of `db`.
+fn sm_cf(db: &DB) -> Result<&ColumnFamily, StateMachineError> {
+    db.cf_handle(CF_SM)
+        .ok_or_else(|| storage("sm family missing"))
+}
+
+/// The key prefix of `group`'s keys with `tag`.
+fn key_prefix(group: GroupId, tag: u8) -> Vec<u8> {
+    let mut k = Vec::with_capacity(25);
+    k.extend_from_slice(&group.get().to_be_bytes());
+    k.push(tag);
+    k
+}
+
+/// Adds `group`'s meta (`last_applied`, membership, `state`'s revisions)
+/// to `wb`, in column family `cf`.
+fn put_meta(
+    wb: &mut WriteBatch,
+    cf: &ColumnFamily,
+    group: GroupId,
+    state: &State,
+    last_applied: LogId,
+    membership: &Membership,
+) {
+    let meta = Meta {
+        last_applied,
+        membership: membership.clone(),
+        revision: state.revision,
+        compact_revision: state.compact_revision,
+    };
+    wb.put_cf(cf, key_prefix(group, TAG_META), codec::encode(&meta));
+}
+
+/// Adds `group`'s sidecar `blob` to `wb`, in column family `cf`.
+fn put_sidecar(wb: &mut WriteBatch, cf: &ColumnFamily, group: GroupId, blob: &bytes::Bytes) {
+    wb.put_cf(cf, key_prefix(group, TAG_SIDECAR), codec::encode(blob));
+}
+
 impl RocksState {
     fn prefix(&self, tag: u8) -> Vec<u8> {
-        let mut k = Vec::with_capacity(25);
-        k.extend_from_slice(&self.group.get().to_be_bytes());
-        k.push(tag);
-        k
+        key_prefix(self.group, tag)
     }
 
     fn record_key(&self, rev: Rev) -> Vec<u8> {
@@ -129,10 +164,7 @@ impl RocksState {
         tag: u8,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StateMachineError>,
     ) -> Result<(), StateMachineError> {
-        let cf = self
-            .db
-            .cf_handle(CF_SM)
-            .ok_or_else(|| storage("sm family missing"))?;
+        let cf = sm_cf(&self.db)?;
         let prefix = self.prefix(tag);
         for item in self
             .db
@@ -149,10 +181,7 @@ impl RocksState {
 
     /// Whether the group has any key with `tag`.
     fn has_any(&self, tag: u8) -> Result<bool, StateMachineError> {
-        let cf = self
-            .db
-            .cf_handle(CF_SM)
-            .ok_or_else(|| storage("sm family missing"))?;
+        let cf = sm_cf(&self.db)?;
         let prefix = self.prefix(tag);
         match self
             .db
@@ -165,10 +194,7 @@ impl RocksState {
     }
 
     fn load(&self) -> Result<Loaded, StateMachineError> {
-        let cf = self
-            .db
-            .cf_handle(CF_SM)
-            .ok_or_else(|| storage("sm family missing"))?;
+        let cf = sm_cf(&self.db)?;
         let Some(meta_bytes) = self.db.get_cf(cf, self.prefix(TAG_META)).map_err(storage)? else {
             // Every batch writes the meta, so records without it are not
             // ours to interpret: refuse rather than mix them into a new state.
@@ -241,40 +267,6 @@ impl RocksState {
         })
     }
 
-    fn put_meta(
-        &self,
-        wb: &mut WriteBatch,
-        state: &State,
-        last_applied: LogId,
-        membership: &Membership,
-    ) -> Result<(), StateMachineError> {
-        let cf = self
-            .db
-            .cf_handle(CF_SM)
-            .ok_or_else(|| storage("sm family missing"))?;
-        let meta = Meta {
-            last_applied,
-            membership: membership.clone(),
-            revision: state.revision,
-            compact_revision: state.compact_revision,
-        };
-        wb.put_cf(cf, self.prefix(TAG_META), codec::encode(&meta));
-        Ok(())
-    }
-
-    fn put_sidecar(
-        &self,
-        wb: &mut WriteBatch,
-        blob: &bytes::Bytes,
-    ) -> Result<(), StateMachineError> {
-        let cf = self
-            .db
-            .cf_handle(CF_SM)
-            .ok_or_else(|| storage("sm family missing"))?;
-        wb.put_cf(cf, self.prefix(TAG_SIDECAR), codec::encode(blob));
-        Ok(())
-    }
-
     /// Stages the changes of one apply (from `journal`); they become
     /// durable, with the meta naming `last_applied`, at the next
     /// [`flush`](Self::flush) — or at once when the staged batch has grown
@@ -288,10 +280,7 @@ impl RocksState {
         sidecar: Option<&bytes::Bytes>,
     ) -> Result<(), StateMachineError> {
         self.check_usable()?;
-        let cf = self
-            .db
-            .cf_handle(CF_SM)
-            .ok_or_else(|| storage("sm family missing"))?;
+        let cf = sm_cf(&self.db)?;
         for rev in &journal.removed_records {
             self.staged.delete_cf(cf, self.record_key(*rev));
         }
@@ -316,10 +305,7 @@ impl RocksState {
             }
         }
         if let Some(blob) = sidecar {
-            let mut wb = std::mem::take(&mut self.staged);
-            let out = self.put_sidecar(&mut wb, blob);
-            self.staged = wb;
-            out?;
+            put_sidecar(&mut self.staged, cf, self.group, blob);
         }
         self.dirty = true;
         if self.staged.size_in_bytes() > MAX_STAGED_BYTES {
@@ -344,7 +330,15 @@ impl RocksState {
         if !self.dirty {
             return Ok(());
         }
-        self.put_meta_staged(state, last_applied, membership)?;
+        let cf = sm_cf(&self.db)?;
+        put_meta(
+            &mut self.staged,
+            cf,
+            self.group,
+            state,
+            last_applied,
+            membership,
+        );
         let wb = std::mem::take(&mut self.staged);
         self.dirty = false;
         self.db.write(wb).map_err(|e| {
@@ -363,18 +357,6 @@ impl RocksState {
         }
     }
 
-    fn put_meta_staged(
-        &mut self,
-        state: &State,
-        last_applied: LogId,
-        membership: &Membership,
-    ) -> Result<(), StateMachineError> {
-        let mut wb = std::mem::take(&mut self.staged);
-        let out = self.put_meta(&mut wb, state, last_applied, membership);
-        self.staged = wb;
-        out
-    }
-
     /// Replaces the group's whole state (snapshot install) and its sidecar,
     /// synced, as one batch. Staged applies are discarded: the snapshot
     /// supersedes them.
@@ -385,10 +367,7 @@ impl RocksState {
         membership: &Membership,
         sidecar: Option<&bytes::Bytes>,
     ) -> Result<(), StateMachineError> {
-        let cf = self
-            .db
-            .cf_handle(CF_SM)
-            .ok_or_else(|| storage("sm family missing"))?;
+        let cf = sm_cf(&self.db)?;
         let mut wb = WriteBatch::default();
         let from = self.prefix(0);
         let to = self.prefix(u8::MAX);
@@ -400,9 +379,9 @@ impl RocksState {
             wb.put_cf(cf, self.lease_key(l.id), codec::encode(&l));
         }
         if let Some(blob) = sidecar {
-            self.put_sidecar(&mut wb, blob)?;
+            put_sidecar(&mut wb, cf, self.group, blob);
         }
-        self.put_meta(&mut wb, state, last_applied, membership)?;
+        put_meta(&mut wb, cf, self.group, state, last_applied, membership);
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(wb, &wo).map_err(storage)?;

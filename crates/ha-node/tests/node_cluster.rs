@@ -4,57 +4,27 @@
 //! (feature `rocksdb`): the crash and restart tests reopen the data dirs.
 #![cfg(feature = "rocksdb")]
 
+mod cluster_common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ha_core::kv::{KvCommand, KvResponse, MemKv};
-use ha_core::replica::ReplicaConfig;
 use ha_core::{Bytes, NodeId};
 use ha_node::api::Backend;
-use ha_node::certs::insecure_dev_identity;
-use ha_node::cluster::{
-    GROUP, Member, Node, NodeConfig, NodeError, NodeHandle, PROMOTE_MAX_LAG_ENTRIES, StorageKind,
-};
+use ha_node::cluster::{Member, Node, NodeConfig, NodeError, NodeHandle, PROMOTE_MAX_LAG_ENTRIES};
 use ha_node::config::ConsensusKind;
-use ha_node::ids;
 use ha_node::lock_node::{LockNode, LockNodeConfig};
 use ha_node::metrics::Metrics;
+
+use cluster_common::{Spec, founding, free_udp_port, start_retrying};
 
 const TOKEN: &str = "node-cluster-test";
 /// Upper bound for anything that needs an election.
 const ELECTION_WAIT: Duration = Duration::from_secs(20);
 
-fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-    s.local_addr().expect("addr").port()
-}
-
-struct Spec {
-    name: String,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Spec {
-    fn id(&self) -> NodeId {
-        ids::member_id(TOKEN, &self.name)
-    }
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-}
-
-fn founding(specs: &[Spec]) -> Vec<Member> {
-    specs
-        .iter()
-        .map(|s| Member {
-            id: s.id().0,
-            name: s.name.clone(),
-            peer_urls: vec![s.url()],
-            client_urls: vec![],
-            is_learner: false,
-        })
-        .collect()
+fn specs(dir: &std::path::Path, n: usize) -> Vec<Spec> {
+    cluster_common::specs(TOKEN, dir, n)
 }
 
 fn config(
@@ -63,55 +33,26 @@ fn config(
     founding_members: Option<Vec<Member>>,
     id: NodeId,
 ) -> NodeConfig {
-    NodeConfig {
-        name: spec.name.clone(),
-        member_id: id,
-        cluster_id: 0xc1,
-        token: TOKEN.into(),
-        founding: founding_members,
-        contacts: all
-            .iter()
-            .filter(|o| o.name != spec.name)
-            .map(|o| (o.id(), vec![o.url()]))
-            .collect(),
-        advertise_peer_urls: vec![spec.url()],
-        advertise_client_urls: vec![format!("http://{}.invalid:2379", spec.name)],
-        listen_peer: format!("127.0.0.1:{}", spec.port).parse().unwrap(),
-        identity: insecure_dev_identity(TOKEN, id).unwrap(),
-        consensus: ConsensusKind::Raft,
-        heartbeat_interval_ms: 50,
-        election_timeout_ms: 500,
-        storage: StorageKind::Rocks(spec.dir.join("db")),
-        forward_timeout_ms: 5_000,
-        status_interval_ms: 50,
-        peer_resolve_interval_ms: 200,
-        replica: ReplicaConfig {
-            group: GROUP,
-            ..ReplicaConfig::default()
-        },
-        snapshot_catchup_entries: 5_000,
-        db_dir: Some(spec.dir.join("db")),
-    }
+    cluster_common::config(spec, all, founding_members, id, 0xc1)
 }
 
 async fn start(spec: &Spec, all: &[Spec]) -> Node<MemKv> {
     start_cfg(config(spec, all, Some(founding(all)), spec.id())).await
 }
 
+/// Starts every member of `all`, one after the other.
+async fn start_all(all: &[Spec]) -> Vec<Option<Node<MemKv>>> {
+    let mut nodes = Vec::with_capacity(all.len());
+    for s in all {
+        nodes.push(Some(start(s, all).await));
+    }
+    nodes
+}
+
 /// Starts a member, retrying while a store or port just released by a
 /// stopped node is still closing (bounded).
 async fn start_cfg(cfg: NodeConfig) -> Node<MemKv> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Node::start(cfg.clone(), MemKv::default(), Arc::new(Metrics::new())).await {
-            Ok(n) => return n,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("retrying start of {}: {e}", cfg.name);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("cannot start {}: {e}", cfg.name),
-        }
-    }
+    start_retrying(cfg, |_| Ok(MemKv::default())).await
 }
 
 fn put(k: &str, v: &str) -> Bytes {
@@ -136,32 +77,7 @@ async fn get(h: &NodeHandle<MemKv>, k: &'static str) -> Result<Option<Bytes>, No
 }
 
 async fn leader_of(nodes: &[Option<Node<MemKv>>]) -> NodeId {
-    let deadline = Instant::now() + ELECTION_WAIT;
-    loop {
-        for n in nodes.iter().flatten() {
-            let h = n.handle();
-            if let Ok(st) = h.status().await
-                && st.leader == Some(h.member_id())
-            {
-                return h.member_id();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no leader within {ELECTION_WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn specs(dir: &std::path::Path, n: usize) -> Vec<Spec> {
-    (1..=n)
-        .map(|i| Spec {
-            name: format!("m{i}"),
-            port: free_udp_port(),
-            dir: dir.join(format!("m{i}")),
-        })
-        .collect()
+    cluster_common::leader_of(nodes, ELECTION_WAIT).await
 }
 
 /// Retries `f` until it succeeds or `within` passes.
@@ -189,10 +105,7 @@ where
 async fn follower_write_is_forwarded_and_leader_crash_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let sp = specs(dir.path(), 3);
-    let mut nodes: Vec<Option<Node<MemKv>>> = Vec::new();
-    for s in &sp {
-        nodes.push(Some(start(s, &sp).await));
-    }
+    let mut nodes = start_all(&sp).await;
     let leader = leader_of(&nodes).await;
     let li = sp.iter().position(|s| s.id() == leader).unwrap();
     let fi = (li + 1) % 3;
@@ -272,10 +185,7 @@ async fn follower_write_is_forwarded_and_leader_crash_loses_nothing() {
 async fn restart_of_every_member_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let sp = specs(dir.path(), 3);
-    let mut nodes = Vec::new();
-    for s in &sp {
-        nodes.push(Some(start(s, &sp).await));
-    }
+    let mut nodes = start_all(&sp).await;
     leader_of(&nodes).await;
     let h = nodes[0].as_ref().unwrap().handle();
     for i in 0..20 {
@@ -312,10 +222,7 @@ async fn restart_of_every_member_keeps_data() {
 async fn member_add_promote_remove() {
     let dir = tempfile::tempdir().unwrap();
     let sp = specs(dir.path(), 3);
-    let mut nodes = Vec::new();
-    for s in &sp {
-        nodes.push(Some(start(s, &sp).await));
-    }
+    let nodes = start_all(&sp).await;
     leader_of(&nodes).await;
     let h = nodes[1].as_ref().unwrap().handle();
     write(&h, "before", "join").await.unwrap();
@@ -327,11 +234,7 @@ async fn member_add_promote_remove() {
     .await;
 
     // Add a learner through a follower or the leader (forwarded as needed).
-    let joiner = Spec {
-        name: "m4".into(),
-        port: free_udp_port(),
-        dir: dir.path().join("m4"),
-    };
+    let joiner = Spec::new(TOKEN, "m4", dir.path());
     // (The first leader bootstraps the member table shortly after its
     // election; until then a change is refused as unavailable.)
     let (added, members) = eventually(ELECTION_WAIT, "member add", || {
@@ -417,10 +320,7 @@ async fn member_add_promote_remove() {
 async fn removed_member_re_added_with_fresh_data_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let sp = specs(dir.path(), 3);
-    let mut nodes = Vec::new();
-    for s in &sp {
-        nodes.push(Some(start(s, &sp).await));
-    }
+    let mut nodes = start_all(&sp).await;
     let leader = leader_of(&nodes).await;
     let li = sp.iter().position(|s| s.id() == leader).unwrap();
     let fi = (li + 1) % sp.len();
@@ -475,9 +375,8 @@ async fn removed_member_re_added_with_fresh_data_catches_up() {
 
     // Start it with a fresh data directory, joining the existing cluster.
     let fresh = Spec {
-        name: sp[fi].name.clone(),
-        port: sp[fi].port,
         dir: dir.path().join("fresh"),
+        ..sp[fi].clone()
     };
     let cfg = config(&fresh, &sp, None, new_id);
     let j = Node::start(cfg, MemKv::default(), Arc::new(Metrics::new()))
@@ -696,10 +595,7 @@ fn refusals(nodes: &[Option<Node<MemKv>>]) -> u64 {
 async fn removed_id_is_refused_and_re_added_member_gets_a_new_id() {
     let dir = tempfile::tempdir().unwrap();
     let sp = specs(dir.path(), 3);
-    let mut nodes = Vec::new();
-    for s in &sp {
-        nodes.push(Some(start(s, &sp).await));
-    }
+    let mut nodes = start_all(&sp).await;
     let leader = leader_of(&nodes).await;
     let li = sp.iter().position(|s| s.id() == leader).unwrap();
     let fi = (li + 1) % sp.len();
@@ -723,9 +619,8 @@ async fn removed_id_is_refused_and_re_added_member_gets_a_new_id() {
 
     // The old incarnation: empty data dir, old id, founding command line.
     let wiped = Spec {
-        name: sp[fi].name.clone(),
-        port: sp[fi].port,
         dir: dir.path().join("wiped"),
+        ..sp[fi].clone()
     };
     let stale = start_cfg(config(&wiped, &sp, Some(founding(&sp)), old_id)).await;
     // It campaigns with its old id; the members drop what it sends.
@@ -755,9 +650,8 @@ async fn removed_id_is_refused_and_re_added_member_gets_a_new_id() {
     assert_ne!(new_id, old_id);
     assert!(!sp.iter().any(|s| s.id() == new_id));
     let fresh = Spec {
-        name: sp[fi].name.clone(),
-        port: sp[fi].port,
         dir: dir.path().join("fresh"),
+        ..sp[fi].clone()
     };
     nodes[fi] = Some(start_cfg(config(&fresh, &sp, None, new_id)).await);
     write(&h, "k6", "v6").await.unwrap();
@@ -809,10 +703,7 @@ async fn removed_id_is_refused_and_re_added_member_gets_a_new_id() {
 async fn promote_of_a_lagging_learner_is_refused_until_it_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let sp = specs(dir.path(), 3);
-    let mut nodes = Vec::new();
-    for s in &sp {
-        nodes.push(Some(start(s, &sp).await));
-    }
+    let nodes = start_all(&sp).await;
     leader_of(&nodes).await;
     let h = nodes[0].as_ref().unwrap().handle();
     let (added, _) = eventually(ELECTION_WAIT, "member add", || {
@@ -842,6 +733,7 @@ async fn promote_of_a_lagging_learner_is_refused_until_it_catches_up() {
         .and_then(|p| p.parse().ok())
         .unwrap();
     let learner = Spec {
+        token: TOKEN,
         name: "m4".into(),
         port,
         dir: dir.path().join("m4"),
@@ -944,27 +836,7 @@ async fn write_forwarded_to_a_crashed_leader_is_answered_once_the_follower_gives
         .iter()
         .map(|n| n.as_ref().unwrap().node.handle())
         .collect();
-    let leader = {
-        let deadline = Instant::now() + ELECTION_WAIT;
-        loop {
-            let mut found = None;
-            for h in &handles {
-                if let Ok(st) = h.status().await
-                    && st.leader == Some(h.member_id())
-                {
-                    found = Some(h.member_id());
-                }
-            }
-            if let Some(l) = found {
-                break l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no leader within {ELECTION_WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let leader = cluster_common::leader_among(&handles, ELECTION_WAIT).await;
     let li = sp.iter().position(|s| s.id() == leader).unwrap();
     let follower = handles[(li + 1) % 3].clone();
     write(&follower, "a", "1").await.expect("forwarded write");

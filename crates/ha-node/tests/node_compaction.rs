@@ -7,21 +7,20 @@
 //! bounded; every node started is shut down.
 #![cfg(feature = "rocksdb")]
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod cluster_common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ha_core::Bytes;
-use ha_core::replica::ReplicaConfig;
 use ha_core::storage::{LogStore, RocksLogStore};
 use ha_core::{LogIndex, NodeId};
 use ha_lock::LockMachine;
 use ha_lock::api::{Command, Limits, PutRequest, RangeRequest, encode_command};
-use ha_node::certs::insecure_dev_identity;
-use ha_node::cluster::{AppStore, GROUP, Member, Node, NodeConfig, NodeError, StorageKind};
+use ha_node::cluster::{AppStore, GROUP, Node, NodeConfig, NodeError};
 use ha_node::config::ConsensusKind;
-use ha_node::ids;
-use ha_node::metrics::Metrics;
+
+use cluster_common::{Spec, founding, start_retrying};
 
 const TOKEN: &str = "node-compaction-test";
 /// Upper bound for anything that needs an election or a catch-up.
@@ -31,105 +30,29 @@ const SNAPSHOT_COUNT: u64 = 50;
 /// `--snapshot-catchup-entries` of these tests.
 const CATCHUP_ENTRIES: u64 = 10;
 
-fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-    s.local_addr().expect("addr").port()
-}
-
-struct Spec {
-    name: String,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Spec {
-    fn id(&self) -> NodeId {
-        ids::member_id(TOKEN, &self.name)
-    }
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-    fn db(&self) -> PathBuf {
-        self.dir.join("db")
-    }
-}
-
 fn specs(dir: &Path, n: usize) -> Vec<Spec> {
-    (1..=n)
-        .map(|i| Spec {
-            name: format!("m{i}"),
-            port: free_udp_port(),
-            dir: dir.join(format!("m{i}")),
-        })
-        .collect()
+    cluster_common::specs(TOKEN, dir, n)
 }
 
 fn config(spec: &Spec, all: &[Spec], kind: ConsensusKind) -> NodeConfig {
-    let founding = all
-        .iter()
-        .map(|s| Member {
-            id: s.id().0,
-            name: s.name.clone(),
-            peer_urls: vec![s.url()],
-            client_urls: vec![],
-            is_learner: false,
-        })
-        .collect();
-    NodeConfig {
-        name: spec.name.clone(),
-        member_id: spec.id(),
-        cluster_id: 0xc2,
-        token: TOKEN.into(),
-        founding: Some(founding),
-        contacts: all
-            .iter()
-            .filter(|o| o.name != spec.name)
-            .map(|o| (o.id(), vec![o.url()]))
-            .collect(),
-        advertise_peer_urls: vec![spec.url()],
-        advertise_client_urls: vec![format!("http://{}.invalid:2379", spec.name)],
-        listen_peer: format!("127.0.0.1:{}", spec.port).parse().unwrap(),
-        identity: insecure_dev_identity(TOKEN, spec.id()).unwrap(),
-        consensus: kind,
-        heartbeat_interval_ms: 50,
-        election_timeout_ms: 500,
-        storage: StorageKind::Rocks(spec.db()),
-        forward_timeout_ms: 5_000,
-        status_interval_ms: 50,
-        peer_resolve_interval_ms: 200,
-        replica: ReplicaConfig {
-            group: GROUP,
-            snapshot_every_entries: Some(SNAPSHOT_COUNT),
-            ..ReplicaConfig::default()
-        },
-        snapshot_catchup_entries: CATCHUP_ENTRIES,
-        db_dir: Some(spec.db()),
-    }
+    let mut cfg = cluster_common::config(spec, all, Some(founding(all)), spec.id(), 0xc2);
+    cfg.consensus = kind;
+    cfg.replica.snapshot_every_entries = Some(SNAPSHOT_COUNT);
+    cfg.snapshot_catchup_entries = CATCHUP_ENTRIES;
+    cfg
 }
 
 /// Starts a member on the lock machine in its RocksDB, retrying while a
 /// store or port just released by a stopped node is still closing
 /// (bounded).
 async fn start(spec: &Spec, all: &[Spec], kind: ConsensusKind) -> Node<LockMachine> {
-    let cfg = config(spec, all, kind);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let res = Node::start_with(cfg.clone(), Arc::new(Metrics::new()), |store| match store {
-            AppStore::Rocks(s) => {
-                LockMachine::open_rocks(s.db(), GROUP, Limits::default()).map_err(|e| e.to_string())
-            }
-            AppStore::Memory(_) => Err("these tests need RocksDB".into()),
-        })
-        .await;
-        match res {
-            Ok(n) => return n,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("retrying start of {}: {e}", cfg.name);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("cannot start {}: {e}", cfg.name),
+    start_retrying(config(spec, all, kind), |store| match store {
+        AppStore::Rocks(s) => {
+            LockMachine::open_rocks(s.db(), GROUP, Limits::default()).map_err(|e| e.to_string())
         }
-    }
+        AppStore::Memory(_) => Err("these tests need RocksDB".into()),
+    })
+    .await
 }
 
 fn put(k: &str, v: &str) -> Bytes {
@@ -213,19 +136,7 @@ fn counter(node: &Node<LockMachine>, name: &str) -> u64 {
 }
 
 async fn leader(nodes: &[Option<Node<LockMachine>>]) -> NodeId {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        for n in nodes.iter().flatten() {
-            let h = n.handle();
-            if let Ok(st) = h.status().await
-                && st.leader == Some(h.member_id())
-            {
-                return h.member_id();
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster_common::leader_of(nodes, WAIT).await
 }
 
 /// The first and last index of a stopped member's stored log.

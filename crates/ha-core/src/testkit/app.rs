@@ -601,22 +601,8 @@ impl<F: ProtocolFactory, S: StateMachine> AppCluster<F, S> {
         payload: Payload<<F::Protocol as Consensus>::Message>,
     ) {
         let Some(to) = self.idx(to) else { return };
-        if self.rng.chance_ppm(self.cfg.net.drop_ppm) {
-            return;
-        }
-        let copies = if self.rng.chance_ppm(self.cfg.net.duplicate_ppm) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let mut delay = self.cfg.net.delay.sample(&mut self.rng);
-            if self.rng.chance_ppm(self.cfg.net.reorder_ppm) {
-                delay += self
-                    .rng
-                    .range_inclusive(1, self.cfg.net.reorder_extra_max_ms.max(1));
-            }
-            let at = self.now + delay;
+        for _ in 0..self.cfg.net.sample_copies(&mut self.rng) {
+            let at = self.now + self.cfg.net.sample_delay(&mut self.rng);
             self.push(
                 at,
                 Ev::Deliver {

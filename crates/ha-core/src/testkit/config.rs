@@ -80,6 +80,33 @@ pub struct NetConfig {
     pub paused_inbox_max: usize,
 }
 
+impl NetConfig {
+    /// Draws how many copies of one message the network delivers: 0 (lost,
+    /// with probability `drop_ppm`), else 2 (duplicated, with probability
+    /// `duplicate_ppm`) or 1.
+    pub fn sample_copies(&self, rng: &mut SimRng) -> u32 {
+        if rng.chance_ppm(self.drop_ppm) {
+            0
+        } else if rng.chance_ppm(self.duplicate_ppm) {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Draws the one-way delay of one message copy: a [`Delay`] sample,
+    /// plus 1..=`reorder_extra_max_ms` for a copy reordered (with
+    /// probability `reorder_ppm`).
+    pub fn sample_delay(&self, rng: &mut SimRng) -> Millis {
+        let delay = self.delay.sample(rng);
+        if rng.chance_ppm(self.reorder_ppm) {
+            delay + rng.range_inclusive(1, self.reorder_extra_max_ms.max(1))
+        } else {
+            delay
+        }
+    }
+}
+
 impl Default for NetConfig {
     fn default() -> Self {
         Self {

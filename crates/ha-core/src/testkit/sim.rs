@@ -921,28 +921,22 @@ impl<'h, F: ProtocolFactory> Sim<'h, F> {
         payload: Payload<<F::Protocol as Consensus>::Message>,
     ) {
         self.report.messages_sent += 1;
-        if self.rng.chance_ppm(self.cfg.net.drop_ppm) {
-            self.report.messages_dropped += 1;
-            self.tr(|| format!("{from:?}→{to:?} dropped by the network"));
-            return;
+        let copies = self.cfg.net.sample_copies(&mut self.rng);
+        match copies {
+            0 => {
+                self.report.messages_dropped += 1;
+                self.tr(|| format!("{from:?}→{to:?} dropped by the network"));
+                return;
+            }
+            2 => self.report.messages_duplicated += 1,
+            _ => {}
         }
-        let copies = if self.rng.chance_ppm(self.cfg.net.duplicate_ppm) {
-            self.report.messages_duplicated += 1;
-            2
-        } else {
-            1
-        };
         for _ in 0..copies {
             if self.in_flight >= self.cfg.net.in_flight_max {
                 self.report.messages_dropped += 1;
                 continue;
             }
-            let mut delay = self.cfg.net.delay.sample(&mut self.rng);
-            if self.rng.chance_ppm(self.cfg.net.reorder_ppm) {
-                delay += self
-                    .rng
-                    .range_inclusive(1, self.cfg.net.reorder_extra_max_ms.max(1));
-            }
+            let delay = self.cfg.net.sample_delay(&mut self.rng);
             self.in_flight += 1;
             let at = self.now + delay;
             self.push(

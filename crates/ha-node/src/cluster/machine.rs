@@ -744,23 +744,48 @@ mod tests {
         codec::decode(&out).unwrap()
     }
 
+    /// Founds cluster 9 with `members`.
+    fn bootstrap(members: Vec<Member>) -> MetaCommand {
+        MetaCommand::Bootstrap {
+            cluster_id: 9,
+            members,
+        }
+    }
+
+    /// Founds cluster 9 with the one member 1 (`a`).
+    fn bootstrap_one() -> MetaCommand {
+        bootstrap(vec![member(1, "a", "https://a:1")])
+    }
+
+    /// A machine that applied [`bootstrap`] of `members` at index 1.
+    fn bootstrapped_with(members: Vec<Member>) -> ClusterMachine<MemKv> {
+        let mut m = machine();
+        meta(&mut m, 1, bootstrap(members));
+        m
+    }
+
+    /// A machine that applied [`bootstrap_one`] at index 1.
+    fn bootstrapped() -> ClusterMachine<MemKv> {
+        bootstrapped_with(vec![member(1, "a", "https://a:1")])
+    }
+
+    fn put_entry(k: &str) -> Bytes {
+        app_entry(
+            &KvCommand::Put {
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                value: "v".into(),
+            }
+            .encode(),
+        )
+    }
+
     #[test]
     fn app_and_meta_commands_share_the_log() {
         let mut m = machine();
-        let boot = MetaCommand::Bootstrap {
-            cluster_id: 9,
-            members: vec![member(1, "a", "https://a:1")],
-        };
+        let boot = bootstrap_one();
         assert!(matches!(meta(&mut m, 1, boot.clone()), MetaResponse::Ok(v) if v.len() == 1));
-        let put = KvCommand::Put {
-            key: "k".into(),
-            value: "v".into(),
-        };
         let out = m
-            .apply(
-                LogId::new(1, 2),
-                Applied::Command(&app_entry(&put.encode())),
-            )
+            .apply(LogId::new(1, 2), Applied::Command(&put_entry("k")))
             .unwrap();
         assert_eq!(
             KvResponse::decode(&out).unwrap(),
@@ -798,15 +823,7 @@ mod tests {
 
     #[test]
     fn bad_meta_commands_change_nothing() {
-        let mut m = machine();
-        meta(
-            &mut m,
-            1,
-            MetaCommand::Bootstrap {
-                cluster_id: 9,
-                members: vec![member(1, "a", "https://a:1")],
-            },
-        );
+        let mut m = bootstrapped();
         let before = m.table().clone();
         assert!(matches!(
             meta(
@@ -844,10 +861,7 @@ mod tests {
             MetaResponse::Refused(e) if e.contains("not bootstrapped")
         ));
         assert_eq!(m.table(), &MemberTable::default());
-        let boot = MetaCommand::Bootstrap {
-            cluster_id: 9,
-            members: vec![member(1, "a", "https://a:1")],
-        };
+        let boot = bootstrap_one();
         assert!(matches!(meta(&mut m, 2, boot), MetaResponse::Ok(v) if v.len() == 1));
         assert!(matches!(
             meta(&mut m, 3, MetaCommand::AddMember(member(2, "", "https://b:1"))),
@@ -868,16 +882,8 @@ mod tests {
 
     #[test]
     fn added_members_get_fresh_ids_and_removed_ids_are_never_admitted_again() {
-        let mut m = machine();
         let founder = member(crate::ids::member_id("t", "a").0, "a", "https://a:1");
-        meta(
-            &mut m,
-            1,
-            MetaCommand::Bootstrap {
-                cluster_id: 9,
-                members: vec![founder.clone()],
-            },
-        );
+        let mut m = bootstrapped_with(vec![founder.clone()]);
         let MetaResponse::Added {
             member: first,
             members,
@@ -922,23 +928,15 @@ mod tests {
 
     #[test]
     fn fresh_id_skips_current_and_removed_ids() {
-        let mut m = machine();
         // Make the first candidate id of the add at index 3 a tombstone and
         // the second one a current member: the add must take the third.
         let url = "https://n:1".to_string();
         let cand =
             |attempt| crate::ids::fresh_member_id(9, std::slice::from_ref(&url), 3, attempt).0;
-        meta(
-            &mut m,
-            1,
-            MetaCommand::Bootstrap {
-                cluster_id: 9,
-                members: vec![
-                    member(cand(0), "x", "https://x:1"),
-                    member(cand(1), "y", "https://y:1"),
-                ],
-            },
-        );
+        let mut m = bootstrapped_with(vec![
+            member(cand(0), "x", "https://x:1"),
+            member(cand(1), "y", "https://y:1"),
+        ]);
         meta(&mut m, 2, MetaCommand::RemoveMember { id: cand(0) });
         let MetaResponse::Added { member: added, .. } = add_new(&mut m, 3, &url) else {
             panic!("add refused")
@@ -957,16 +955,6 @@ mod tests {
         assert!(t.is_removed(4) && t.is_removed(MAX_TOMBSTONES as u64 + 3));
     }
 
-    fn put_entry(k: &str) -> Bytes {
-        app_entry(
-            &KvCommand::Put {
-                key: Bytes::copy_from_slice(k.as_bytes()),
-                value: "v".into(),
-            }
-            .encode(),
-        )
-    }
-
     fn rewrap(inner: MemKv) -> Result<ClusterMachine<MemKv>, StateMachineError> {
         let (tx, _rx) = watch::channel(Arc::new(MemberTable::default()));
         ClusterMachine::new(inner, Arc::new(tx))
@@ -974,15 +962,7 @@ mod tests {
 
     #[test]
     fn restart_loads_the_table_stored_with_the_application() {
-        let mut m = machine();
-        meta(
-            &mut m,
-            1,
-            MetaCommand::Bootstrap {
-                cluster_id: 9,
-                members: vec![member(1, "a", "https://a:1")],
-            },
-        );
+        let mut m = bootstrapped();
         m.apply(LogId::new(1, 2), Applied::Command(&put_entry("k")))
             .unwrap();
         add_new(&mut m, 3, "https://b:1");
@@ -1069,15 +1049,7 @@ mod tests {
 
     #[test]
     fn the_configuration_is_stored_with_the_table() {
-        let mut m = machine();
-        meta(
-            &mut m,
-            1,
-            MetaCommand::Bootstrap {
-                cluster_id: 9,
-                members: vec![member(1, "a", "https://a:1")],
-            },
-        );
+        let mut m = bootstrapped();
         let voters = Membership::new([ha_core::NodeId(1), ha_core::NodeId(2)]);
         m.apply(LogId::new(2, 2), Applied::Membership(&voters))
             .unwrap();
@@ -1114,15 +1086,7 @@ mod tests {
         let e = rewrap(kv).err().expect("refused").to_string();
         assert!(e.contains("this build reads format"), "{e}");
         // In a snapshot: refused before the application's state is touched.
-        let mut m = machine();
-        meta(
-            &mut m,
-            1,
-            MetaCommand::Bootstrap {
-                cluster_id: 9,
-                members: vec![member(1, "a", "https://a:1")],
-            },
-        );
+        let mut m = bootstrapped();
         let before = (m.table().clone(), m.inner().clone());
         let mut src = MemKv::default();
         src.apply(
@@ -1154,10 +1118,7 @@ mod tests {
     fn state_without_a_stored_table_is_rebuilt_by_replay_before_snapshots() {
         // An application that applied entries 1..=2 under a build that kept
         // the table only in the log.
-        let boot = MetaCommand::Bootstrap {
-            cluster_id: 9,
-            members: vec![member(1, "a", "https://a:1")],
-        };
+        let boot = bootstrap_one();
         let mut kv = MemKv::default();
         kv.apply(LogId::new(1, 1), Applied::Blank).unwrap();
         kv.apply(
@@ -1201,24 +1162,9 @@ mod tests {
 
     #[test]
     fn snapshot_carries_table_and_application() {
-        let mut m = machine();
-        meta(
-            &mut m,
-            1,
-            MetaCommand::Bootstrap {
-                cluster_id: 9,
-                members: vec![member(1, "a", "https://a:1")],
-            },
-        );
-        let put = KvCommand::Put {
-            key: "k".into(),
-            value: "v".into(),
-        };
-        m.apply(
-            LogId::new(1, 2),
-            Applied::Command(&app_entry(&put.encode())),
-        )
-        .unwrap();
+        let mut m = bootstrapped();
+        m.apply(LogId::new(1, 2), Applied::Command(&put_entry("k")))
+            .unwrap();
         let mut snap = m.snapshot().unwrap();
         let meta_ = snap.meta().clone();
         let mut other = machine();
