@@ -97,7 +97,10 @@ fn placement(cl: &Cluster, shards: u64, replication: usize) -> ShardMap {
 /// be in key order with each key once.
 async fn read_prefix(ep: &str, prefix: &str) -> Vec<(String, String)> {
     let mut c = client(ep).await;
-    let r = until_ok!("prefix read", c.get(prefix, Some(GetOptions::new().with_prefix())));
+    let r = until_ok!(
+        "prefix read",
+        c.get(prefix, Some(GetOptions::new().with_prefix()))
+    );
     let kvs: Vec<(String, String)> = r
         .kvs()
         .iter()
@@ -152,14 +155,23 @@ fn three_members_four_shards_serve_route_refuse_and_restart() {
             }
             assert_eq!(read_prefix(ep, "k/").await, want, "prefix via {ep}");
             // With a limit: the first keys in key order, the full count.
-            let r = until_ok!("limited read", c.get("k/", Some(GetOptions::new().with_prefix().with_limit(7))));
+            let r = until_ok!(
+                "limited read",
+                c.get("k/", Some(GetOptions::new().with_prefix().with_limit(7)))
+            );
             let keys: Vec<&str> = r.kvs().iter().map(|kv| kv.key_str().unwrap()).collect();
             let first: Vec<&str> = want[..7].iter().map(|(k, _)| k.as_str()).collect();
             assert_eq!(keys, first, "limit via {ep}");
             assert!(r.more());
             assert_eq!(r.count() as usize, want.len());
             // keys_only and count_only after the merge.
-            let r = until_ok!("count", c.get("k/", Some(GetOptions::new().with_prefix().with_count_only())));
+            let r = until_ok!(
+                "count",
+                c.get(
+                    "k/",
+                    Some(GetOptions::new().with_prefix().with_count_only())
+                )
+            );
             assert_eq!((r.count() as usize, r.kvs().len()), (want.len(), 0));
         }
     });
@@ -171,7 +183,9 @@ fn three_members_four_shards_serve_route_refuse_and_restart() {
         let same = want
             .iter()
             .map(|(k, _)| k.clone())
-            .find(|k| *k != a && router.shard_for_key(k.as_bytes()) == router.shard_for_key(a.as_bytes()))
+            .find(|k| {
+                *k != a && router.shard_for_key(k.as_bytes()) == router.shard_for_key(a.as_bytes())
+            })
             .unwrap();
         let other = want
             .iter()
@@ -197,7 +211,11 @@ fn three_members_four_shards_serve_route_refuse_and_restart() {
         assert_eq!(code_of(&e), Some(Code::FailedPrecondition), "{e}");
         assert!(e.to_string().contains("cross-shard"), "{e}");
         let after = c.get(other.clone(), None).await.unwrap();
-        assert_eq!(after.kvs()[0].value_str().unwrap(), before, "nothing written");
+        assert_eq!(
+            after.kvs()[0].value_str().unwrap(),
+            before,
+            "nothing written"
+        );
         // A prefix delete spans every shard: refused, nothing deleted.
         let e = c
             .delete("k/", Some(DeleteOptions::new().with_prefix()))

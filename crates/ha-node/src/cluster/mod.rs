@@ -583,6 +583,14 @@ pub struct Node<S: StateMachine> {
 
 /// Frames a hosted data shard's inbox holds before new ones are dropped.
 pub const SHARD_INBOX_FRAMES: usize = 4096;
+/// Period of the shard upkeep (metrics, `/shards`, leader spreading), ms.
+pub const SHARD_UPKEEP_MS: u64 = 1_000;
+/// Pause before a shard leader tries again to hand leadership to the
+/// shard's preferred leader, ms.
+pub const LEADER_TRANSFER_RETRY_MS: u64 = 5_000;
+/// How long the preferred leader may take to answer the liveness probe
+/// that precedes a transfer, ms.
+pub const LEADER_PROBE_TIMEOUT_MS: u64 = 500;
 
 fn random_seed(id: NodeId, group: GroupId) -> u64 {
     let nanos = std::time::SystemTime::now()
@@ -798,7 +806,11 @@ impl<S: StateMachine> Node<S> {
             shared,
         };
         let (stop, stop_rx) = watch::channel(false);
-        let tasks = vec![
+        let mut tasks = Vec::new();
+        if handle.shared.shard_map.is_some() {
+            tasks.push(tokio::spawn(shard_upkeep(handle.clone(), stop_rx.clone())));
+        }
+        tasks.extend([
             tokio::spawn(admit_inbound(
                 handle.clone(),
                 transport_inbound,
@@ -824,7 +836,7 @@ impl<S: StateMachine> Node<S> {
                 cfg.db_dir.clone(),
                 stop_rx,
             )),
-        ];
+        ]);
         tracing::info!(
             member = %format!("{:x}", cfg.member_id.0),
             name = %cfg.name,
@@ -1923,6 +1935,135 @@ pub fn learner_in_sync(leader_commit: u64, learner_applied: u64, max_lag_entries
     leader_commit.saturating_sub(learner_applied) <= allowed
 }
 
+/// The member each data shard's leadership belongs to when it is live,
+/// computed alike on every member: shards in id order, each given to the
+/// voter that prefers the fewest shards so far (ties broken by rotating
+/// the voters by the shard id), so leaderships spread within one of even
+/// over the members the placement uses.
+pub fn preferred_leaders(map: &ha_shard::ShardMap) -> HashMap<GroupId, NodeId> {
+    let mut load: HashMap<NodeId, usize> = HashMap::new();
+    let mut out = HashMap::new();
+    for st in map.shards() {
+        let voters: Vec<NodeId> = st.voters().iter().copied().collect();
+        if voters.is_empty() {
+            continue;
+        }
+        let n = voters.len();
+        let start = usize::try_from(st.id().0 % n as u64).unwrap_or(0);
+        let best = (0..n)
+            .map(|k| voters[(start + k) % n])
+            .min_by_key(|v| load.get(v).copied().unwrap_or(0));
+        if let Some(b) = best {
+            *load.entry(b).or_default() += 1;
+            out.insert(st.id(), b);
+        }
+    }
+    out
+}
+
+/// Every [`SHARD_UPKEEP_MS`] with `--shards` > 1: records each hosted
+/// shard's state in the metrics and the `/shards` table, and spreads
+/// leadership: a member leading a shard whose [preferred
+/// leader](preferred_leaders) is another member asks that member (on the
+/// shard's group, bounded by [`LEADER_PROBE_TIMEOUT_MS`]) how far it has
+/// applied; if it answers and is within [`PROMOTE_MIN_LAG_ENTRIES`] of the
+/// commit index, the leader transfers leadership to it. At most one try per
+/// shard every [`LEADER_TRANSFER_RETRY_MS`]; the preferred leader never
+/// hands leadership away, so leadership does not bounce.
+async fn shard_upkeep<S: StateMachine>(node: NodeHandle<S>, mut stop: watch::Receiver<bool>) {
+    let Some(map) = node.shared.shard_map.clone() else {
+        return;
+    };
+    let me = node.shared.me;
+    let preferred = preferred_leaders(&map);
+    let mut last_try: HashMap<GroupId, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(SHARD_UPKEEP_MS)) => {}
+            _ = stop.changed() => return,
+        }
+        let mut text = format!(
+            "# shards {} replication {}; member {me}\n# shard replicas leader hosted role\n",
+            map.shard_count(),
+            map.replication()
+        );
+        for st in map.shards() {
+            let g = st.id();
+            let replicas = st
+                .voters()
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let Some(h) = node.shard(g) else {
+                text.push_str(&format!("{g} {replicas} ? no -\n"));
+                continue;
+            };
+            let status = match h.replica.status().await {
+                Ok(s) => s,
+                Err(_) => {
+                    text.push_str(&format!("{g} {replicas} ? yes stopped\n"));
+                    continue;
+                }
+            };
+            let p = &status.protocol;
+            let leading = p.role == Role::Leader;
+            node.shared
+                .metrics
+                .record_shard(g.0, leading, p.leader.is_some(), p.commit.0);
+            text.push_str(&format!(
+                "{g} {replicas} {} yes {:?}\n",
+                p.leader.map_or("-".to_string(), |l| l.to_string()),
+                p.role
+            ));
+            let Some(&pref) = preferred.get(&g) else {
+                continue;
+            };
+            if !leading
+                || pref == me
+                || last_try
+                    .get(&g)
+                    .is_some_and(|t| t.elapsed() < Duration::from_millis(LEADER_TRANSFER_RETRY_MS))
+            {
+                continue;
+            }
+            last_try.insert(g, Instant::now());
+            let probe = node
+                .shared
+                .transport
+                .request(
+                    pref,
+                    g,
+                    PeerRequest::Progress.encode(),
+                    LEADER_PROBE_TIMEOUT_MS,
+                )
+                .await;
+            let applied = match probe.map(|b| PeerResponse::decode(&b)) {
+                Ok(Ok(PeerResponse::Progress { applied_index })) => applied_index,
+                other => {
+                    tracing::debug!(shard = %g, to = %pref, answer = ?other, "preferred leader not reachable; keeping leadership");
+                    continue;
+                }
+            };
+            if applied.saturating_add(PROMOTE_MIN_LAG_ENTRIES) < p.commit.0 {
+                continue;
+            }
+            match h.replica.transfer_leader(pref).await {
+                Ok(()) => {
+                    tracing::info!(shard = %g, to = %pref, "handing shard leadership to its preferred leader")
+                }
+                Err(e) => {
+                    tracing::debug!(shard = %g, to = %pref, error = %e, "leader transfer refused")
+                }
+            }
+        }
+        let (drops, unknown) = node.frame_drops();
+        let drops: Vec<(u64, u64)> = drops.into_iter().map(|(g, n)| (g.0, n)).collect();
+        node.shared.metrics.record_frame_drops(&drops, unknown);
+        node.shared.metrics.set_shards_text(text);
+    }
+}
+
 /// Passes frames from the transport to the replica, dropping those from
 /// removed members, and remembers senders the member table does not know
 /// yet (a joining member learns their addresses, see
@@ -2335,6 +2476,30 @@ async fn housekeeping<S: StateMachine>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preferred_leaders_spread_over_the_members() {
+        for (members, shards) in [(3usize, 4u64), (3, 16), (5, 8), (5, 16)] {
+            let cluster = ha_ring::Cluster::uniform(members).unwrap();
+            let map = ha_shard::ShardMap::new(shards, 3, &cluster).unwrap();
+            let pref = preferred_leaders(&map);
+            let mut per: std::collections::BTreeMap<NodeId, u64> = Default::default();
+            for st in map.shards() {
+                let p = pref[&st.id()];
+                assert!(st.voters().contains(&p));
+                *per.entry(p).or_default() += 1;
+            }
+            let max = per.values().max().copied().unwrap_or(0);
+            let fair = shards.div_ceil(members as u64);
+            assert!(
+                max <= fair,
+                "{members} members, {shards} shards: {per:?} (fair share {fair})"
+            );
+            if shards >= members as u64 {
+                assert_eq!(per.len(), members, "every member leads some shard: {per:?}");
+            }
+        }
+    }
 
     #[test]
     fn election_timer_spreads_over_half_an_election_timeout() {
