@@ -121,7 +121,17 @@ async fn read_prefix(ep: &str, prefix: &str) -> Vec<(String, String)> {
 
 #[test]
 fn three_members_four_shards_serve_route_refuse_and_restart() {
-    let mut cl = Cluster::start_with("raft", 3, &["--shards=4", "--replication=3"]);
+    three_members_four_shards("raft");
+}
+
+#[cfg(feature = "paxos")]
+#[test]
+fn paxos_three_members_four_shards_serve_route_refuse_and_restart() {
+    three_members_four_shards("paxos");
+}
+
+fn three_members_four_shards(consensus: &str) {
+    let mut cl = Cluster::start_with(consensus, 3, &["--shards=4", "--replication=3"]);
     let eps: Vec<String> = cl.members.iter().map(Member::endpoint).collect();
     let router = Router::new(HashFn::V1, 4).unwrap();
     let rt = runtime();
