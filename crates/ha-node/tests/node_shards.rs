@@ -265,8 +265,40 @@ fn three_members_four_shards(consensus: &str) {
         "{}",
         p.stderr_tail()
     );
+    // While it is down, every shard moves well past --snapshot-count
+    // (100) + --snapshot-catchup-entries (20): the member catches up each
+    // shard from its leader's snapshot.
+    let behind = 4 * 150;
+    block(&rt, async {
+        let mut c = client(&eps[0]).await;
+        for j in 0..behind {
+            until_ok!(
+                "put while e3 is down",
+                c.put(format!("s/{j:04}"), "x", None)
+            );
+        }
+    });
     cl.restart(2);
     block(&rt, async {
+        let mut c = client(&eps[2]).await;
+        let deadline = Instant::now() + CLUSTER_WAIT;
+        loop {
+            let r = c
+                .get(
+                    "s/",
+                    Some(GetOptions::new().with_prefix().with_serializable()),
+                )
+                .await;
+            match r {
+                Ok(r) if r.count() as usize == behind => break,
+                other if Instant::now() < deadline => {
+                    let n = other.as_ref().map(|r| r.count()).unwrap_or(-1);
+                    eprintln!("restarted member has {n} of {behind} keys");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => panic!("restarted member did not catch up: {other:?}"),
+            }
+        }
         let got = read_prefix(&eps[2], "k/").await;
         assert_eq!(got.len(), want.len(), "restarted member serves every key");
         let mut c = client(&eps[2]).await;
