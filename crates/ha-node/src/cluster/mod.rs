@@ -1172,7 +1172,8 @@ impl<S: StateMachine> NodeHandle<S> {
 
     /// Proposes an application command to data shard `group`: through this
     /// member's replica if it hosts the shard, else sent to the shard's
-    /// replicas (see [`remote`](Self::remote)).
+    /// replicas in turn (or the leader one of them names), within the
+    /// request deadline; retried only when certainly not applied.
     pub async fn propose_to(&self, group: GroupId, cmd: &[u8]) -> Result<Bytes, NodeError> {
         if let Ok(h) = self.for_group(group) {
             return h.propose(cmd).await;
