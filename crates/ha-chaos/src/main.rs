@@ -193,6 +193,7 @@ impl ServerArgs {
                 binary: self.ha_node_bin.clone(),
                 consensus: consensus.to_owned(),
                 certs_dir: self.certs_dir.clone(),
+                shards: 1,
             },
             Server::Etcd => ServerKind::Etcd {
                 binary: self.etcd_bin.clone(),
@@ -249,6 +250,11 @@ struct BenchArgs {
     /// Client counts (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
+    /// `ha-node --shards` values (comma separated): every ha-node system
+    /// is measured once per value (labelled `ha-node/raft/s4`, ...), in the
+    /// same run; 1 = one consensus group (the flag is not passed).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    shards: Vec<u32>,
     /// Measured time per point, ms.
     #[arg(long, default_value_t = 2000)]
     duration_ms: u64,
@@ -299,11 +305,30 @@ fn parse_system(s: &str, args: &ServerArgs) -> Result<ServerKind> {
 }
 
 async fn bench_cmd(a: BenchArgs) -> Result<()> {
+    if a.shards.is_empty() || a.shards.contains(&0) {
+        bail!("--shards must be positive each");
+    }
     let systems = a
         .systems
         .iter()
         .map(|s| parse_system(s, &a.server_args))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flat_map(|kind| match kind {
+            ServerKind::HaNode { .. } => a
+                .shards
+                .iter()
+                .map(|n| {
+                    let mut k = kind.clone();
+                    if let ServerKind::HaNode { shards, .. } = &mut k {
+                        *shards = *n;
+                    }
+                    k
+                })
+                .collect::<Vec<_>>(),
+            other => vec![other],
+        })
+        .collect::<Vec<_>>();
     let workloads = a
         .workloads
         .iter()

@@ -72,6 +72,9 @@ pub enum ServerKind {
         /// Directory `ha-node certs` wrote the peer certificates to; `None`
         /// runs the peers without TLS flags.
         certs_dir: Option<PathBuf>,
+        /// `--shards` (data shards; 1 = the flag is not passed, one group).
+        /// The replication is ha-node's default, min(3, members).
+        shards: u32,
     },
     /// Real etcd (3.4 or later).
     Etcd {
@@ -84,6 +87,9 @@ impl ServerKind {
     /// Short label for reports (`ha-node/raft`, `etcd`).
     pub fn label(&self) -> String {
         match self {
+            ServerKind::HaNode {
+                consensus, shards, ..
+            } if *shards > 1 => format!("ha-node/{consensus}/s{shards}"),
             ServerKind::HaNode { consensus, .. } => format!("ha-node/{consensus}"),
             ServerKind::Etcd { .. } => "etcd".to_owned(),
         }
@@ -510,9 +516,13 @@ impl Cluster {
             ServerKind::HaNode {
                 consensus,
                 certs_dir,
+                shards,
                 ..
             } => {
                 cmd.arg("--consensus").arg(consensus);
+                if *shards > 1 {
+                    cmd.arg("--shards").arg(shards.to_string());
+                }
                 if let Some(dir) = certs_dir {
                     let c = match self.rejoined_ids[i] {
                         Some(id) => {
@@ -766,6 +776,7 @@ mod tests {
             binary: "/bin/ha-node".into(),
             consensus: "paxos".into(),
             certs_dir: Some(dir.path().to_path_buf()),
+            shards: 4,
         }))
         .unwrap();
         let cmd = c.command(1).unwrap();
@@ -779,6 +790,7 @@ mod tests {
         };
         assert_eq!(val("--name"), "n2");
         assert_eq!(val("--consensus"), "paxos");
+        assert_eq!(val("--shards"), "4");
         assert_eq!(val("--initial-cluster-state"), "new");
         assert_eq!(
             val("--initial-cluster"),
@@ -814,6 +826,7 @@ mod tests {
             binary: "/bin/false".into(),
             consensus: "raft".into(),
             certs_dir: None,
+            shards: 1,
         });
         let tmp = tempfile::tempdir().unwrap();
         c.log_dir = tmp.path().join("logs");

@@ -37,6 +37,9 @@ pub const DEFAULT_TOKEN: &str = "ha-cluster";
 /// Default `--snapshot-count` (etcd's name): applied entries between two
 /// snapshots, each of which lets the log be purged.
 pub const DEFAULT_SNAPSHOT_COUNT: u64 = 10_000;
+/// Largest `--shards` a node accepts: every shard is one replica (driver
+/// task, protocol state, timers) on each member hosting it.
+pub const MAX_NODE_SHARDS: u32 = 256;
 /// Largest `--snapshot-count`.
 pub const MAX_SNAPSHOT_COUNT: u64 = 100_000_000;
 /// Default `--snapshot-catchup-entries` (etcd's name and default): entries
@@ -149,6 +152,16 @@ pub struct Settings {
     /// default 5000, 0..=100000000.
     #[arg(long, env = "HA_SNAPSHOT_CATCHUP_ENTRIES")]
     pub snapshot_catchup_entries: Option<u64>,
+    /// Data shards (consensus groups) the key space is split into, fixed
+    /// at cluster creation (default 1: one group holds everything, as in
+    /// etcd; 1..=256).
+    #[arg(long, env = "HA_SHARDS")]
+    pub shards: Option<u32>,
+    /// Replicas of each data shard with `--shards` > 1, fixed at cluster
+    /// creation (default min(3, founding members); at most the founding
+    /// member count and 7). Not accepted with `--shards 1`.
+    #[arg(long, env = "HA_REPLICATION")]
+    pub replication: Option<usize>,
     /// PEM file of the cluster CA peers' certificates must chain to.
     #[arg(long, env = "HA_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
@@ -198,6 +211,8 @@ impl Settings {
             election_timeout,
             snapshot_count,
             snapshot_catchup_entries,
+            shards,
+            replication,
             peer_trusted_ca_file,
             peer_cert_file,
             peer_key_file,
@@ -452,6 +467,48 @@ impl Settings {
             return Err(invalid("log-level", format!("{log_level:?}: {e}")));
         }
 
+        let shards = self.shards.unwrap_or(1);
+        if !(1..=MAX_NODE_SHARDS).contains(&shards) {
+            return Err(invalid(
+                "shards",
+                format!("must be in 1..={MAX_NODE_SHARDS}, got {shards}"),
+            ));
+        }
+        let replication = match (shards, self.replication) {
+            (1, None) => initial_cluster.len(),
+            (1, Some(r)) => {
+                return Err(invalid(
+                    "replication",
+                    format!(
+                        "only with --shards > 1 (with --shards 1 every member replicates the one \
+                         group), got {r}"
+                    ),
+                ));
+            }
+            (_, r) => {
+                let max = initial_cluster.len().min(ha_shard::map::MAX_REPLICATION);
+                let r = r.unwrap_or(max.min(3));
+                if !(1..=max).contains(&r) {
+                    return Err(invalid(
+                        "replication",
+                        format!(
+                            "must be in 1..={max} (at most the {} founding members and {}), got {r}",
+                            initial_cluster.len(),
+                            ha_shard::map::MAX_REPLICATION
+                        ),
+                    ));
+                }
+                r
+            }
+        };
+        if shards > 1 && initial_cluster_state == ClusterState::Existing {
+            return Err(invalid(
+                "shards",
+                "joining a cluster with --shards > 1 is not supported yet: the members of a \
+                 sharded cluster are fixed at creation (membership changes are refused)",
+            ));
+        }
+
         let founding: Vec<(String, Vec<String>)> = initial_cluster
             .iter()
             .map(|m| (m.name.clone(), m.peer_urls.clone()))
@@ -489,6 +546,8 @@ impl Settings {
             election_timeout_ms,
             snapshot_count,
             snapshot_catchup_entries,
+            shards,
+            replication,
             peer_tls,
             listen_metrics,
             log_level,
@@ -606,6 +665,11 @@ pub struct Config {
     pub snapshot_count: u64,
     /// Entries kept behind a snapshot (`--snapshot-catchup-entries`).
     pub snapshot_catchup_entries: u64,
+    /// Data shards (`--shards`): 1 = the single group 0 holds the data.
+    pub shards: u32,
+    /// Replicas per data shard (`--replication`; with `--shards 1` every
+    /// member replicates group 0 and this is the member count).
+    pub replication: usize,
     /// Peer authentication.
     pub peer_tls: PeerTls,
     /// Metrics/health listen addresses.
@@ -960,6 +1024,89 @@ mod tests {
             ),
         ];
         for (st, want) in cases {
+            let e = st.clone().resolve().unwrap_err().to_string();
+            assert!(e.contains(want), "{st:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn shards_and_replication_are_validated() {
+        let three = || Settings {
+            name: Some("b".into()),
+            listen_peer_urls: Some("https://127.0.0.1:12380".into()),
+            initial_cluster: Some(
+                "a=https://127.0.0.1:2380,b=https://127.0.0.1:12380,c=https://127.0.0.1:22380"
+                    .into(),
+            ),
+            peer_insecure_dev_tls: Some(true),
+            ..s()
+        };
+        let c = three().resolve().unwrap();
+        assert_eq!((c.shards, c.replication), (1, 3));
+        let c = Settings {
+            shards: Some(4),
+            ..three()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((c.shards, c.replication), (4, 3));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "shards = 8\nreplication = 2\n").unwrap();
+        let c = Settings::from_file(&p)
+            .unwrap()
+            .or(three())
+            .resolve()
+            .unwrap();
+        assert_eq!((c.shards, c.replication), (8, 2));
+        for (st, want) in [
+            (
+                Settings {
+                    shards: Some(0),
+                    ..three()
+                },
+                "--shards: must be in 1..=256, got 0",
+            ),
+            (
+                Settings {
+                    shards: Some(MAX_NODE_SHARDS + 1),
+                    ..three()
+                },
+                "--shards",
+            ),
+            (
+                Settings {
+                    replication: Some(2),
+                    ..three()
+                },
+                "--replication: only with --shards > 1",
+            ),
+            (
+                Settings {
+                    shards: Some(4),
+                    replication: Some(4),
+                    ..three()
+                },
+                "--replication: must be in 1..=3",
+            ),
+            (
+                Settings {
+                    shards: Some(4),
+                    replication: Some(0),
+                    ..three()
+                },
+                "--replication",
+            ),
+            (
+                Settings {
+                    shards: Some(4),
+                    initial_cluster_state: Some("existing".into()),
+                    member_id: Some("1234".into()),
+                    ..three()
+                },
+                "--shards: joining a cluster",
+            ),
+        ] {
             let e = st.clone().resolve().unwrap_err().to_string();
             assert!(e.contains(want), "{st:?}: {e}");
         }

@@ -30,6 +30,74 @@ pub struct MemberFile {
     pub member_id: String,
     /// Member name at creation.
     pub name: String,
+    /// `--shards` at creation (absent: 1, as written before sharding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
+    /// `--replication` at creation (only with `shards` > 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<usize>,
+    /// The founding members (hex ids) the shard placement is computed
+    /// over (only with `shards` > 1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_members: Vec<String>,
+}
+
+/// How the key space is split, fixed at cluster creation and recorded in
+/// `member.toml` (nothing is recorded for the default single group, so a
+/// `--shards 1` directory is byte-for-byte what earlier builds wrote).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardLayout {
+    /// Data shards (1 = group 0 holds the data).
+    pub shards: u32,
+    /// Replicas per shard (ignored with one shard).
+    pub replication: usize,
+    /// Founding member ids the placement is computed over (empty with one
+    /// shard).
+    pub members: Vec<u64>,
+}
+
+impl ShardLayout {
+    /// The default: one group on every member.
+    pub fn single() -> Self {
+        Self {
+            shards: 1,
+            replication: 0,
+            members: Vec::new(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.shards <= 1 {
+            "--shards 1".to_string()
+        } else {
+            format!(
+                "--shards {} --replication {}",
+                self.shards, self.replication
+            )
+        }
+    }
+
+    fn of_file(f: &MemberFile, path: &Path) -> Result<Self, DataDirError> {
+        let shards = f.shards.unwrap_or(1);
+        if shards <= 1 {
+            return Ok(Self::single());
+        }
+        let members = f
+            .shard_members
+            .iter()
+            .map(|m| {
+                u64::from_str_radix(m, 16).map_err(|e| DataDirError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!("shard_members entry {m:?}: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            shards,
+            replication: f.replication.unwrap_or(0),
+            members,
+        })
+    }
 }
 
 /// Why the data dir cannot be used. Nothing was changed.
@@ -65,6 +133,19 @@ pub enum DataDirError {
         found: Box<MemberFile>,
         /// What the configuration says.
         want: Box<MemberFile>,
+    },
+    /// The directory was created with another shard layout.
+    #[error(
+        "data dir {path} was created with {found}, but this configuration says {want}; \
+         --shards and --replication are fixed at cluster creation"
+    )]
+    OtherLayout {
+        /// Path.
+        path: PathBuf,
+        /// What the directory records.
+        found: String,
+        /// What the configuration says.
+        want: String,
     },
 }
 
@@ -117,6 +198,30 @@ pub fn check_or_init(
     member_id: u64,
     name: &str,
 ) -> Result<bool, DataDirError> {
+    check_or_init_layout(
+        dir,
+        token,
+        cluster_id,
+        member_id,
+        name,
+        &ShardLayout::single(),
+    )
+    .map(|(fresh, _)| fresh)
+}
+
+/// [`check_or_init`] with a shard layout: a new directory records
+/// `layout`; an existing one must record the same shard count and
+/// replication ([`DataDirError::OtherLayout`] otherwise). Returns whether
+/// the directory was new and the recorded layout (whose member list the
+/// placement is computed over).
+pub fn check_or_init_layout(
+    dir: &Path,
+    token: &str,
+    cluster_id: u64,
+    member_id: u64,
+    name: &str,
+    layout: &ShardLayout,
+) -> Result<(bool, ShardLayout), DataDirError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |error| DataDirError::Io {
@@ -146,10 +251,23 @@ pub fn check_or_init(
                         cluster_id: want_cluster,
                         member_id: want_member,
                         name: name.to_string(),
+                        shards: None,
+                        replication: None,
+                        shard_members: Vec::new(),
                     }),
                 });
             }
-            Ok(false)
+            let recorded = ShardLayout::of_file(&found, dir)?;
+            let same = recorded.shards == layout.shards.max(1)
+                && (recorded.shards <= 1 || recorded.replication == layout.replication);
+            if !same {
+                return Err(DataDirError::OtherLayout {
+                    path: dir.to_path_buf(),
+                    found: recorded.describe(),
+                    want: layout.describe(),
+                });
+            }
+            Ok((false, recorded))
         }
         None => {
             // A directory with data but no identity file was not made by us.
@@ -166,6 +284,13 @@ pub fn check_or_init(
                 cluster_id: format!("{cluster_id:x}"),
                 member_id: format!("{member_id:x}"),
                 name: name.to_string(),
+                shards: (layout.shards > 1).then_some(layout.shards),
+                replication: (layout.shards > 1).then_some(layout.replication),
+                shard_members: if layout.shards > 1 {
+                    layout.members.iter().map(|m| format!("{m:x}")).collect()
+                } else {
+                    Vec::new()
+                },
             };
             let text = toml::to_string(&content).map_err(|e| DataDirError::Corrupt {
                 path: dir.to_path_buf(),
@@ -181,7 +306,8 @@ pub fn check_or_init(
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io(dir))?;
-            Ok(true)
+            let recorded = ShardLayout::of_file(&content, dir)?;
+            Ok((true, recorded))
         }
     }
 }
@@ -210,6 +336,54 @@ mod tests {
         assert_eq!(read_member_id(d.path()).unwrap(), None);
         check_or_init(d.path(), "t", 5, 0x5a3c, "a").unwrap();
         assert_eq!(read_member_id(d.path()).unwrap(), Some(0x5a3c));
+    }
+
+    #[test]
+    fn shard_layout_is_recorded_and_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let four = ShardLayout {
+            shards: 4,
+            replication: 3,
+            members: vec![0xa, 0xb, 0xc],
+        };
+        let (fresh, rec) = check_or_init_layout(d.path(), "t", 5, 7, "a", &four).unwrap();
+        assert!(fresh);
+        assert_eq!(rec, four);
+        // A restart reads the members back from the file.
+        let again = ShardLayout {
+            members: Vec::new(),
+            ..four.clone()
+        };
+        let (fresh, rec) = check_or_init_layout(d.path(), "t", 5, 7, "a", &again).unwrap();
+        assert!(!fresh);
+        assert_eq!(rec, four);
+        for other in [
+            ShardLayout::single(),
+            ShardLayout {
+                shards: 8,
+                ..four.clone()
+            },
+            ShardLayout {
+                replication: 2,
+                ..four.clone()
+            },
+        ] {
+            let e = check_or_init_layout(d.path(), "t", 5, 7, "a", &other).unwrap_err();
+            assert!(matches!(e, DataDirError::OtherLayout { .. }), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("was created with --shards 4 --replication 3"),
+                "{e}"
+            );
+        }
+        // A directory of the default layout refuses --shards > 1 and is
+        // written exactly as before (no shard keys).
+        let d1 = tempfile::tempdir().unwrap();
+        check_or_init(d1.path(), "t", 5, 7, "a").unwrap();
+        let text = std::fs::read_to_string(d1.path().join(MEMBER_FILE)).unwrap();
+        assert!(!text.contains("shard"), "{text}");
+        let e = check_or_init_layout(d1.path(), "t", 5, 7, "a", &four).unwrap_err();
+        assert!(e.to_string().contains("was created with --shards 1"), "{e}");
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! The operations HTTP endpoints: `/metrics` (Prometheus text format) and
+//! The operations HTTP endpoints: `/shards` (with `--shards` > 1, one line
+//! per data shard: its replicas, the leader this member knows of, whether
+//! this member hosts and leads it), `/metrics` (Prometheus text format) and
 //! `/health` (etcd's shape: `{"health":"true"}` with 200 when the replica
 //! runs and a leader is known, `{"health":"false","reason":"..."}` with 503
 //! otherwise).
@@ -14,11 +16,24 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 
-/// The router serving `/metrics` and `/health` from `metrics`.
+/// The router serving `/shards`, `/metrics` and `/health` from `metrics`.
 pub fn router(metrics: Arc<Metrics>) -> Router {
     let m1 = Arc::clone(&metrics);
-    let m2 = metrics;
+    let m2 = Arc::clone(&metrics);
+    let m3 = metrics;
     Router::new()
+        .route(
+            "/shards",
+            get(move || {
+                let m = Arc::clone(&m3);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                        m.shards_text(),
+                    )
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {

@@ -199,14 +199,29 @@ fn run(mut cfg: Config) -> Result<(), String> {
         ClusterState::New => cfg.cluster_id,
         ClusterState::Existing => 0,
     };
-    let fresh = datadir::check_or_init(
+    let layout = if cfg.shards > 1 {
+        datadir::ShardLayout {
+            shards: cfg.shards,
+            replication: cfg.replication,
+            members: cfg
+                .initial_cluster
+                .iter()
+                .map(|m| ha_node::ids::member_id(&cfg.token, &m.name).0)
+                .collect(),
+        }
+    } else {
+        datadir::ShardLayout::single()
+    };
+    let (fresh, layout) = datadir::check_or_init_layout(
         &cfg.data_dir,
         &cfg.token,
         cluster_id,
         cfg.member_id.0,
         &cfg.name,
+        &layout,
     )
     .map_err(|e| e.to_string())?;
+    let shard_map = shard_map_of(&layout)?;
     let identity = match &cfg.peer_tls {
         PeerTls::Files { ca, cert, key } => {
             certs::load_identity(cfg.member_id, ca, cert, key).map_err(|e| e.to_string())?
@@ -251,14 +266,37 @@ fn run(mut cfg: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
-    let result = rt.block_on(serve(cfg, identity));
+    let result = rt.block_on(serve(cfg, identity, shard_map));
     // Whatever is still running (a blocking call, a task that did not
     // stop) does not hold the exit up.
     rt.shutdown_timeout(Duration::from_millis(RUNTIME_STOP_MS));
     result
 }
 
-async fn serve(cfg: Config, identity: ha_transport_quic::NodeIdentity) -> Result<(), String> {
+/// The static placement of a sharded cluster: computed from the founding
+/// members recorded in the data dir, so it is the same on every member and
+/// after every restart (`None` with one shard).
+fn shard_map_of(layout: &datadir::ShardLayout) -> Result<Option<ha_shard::ShardMap>, String> {
+    if layout.shards <= 1 {
+        return Ok(None);
+    }
+    let cluster = ha_ring::Cluster::new(
+        layout
+            .members
+            .iter()
+            .map(|id| ha_ring::NodeSpec::new(ha_core::NodeId(*id))),
+    )
+    .map_err(|e| format!("shard placement: {e}"))?;
+    ha_shard::ShardMap::new(u64::from(layout.shards), layout.replication, &cluster)
+        .map(Some)
+        .map_err(|e| format!("shard placement: {e}"))
+}
+
+async fn serve(
+    cfg: Config,
+    identity: ha_transport_quic::NodeIdentity,
+    shard_map: Option<ha_shard::ShardMap>,
+) -> Result<(), String> {
     // Bind every listener before starting the replica so that a port in use
     // fails fast with the setting's name.
     let mut client_listeners = Vec::new();
@@ -270,10 +308,23 @@ async fn serve(cfg: Config, identity: ha_transport_quic::NodeIdentity) -> Result
         metrics_listeners.push(http::bind(*addr, "--listen-metrics-urls").await?);
     }
     let metrics = Arc::new(Metrics::new());
-    let node = LockNode::start(
+    if let Some(map) = &shard_map {
+        tracing::info!(
+            shards = map.shard_count(),
+            replication = map.replication(),
+            hosted = map
+                .shards()
+                .iter()
+                .filter(|s| s.has_replica(cfg.member_id))
+                .count(),
+            "sharded: hosting data shards"
+        );
+    }
+    let node = LockNode::start_sharded(
         NodeConfig::from_config(&cfg, identity),
         LockNodeConfig::default(),
         Arc::clone(&metrics),
+        shard_map,
     )
     .await
     .map_err(|e| e.to_string())?;

@@ -117,6 +117,12 @@ pub struct Metrics {
     mirrors: Mirrors,
     api_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     api_errors: Family<MethodLabels, Counter>,
+    shard_inbox_drops: Family<MethodLabels, Gauge>,
+    shard_is_leader: Family<MethodLabels, Gauge>,
+    shard_leader_known: Family<MethodLabels, Gauge>,
+    shard_commit: Family<MethodLabels, Gauge>,
+    unknown_group_frames: Gauge,
+    shards_text: std::sync::Mutex<String>,
     methods_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
     last_leader: AtomicU64,
     leader_known: AtomicBool,
@@ -151,12 +157,43 @@ impl Metrics {
             mirrors: Mirrors::default(),
             api_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             api_errors: Family::default(),
+            shard_inbox_drops: Family::default(),
+            shard_is_leader: Family::default(),
+            shard_leader_known: Family::default(),
+            shard_commit: Family::default(),
+            unknown_group_frames: Gauge::default(),
+            shards_text: std::sync::Mutex::new(String::new()),
             methods_seen: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             last_leader: AtomicU64::new(0),
             leader_known: AtomicBool::new(false),
             running: AtomicBool::new(false),
         };
         let r = &mut m.registry;
+        r.register(
+            "shard_inbox_dropped_frames",
+            "Frames for a hosted data shard dropped because its inbox was full",
+            m.shard_inbox_drops.clone(),
+        );
+        r.register(
+            "shard_is_leader",
+            "Whether this member leads the hosted data shard",
+            m.shard_is_leader.clone(),
+        );
+        r.register(
+            "shard_has_leader",
+            "Whether the hosted data shard knows a leader",
+            m.shard_leader_known.clone(),
+        );
+        r.register(
+            "shard_commit_index",
+            "Commit index of the hosted data shard",
+            m.shard_commit.clone(),
+        );
+        r.register(
+            "transport_unknown_group_frames",
+            "Frames dropped because they named a group this member does not host",
+            m.unknown_group_frames.clone(),
+        );
         r.register(
             "consensus_term",
             "Current consensus term (Raft term / Paxos ballot)",
@@ -439,6 +476,48 @@ impl Metrics {
         m.transport_requests_failed.set(t.requests_failed);
         m.transport_requests_served.set(t.requests_served);
         m.transport_requests_refused.set(t.requests_refused);
+    }
+
+    /// Records one hosted data shard's state (`shard` = its group id).
+    pub fn record_shard(&self, shard: u64, is_leader: bool, leader_known: bool, commit: u64) {
+        let l = vec![("shard".to_string(), shard.to_string())];
+        self.shard_is_leader
+            .get_or_create(&l)
+            .set(i64::from(is_leader));
+        self.shard_leader_known
+            .get_or_create(&l)
+            .set(i64::from(leader_known));
+        self.shard_commit
+            .get_or_create(&l)
+            .set(i64::try_from(commit).unwrap_or(i64::MAX));
+    }
+
+    /// Mirrors the frame drop counters: per hosted shard (inbox full) and
+    /// frames for groups not hosted here.
+    pub fn record_frame_drops(&self, per_shard: &[(u64, u64)], unknown_group: u64) {
+        for (shard, drops) in per_shard {
+            self.shard_inbox_drops
+                .get_or_create(&vec![("shard".to_string(), shard.to_string())])
+                .set(i64::try_from(*drops).unwrap_or(i64::MAX));
+        }
+        self.unknown_group_frames
+            .set(i64::try_from(unknown_group).unwrap_or(i64::MAX));
+    }
+
+    /// Replaces the shard table served at `/shards`.
+    pub fn set_shards_text(&self, text: String) {
+        if let Ok(mut t) = self.shards_text.lock() {
+            *t = text;
+        }
+    }
+
+    /// The shard table (shard → replicas → leader) as last recorded; a
+    /// note when the node runs one group.
+    pub fn shards_text(&self) -> String {
+        match self.shards_text.lock() {
+            Ok(t) if !t.is_empty() => t.clone(),
+            _ => "one consensus group (--shards 1)\n".to_string(),
+        }
     }
 
     /// Whether the member is healthy: the replica runs and a leader is known.

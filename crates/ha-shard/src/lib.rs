@@ -158,6 +158,34 @@
 //! the whole is not an atomic snapshot across shards — say so in the API
 //! docs. With `--shards 1` every request goes to shard 1 and the etcd
 //! semantics are unchanged.
+//!
+//! ### Slice 1 as built (`ha-node --shards N --replication R`)
+//!
+//! What differs from the plan above, and why:
+//!
+//! - **Group 0 is unchanged**: the member table on every member, with the
+//!   lock machine as its application (empty when sharded: it keeps the
+//!   leases loop's home, and `--shards 1` stays byte-for-byte the old
+//!   layout, group 0 holding the data). The shard map is **not** stored in
+//!   group 0 yet: it is `ShardMap::new(N, R, founding members)`, computed
+//!   identically on every member from the founding ids recorded in the
+//!   data dir's `member.toml` (with N and R, checked on every restart).
+//!   Membership changes are refused while sharded, so the static map never
+//!   goes stale; storing it in group 0 comes with the controller.
+//! - **Shard replicas wrap the same `ClusterMachine`** as group 0 (an empty
+//!   member table): the sidecar that stores the configuration with the
+//!   applied state is what lets a shard restart after its log was purged,
+//!   so the shard path reuses it rather than a second mechanism.
+//! - **No heartbeat coalescing yet**: one replica, timer and heartbeat per
+//!   shard. Inbound frames are demultiplexed by group into a bounded inbox
+//!   per shard (full: dropped and counted); frames for unhosted groups are
+//!   counted too (`/metrics`).
+//! - **Reads of a shard this member does not host** travel as a request
+//!   carrying the encoded range; any replica serves it (its own read
+//!   barrier when linearizable), writes go to the shard's leader through
+//!   a hint from whichever replica is asked.
+//! - **Leaders spread** by transfer to a preferred leader (voters rotated by
+//!   shard id) once it answers a progress probe and is caught up.
 #![deny(missing_docs)]
 
 pub mod controller;

@@ -113,6 +113,10 @@ pub enum BackendError {
     /// The backend does not support this operation.
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// The request's keys live on several shards (`--shards` > 1) and the
+    /// operation must be atomic; nothing was done.
+    #[error("{0}")]
+    CrossShard(String),
     /// No member has the given id.
     #[error("member not found")]
     MemberNotFound,
@@ -154,6 +158,34 @@ pub trait Backend: Send + Sync + 'static {
     where
         R: Send + 'static,
         F: FnOnce(&LockMachine) -> R + Send + 'static;
+
+    /// A key range read (etcd `Range`): the machine's answer and the store
+    /// revision it was read at. The default reads the one state machine; a
+    /// sharded backend routes the range to the shards that may hold its
+    /// keys and merges their answers.
+    fn range(
+        &self,
+        linearizable: bool,
+        req: ha_lock::api::RangeRequest,
+    ) -> impl Future<
+        Output = Result<
+            (
+                Result<ha_lock::api::RangeResponse, ha_lock::api::LockError>,
+                i64,
+            ),
+            BackendError,
+        >,
+    > + Send {
+        self.read(linearizable, move |m| (m.range(&req), m.current_revision()))
+    }
+
+    /// Why this backend refuses `what` (a service such as watch, leases,
+    /// locks or elections), if it does: with `--shards` > 1 the node does
+    /// not serve those yet. `None` = served.
+    fn refuses(&self, what: &str) -> Option<BackendError> {
+        let _ = what;
+        None
+    }
 
     /// Live events as they are applied on this member, in apply (revision)
     /// order, one batch per command that produced events: a bounded

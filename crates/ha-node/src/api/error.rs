@@ -108,6 +108,7 @@ pub fn backend_status(err: &BackendError) -> Status {
         BackendError::Unavailable(why) => Status::unavailable(format!("ha: {why}")),
         BackendError::InvalidRequest(why) => Status::invalid_argument(format!("ha: {why}")),
         BackendError::Unsupported(what) => Status::unimplemented(format!("ha: {what}")),
+        BackendError::CrossShard(why) => Status::failed_precondition(format!("ha: {why}")),
         BackendError::MemberNotFound => Status::not_found(MSG_MEMBER_NOT_FOUND),
         BackendError::MemberExists => Status::failed_precondition(MSG_MEMBER_EXISTS),
         BackendError::PeerUrlExists => Status::failed_precondition(MSG_PEER_URL_EXISTS),

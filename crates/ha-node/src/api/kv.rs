@@ -33,13 +33,7 @@ impl<B: Backend> Kv for KvService<B> {
         self.shared.check_size(req.encoded_len())?;
         let linearizable = !req.serializable;
         let range = convert::range_from_pb(req)?;
-        let (result, revision) = self
-            .shared
-            .backend
-            .read(linearizable, move |m| {
-                (m.range(&range), m.current_revision())
-            })
-            .await?;
+        let (result, revision) = self.shared.backend.range(linearizable, range).await?;
         let resp = result.map_err(|e| lock_status(&e))?;
         Ok(Response::new(convert::range_to_pb(
             resp,

@@ -72,6 +72,9 @@ impl<B: Backend> Lease for LeaseService<B> {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        if let Some(e) = self.shared.backend.refuses("leases") {
+            return Err(e.into());
+        }
         let req = request.into_inner();
         if req.ttl > MAX_LEASE_TTL_S {
             return Err(Status::out_of_range(MSG_LEASE_TTL_TOO_LARGE));
@@ -97,6 +100,9 @@ impl<B: Backend> Lease for LeaseService<B> {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        if let Some(e) = self.shared.backend.refuses("leases") {
+            return Err(e.into());
+        }
         let id = request.into_inner().id;
         match self.shared.write(hl::Command::LeaseRevoke { id }).await? {
             (rev, hl::Response::LeaseRevoke) => Ok(Response::new(pb::LeaseRevokeResponse {
@@ -112,6 +118,9 @@ impl<B: Backend> Lease for LeaseService<B> {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        if let Some(e) = self.shared.backend.refuses("leases") {
+            return Err(e.into());
+        }
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(self.shared.config.stream_queue_len);
         let shared = self.shared.clone();
@@ -146,6 +155,9 @@ impl<B: Backend> Lease for LeaseService<B> {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        if let Some(e) = self.shared.backend.refuses("leases") {
+            return Err(e.into());
+        }
         let req = request.into_inner();
         let (id, with_keys) = (req.id, req.keys);
         let (ttl, revision) = self
@@ -177,6 +189,9 @@ impl<B: Backend> Lease for LeaseService<B> {
         &self,
         _request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        if let Some(e) = self.shared.backend.refuses("leases") {
+            return Err(e.into());
+        }
         let (leases, revision) = self
             .shared
             .backend

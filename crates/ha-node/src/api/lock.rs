@@ -121,6 +121,9 @@ impl<B: Backend> Lock for LockService<B> {
         &self,
         request: Request<lpb::LockRequest>,
     ) -> Result<Response<lpb::LockResponse>, Status> {
+        if let Some(e) = self.shared.backend.refuses("locks and elections") {
+            return Err(e.into());
+        }
         let req = request.into_inner();
         self.shared.check_size(req.encoded_len())?;
         let shared = &self.shared;
@@ -177,6 +180,9 @@ impl<B: Backend> Lock for LockService<B> {
         &self,
         request: Request<lpb::UnlockRequest>,
     ) -> Result<Response<lpb::UnlockResponse>, Status> {
+        if let Some(e) = self.shared.backend.refuses("locks and elections") {
+            return Err(e.into());
+        }
         let key = request.into_inner().key;
         match self.shared.write(hl::Command::Unlock { key }).await? {
             (rev, hl::Response::Unlock) => Ok(Response::new(lpb::UnlockResponse {
@@ -237,6 +243,9 @@ impl<B: Backend> Election for ElectionService<B> {
         &self,
         request: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
+        if let Some(e) = self.shared.backend.refuses("locks and elections") {
+            return Err(e.into());
+        }
         let req = request.into_inner();
         self.shared.check_size(req.encoded_len())?;
         let shared = &self.shared;
@@ -293,6 +302,9 @@ impl<B: Backend> Election for ElectionService<B> {
         &self,
         request: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
+        if let Some(e) = self.shared.backend.refuses("locks and elections") {
+            return Err(e.into());
+        }
         let req = request.into_inner();
         self.shared.check_size(req.encoded_len())?;
         let cmd = hl::Command::Proclaim {
@@ -311,6 +323,9 @@ impl<B: Backend> Election for ElectionService<B> {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<epb::LeaderResponse>, Status> {
+        if let Some(e) = self.shared.backend.refuses("locks and elections") {
+            return Err(e.into());
+        }
         let name = request.into_inner().name;
         let (kv, rev) = self
             .shared
@@ -332,6 +347,9 @@ impl<B: Backend> Election for ElectionService<B> {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        if let Some(e) = self.shared.backend.refuses("locks and elections") {
+            return Err(e.into());
+        }
         let name = request.into_inner().name;
         let shared = self.shared.clone();
         let (tx, rx) = mpsc::channel(shared.config.stream_queue_len);
@@ -386,6 +404,9 @@ impl<B: Backend> Election for ElectionService<B> {
         &self,
         request: Request<epb::ResignRequest>,
     ) -> Result<Response<epb::ResignResponse>, Status> {
+        if let Some(e) = self.shared.backend.refuses("locks and elections") {
+            return Err(e.into());
+        }
         let leader = leader_from_pb(request.into_inner().leader)?;
         match self.shared.write(hl::Command::Resign { leader }).await? {
             (rev, hl::Response::Resign) => Ok(Response::new(epb::ResignResponse {

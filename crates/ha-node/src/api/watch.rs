@@ -62,6 +62,9 @@ impl<B: Backend> Watch for WatchService<B> {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        if let Some(e) = self.shared.backend.refuses("watch") {
+            return Err(e.into());
+        }
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(self.shared.config.watch_queue_len);
         // Subscribe first: every batch applied from now on is either in the

@@ -491,8 +491,30 @@ impl Store {
     }
 }
 
-struct Shared<S> {
+/// A data shard hosted on this member (see [`Node::start_groups`]).
+struct ShardSlot<S> {
     replica: ReplicaHandle<ClusterMachine<S>>,
+    /// Bounded inbox of the shard's replica (full: the frame is dropped).
+    inbox: tokio::sync::mpsc::Sender<ha_core::transport::Inbound>,
+    /// Frames dropped because the inbox was full.
+    drops: AtomicU64,
+}
+
+/// A read run on a member hosting a shard for a member that does not
+/// ([`PeerRequest::Read`]): the query's bytes in, the answer's bytes out.
+pub type ReadHook<S> = Arc<dyn Fn(&S, &[u8]) -> Bytes + Send + Sync>;
+
+struct Shared<S> {
+    /// Group 0's replica (the member table; the data too with one shard).
+    replica: ReplicaHandle<ClusterMachine<S>>,
+    /// Data shards this member hosts (empty with one shard).
+    shards: std::collections::BTreeMap<GroupId, ShardSlot<S>>,
+    /// The static shard placement (`None` with one shard).
+    shard_map: Option<Arc<ha_shard::ShardMap>>,
+    /// Frames for a group this member does not host.
+    unknown_group_frames: AtomicU64,
+    /// How a hosted shard serves another member's [`PeerRequest::Read`].
+    read_hook: std::sync::OnceLock<ReadHook<S>>,
     transport: Arc<QuicTransport>,
     view: watch::Receiver<Arc<MemberTable>>,
     me: NodeId,
@@ -526,14 +548,23 @@ pub type LeaderHook = Arc<dyn Fn(&[u8], &Bytes) + Send + Sync>;
 /// A cheap, cloneable client of a [`Node`]. It shares the node's
 /// transport: the peer port is released once the node is shut down *and*
 /// every handle is dropped.
+///
+/// A handle addresses one consensus group: [`Node::handle`] gives group 0
+/// (the member table; with one shard also the data), [`NodeHandle::shard`]
+/// a data shard this member hosts. Proposals, reads and status go to the
+/// handle's group; membership calls always go to group 0.
 pub struct NodeHandle<S> {
     shared: Arc<Shared<S>>,
+    group: GroupId,
+    replica: ReplicaHandle<ClusterMachine<S>>,
 }
 
 impl<S> Clone for NodeHandle<S> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
+            group: self.group,
+            replica: self.replica.clone(),
         }
     }
 }
@@ -542,13 +573,26 @@ impl<S> Clone for NodeHandle<S> {
 pub struct Node<S: StateMachine> {
     handle: NodeHandle<S>,
     replica: Replica<ClusterMachine<S>>,
+    /// The hosted data shards' replicas.
+    shard_replicas: Vec<Replica<ClusterMachine<S>>>,
     transport: Arc<QuicTransport>,
     store: Store,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn random_seed(id: NodeId) -> u64 {
+/// Frames a hosted data shard's inbox holds before new ones are dropped.
+pub const SHARD_INBOX_FRAMES: usize = 4096;
+/// Period of the shard upkeep (metrics, `/shards`, leader spreading), ms.
+pub const SHARD_UPKEEP_MS: u64 = 1_000;
+/// Pause before a shard leader tries again to hand leadership to the
+/// shard's preferred leader, ms.
+pub const LEADER_TRANSFER_RETRY_MS: u64 = 5_000;
+/// How long the preferred leader may take to answer the liveness probe
+/// that precedes a transfer, ms.
+pub const LEADER_PROBE_TIMEOUT_MS: u64 = 500;
+
+fn random_seed(id: NodeId, group: GroupId) -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -559,6 +603,7 @@ fn random_seed(id: NodeId) -> u64 {
             &nanos.to_le_bytes(),
             &std::process::id().to_le_bytes(),
             &id.0.to_le_bytes(),
+            &group.0.to_le_bytes(),
         ],
     )
 }
@@ -604,8 +649,34 @@ impl<S: StateMachine> Node<S> {
     where
         F: FnOnce(AppStore<'_>) -> Result<S, String>,
     {
+        let mut make_app = Some(make_app);
+        Self::start_groups(cfg, metrics, None, move |store, _group| {
+            match make_app.take() {
+                Some(f) => f(store),
+                None => Err("the application factory was called twice".into()),
+            }
+        })
+        .await
+    }
+
+    /// As [`start_with`](Self::start_with), hosting the data shards of
+    /// `shards` (the static placement of `--shards N --replication R`)
+    /// this member is listed in, besides group 0: one [`Replica`] per
+    /// shard over the same store (every record keyed by group) and the same
+    /// transport (inbound frames demultiplexed by group into a bounded inbox
+    /// per shard, [`SHARD_INBOX_FRAMES`]). `make_app` builds each group's
+    /// application (group 0 first). `None` is the single-group node.
+    pub async fn start_groups<F>(
+        cfg: NodeConfig,
+        metrics: Arc<Metrics>,
+        shards: Option<ha_shard::ShardMap>,
+        mut make_app: F,
+    ) -> Result<Self, NodeError>
+    where
+        F: FnMut(AppStore<'_>, GroupId) -> Result<S, String>,
+    {
         let store = open_store(&cfg.storage)?;
-        let app = make_app(store.app_store())
+        let app = make_app(store.app_store(), GROUP)
             .map_err(|e| NodeError::Start(format!("state machine: {e}")))?;
         let dyn_store = store.dyn_store();
         let recovered = {
@@ -648,7 +719,7 @@ impl<S: StateMachine> Node<S> {
             ConsensusKind::Raft => start_replica(
                 &cfg,
                 raft_protocol(&cfg, recovered, bootstrap)?,
-                dyn_store,
+                Arc::clone(&dyn_store),
                 machine,
                 &transport,
                 admitted_rx,
@@ -657,7 +728,7 @@ impl<S: StateMachine> Node<S> {
             ConsensusKind::Paxos => start_replica(
                 &cfg,
                 paxos_protocol(&cfg, recovered, bootstrap)?,
-                dyn_store,
+                Arc::clone(&dyn_store),
                 machine,
                 &transport,
                 admitted_rx,
@@ -673,7 +744,45 @@ impl<S: StateMachine> Node<S> {
             }
         };
 
+        let mut shard_replicas = Vec::new();
+        let mut shard_slots = std::collections::BTreeMap::new();
+        if let Some(map) = &shards {
+            for st in map.shards() {
+                if !st.has_replica(cfg.member_id) {
+                    continue;
+                }
+                let group = st.id();
+                let app = make_app(store.app_store(), group).map_err(|e| {
+                    NodeError::Start(format!("state machine of shard {group}: {e}"))
+                })?;
+                let (inbox, inbox_rx) = tokio::sync::mpsc::channel(SHARD_INBOX_FRAMES);
+                let r = start_group(
+                    &cfg,
+                    group,
+                    Membership::new(st.voters().iter().copied()),
+                    app,
+                    &dyn_store,
+                    &transport,
+                    inbox_rx,
+                )
+                .await?;
+                shard_slots.insert(
+                    group,
+                    ShardSlot {
+                        replica: r.handle(),
+                        inbox,
+                        drops: AtomicU64::new(0),
+                    },
+                );
+                shard_replicas.push(r);
+            }
+        }
+
         let shared = Arc::new(Shared {
+            shards: shard_slots,
+            shard_map: shards.map(Arc::new),
+            unknown_group_frames: AtomicU64::new(0),
+            read_hook: std::sync::OnceLock::new(),
             replica: replica.handle(),
             transport: Arc::clone(&transport),
             view: view_rx,
@@ -691,9 +800,17 @@ impl<S: StateMachine> Node<S> {
             removed_logged: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             unknown_senders: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         });
-        let handle = NodeHandle { shared };
+        let handle = NodeHandle {
+            replica: shared.replica.clone(),
+            group: GROUP,
+            shared,
+        };
         let (stop, stop_rx) = watch::channel(false);
-        let tasks = vec![
+        let mut tasks = Vec::new();
+        if handle.shared.shard_map.is_some() {
+            tasks.push(tokio::spawn(shard_upkeep(handle.clone(), stop_rx.clone())));
+        }
+        tasks.extend([
             tokio::spawn(admit_inbound(
                 handle.clone(),
                 transport_inbound,
@@ -719,7 +836,7 @@ impl<S: StateMachine> Node<S> {
                 cfg.db_dir.clone(),
                 stop_rx,
             )),
-        ];
+        ]);
         tracing::info!(
             member = %format!("{:x}", cfg.member_id.0),
             name = %cfg.name,
@@ -730,6 +847,7 @@ impl<S: StateMachine> Node<S> {
         Ok(Node {
             handle,
             replica,
+            shard_replicas,
             transport,
             store,
             stop,
@@ -756,6 +874,11 @@ impl<S: StateMachine> Node<S> {
             t.abort();
             let _ = t.await;
         }
+        for r in self.shard_replicas.drain(..) {
+            if let Err(e) = r.shutdown().await {
+                tracing::warn!(error = %e, "a shard replica stopped with an error");
+            }
+        }
         let result = self.replica.shutdown().await;
         self.handle.shared.metrics.mark_stopped();
         self.transport.shutdown(SHUTDOWN_DRAIN_MS).await;
@@ -780,8 +903,71 @@ impl<S: StateMachine> Node<S> {
             let _ = t.await;
         }
         drop(self.replica);
+        self.shard_replicas.clear();
         drop(self.transport);
         drop(self.store);
+    }
+}
+
+/// Recovers and starts the replica of data shard `group` (its log and
+/// state keyed by `group` in the shared store; `bootstrap` = its founding
+/// voters), with its own election randomness (seeded from the member and
+/// the group, so shards do not elect in lock-step).
+async fn start_group<S: StateMachine>(
+    cfg: &NodeConfig,
+    group: GroupId,
+    bootstrap: Membership,
+    app: S,
+    store: &Arc<dyn LogStore>,
+    transport: &Arc<QuicTransport>,
+    inbox: tokio::sync::mpsc::Receiver<ha_core::transport::Inbound>,
+) -> Result<Replica<ClusterMachine<S>>, NodeError> {
+    let mut gcfg = cfg.clone();
+    gcfg.replica.group = group;
+    let recovered = {
+        let s = Arc::clone(store);
+        tokio::task::spawn_blocking(move || s.recover(group))
+            .await
+            .map_err(|e| NodeError::Start(format!("recovery task failed: {e}")))?
+            .map_err(|e| {
+                NodeError::Start(format!("cannot recover the log of shard {group}: {e}"))
+            })?
+    };
+    // A shard's machine keeps an (always empty) member table: only the
+    // configuration it stores with its state matters (restart after a
+    // log purge, see `machine`).
+    let (view, _) = watch::channel(Arc::new(MemberTable::default()));
+    let machine = ClusterMachine::new(app, Arc::new(view))
+        .map_err(|e| NodeError::Start(format!("state machine of shard {group}: {e}")))?;
+    let mut recovered = recovered;
+    if let Some(base) = machine.resume_point() {
+        machine::resume_from(&mut recovered, &base);
+    }
+    let store = Arc::clone(store);
+    match gcfg.consensus {
+        #[cfg(feature = "raft")]
+        ConsensusKind::Raft => start_replica(
+            &gcfg,
+            raft_protocol(&gcfg, recovered, bootstrap)?,
+            store,
+            machine,
+            transport,
+            inbox,
+        ),
+        #[cfg(feature = "paxos")]
+        ConsensusKind::Paxos => start_replica(
+            &gcfg,
+            paxos_protocol(&gcfg, recovered, bootstrap)?,
+            store,
+            machine,
+            transport,
+            inbox,
+        ),
+        #[allow(unreachable_patterns)]
+        other => Err(NodeError::Start(format!(
+            "--consensus {0}: this binary was built without the {0} feature",
+            other.name()
+        ))),
     }
 }
 
@@ -855,7 +1041,7 @@ fn raft_protocol(
         rc,
         recovered,
         bootstrap,
-        random_seed(cfg.member_id),
+        random_seed(cfg.member_id, cfg.replica.group),
     )
     .map_err(|e| NodeError::Start(format!("raft: {e}")))
 }
@@ -887,7 +1073,7 @@ fn paxos_protocol(
         pc,
         recovered,
         bootstrap,
-        random_seed(cfg.member_id),
+        random_seed(cfg.member_id, cfg.replica.group),
     )
     .map_err(|e| NodeError::Start(format!("paxos: {e}")))
 }
@@ -907,6 +1093,222 @@ impl<S: StateMachine> NodeHandle<S> {
     /// This member's id.
     pub fn member_id(&self) -> NodeId {
         self.shared.me
+    }
+
+    /// The consensus group this handle addresses.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The handle of group 0 (the member table).
+    pub fn meta(&self) -> NodeHandle<S> {
+        NodeHandle {
+            shared: Arc::clone(&self.shared),
+            group: GROUP,
+            replica: self.shared.replica.clone(),
+        }
+    }
+
+    /// The handle of data shard `group` if this member hosts it.
+    pub fn shard(&self, group: GroupId) -> Option<NodeHandle<S>> {
+        self.shared.shards.get(&group).map(|slot| NodeHandle {
+            shared: Arc::clone(&self.shared),
+            group,
+            replica: slot.replica.clone(),
+        })
+    }
+
+    /// The handle of `group` (0 or a hosted shard); an error naming why
+    /// otherwise: `NotLeader` (nothing done, ask another replica) for a
+    /// shard of the map this member does not host, `Invalid` for a group
+    /// that does not exist.
+    fn for_group(&self, group: GroupId) -> Result<NodeHandle<S>, NodeError> {
+        if group == GROUP {
+            return Ok(self.meta());
+        }
+        if let Some(h) = self.shard(group) {
+            return Ok(h);
+        }
+        match &self.shared.shard_map {
+            Some(map) if map.shard(group).is_some() => Err(NodeError::NotLeader { leader: None }),
+            _ => Err(NodeError::Invalid(format!("unknown group {group}"))),
+        }
+    }
+
+    /// The static shard placement (`None` with one shard).
+    pub fn shard_map(&self) -> Option<Arc<ha_shard::ShardMap>> {
+        self.shared.shard_map.clone()
+    }
+
+    /// Installs the [`ReadHook`] (once; later calls return false).
+    pub fn set_read_hook(&self, hook: ReadHook<S>) -> bool {
+        self.shared.read_hook.set(hook).is_ok()
+    }
+
+    /// Per hosted shard, frames dropped because its inbox was full; and
+    /// frames dropped because they named a group this member does not host.
+    pub fn frame_drops(&self) -> (Vec<(GroupId, u64)>, u64) {
+        (
+            self.shared
+                .shards
+                .iter()
+                .map(|(g, s)| (*g, s.drops.load(Ordering::Relaxed)))
+                .collect(),
+            self.shared.unknown_group_frames.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Refuses a membership change while the cluster is sharded.
+    fn refuse_if_sharded(&self) -> Result<(), NodeError> {
+        if self.shared.shard_map.is_some() {
+            return Err(NodeError::Invalid(
+                "membership changes are not supported with --shards > 1 yet: the members of a \
+                 sharded cluster are fixed at creation"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Proposes an application command to data shard `group`: through this
+    /// member's replica if it hosts the shard, else sent to the shard's
+    /// replicas in turn (or the leader one of them names), within the
+    /// request deadline; retried only when certainly not applied.
+    pub async fn propose_to(&self, group: GroupId, cmd: &[u8]) -> Result<Bytes, NodeError> {
+        if let Ok(h) = self.for_group(group) {
+            return h.propose(cmd).await;
+        }
+        match self
+            .remote(group, PeerRequest::Propose(machine::app_entry(cmd)))
+            .await?
+        {
+            PeerResponse::Applied(b) => Ok(b),
+            other => Err(NodeError::Unavailable(format!(
+                "unexpected answer from shard {group}: {other:?}"
+            ))),
+        }
+    }
+
+    /// Runs `query` through the [`ReadHook`] on data shard `group`: on
+    /// this member if it hosts the shard, else on a replica of it.
+    pub async fn read_from(
+        &self,
+        group: GroupId,
+        linearizable: bool,
+        query: Bytes,
+    ) -> Result<Bytes, NodeError> {
+        if let Ok(h) = self.for_group(group) {
+            return h
+                .handle_local(PeerRequest::Read {
+                    linearizable,
+                    query,
+                })
+                .await
+                .and_then(|r| match r {
+                    PeerResponse::Applied(b) => Ok(b),
+                    other => Err(NodeError::Unavailable(format!(
+                        "unexpected answer: {other:?}"
+                    ))),
+                });
+        }
+        match self
+            .remote(
+                group,
+                PeerRequest::Read {
+                    linearizable,
+                    query,
+                },
+            )
+            .await?
+        {
+            PeerResponse::Applied(b) => Ok(b),
+            other => Err(NodeError::Unavailable(format!(
+                "unexpected answer from shard {group}: {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends `req` for a shard this member does not host to the shard's
+    /// replicas (the map's voters in turn, or the leader a replica names),
+    /// within [`NodeConfig::forward_timeout_ms`] and at most
+    /// [`MAX_LEADER_ATTEMPTS`] × replicas tries. Retried only when it was
+    /// certainly not applied (the receiver refused it as not the leader, or
+    /// it never left); otherwise the outcome is unknown.
+    async fn remote(&self, group: GroupId, req: PeerRequest) -> Result<PeerResponse, NodeError> {
+        let replicas: Vec<NodeId> =
+            match self.shared.shard_map.as_ref().and_then(|m| m.shard(group)) {
+                Some(st) => st.voters().iter().copied().collect(),
+                None => return Err(NodeError::Invalid(format!("unknown group {group}"))),
+            };
+        if replicas.is_empty() {
+            return Err(NodeError::Unavailable(format!(
+                "shard {group} has no replicas"
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.shared.forward_timeout_ms);
+        let payload = req.encode();
+        let mut last =
+            NodeError::Unavailable(format!("no replica of shard {group} could be reached"));
+        let mut hint: Option<NodeId> = None;
+        // Start at a replica that depends on this member, to spread load.
+        let mut next = (self.shared.me.0 as usize) % replicas.len();
+        for _ in 0..MAX_LEADER_ATTEMPTS * replicas.len() {
+            let target = match hint.take() {
+                Some(l) if l != self.shared.me => l,
+                _ => {
+                    next = (next + 1) % replicas.len();
+                    replicas[next]
+                }
+            };
+            let budget_ms = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64;
+            if budget_ms == 0 {
+                break;
+            }
+            match self
+                .shared
+                .transport
+                .request(target, group, payload.clone(), budget_ms)
+                .await
+            {
+                Ok(bytes) => match PeerResponse::decode(&bytes) {
+                    Ok(PeerResponse::Error(WireError::NotLeader(l))) => {
+                        hint = l.map(NodeId);
+                        last = NodeError::NotLeader { leader: None };
+                        if hint.is_none() {
+                            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+                        }
+                    }
+                    Ok(PeerResponse::Error(e)) => return Err(e.into()),
+                    Ok(ok) => return Ok(ok),
+                    Err(e) => {
+                        return Err(NodeError::OutcomeUnknown(format!(
+                            "undecodable answer from shard {group}: {e}"
+                        )));
+                    }
+                },
+                Err(e) if request_not_sent(&e) => {
+                    last = NodeError::Unavailable(format!(
+                        "replica {target} of shard {group} unreachable: {e}"
+                    ));
+                    tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+                }
+                Err(RequestError::TooLarge { len, max }) => {
+                    return Err(NodeError::TooLarge {
+                        size_bytes: usize::try_from(len).unwrap_or(usize::MAX),
+                        max_bytes: max,
+                    });
+                }
+                Err(RequestError::Shutdown) => return Err(NodeError::Shutdown),
+                Err(e) => {
+                    return Err(NodeError::OutcomeUnknown(format!(
+                        "request to replica {target} of shard {group} failed: {e}"
+                    )));
+                }
+            }
+        }
+        Err(last)
     }
 
     /// The cluster id (learned from the cluster when joining).
@@ -957,13 +1359,10 @@ impl<S: StateMachine> NodeHandle<S> {
     {
         let q = move |m: &ClusterMachine<S>| f(m.inner());
         let r = if linearizable {
-            self.bounded(
-                "the linearizable read",
-                self.shared.replica.linearizable_query(q),
-            )
-            .await?
+            self.bounded("the linearizable read", self.replica.linearizable_query(q))
+                .await?
         } else {
-            self.shared.replica.query(q).await
+            self.replica.query(q).await
         };
         r.map_err(NodeError::from)
     }
@@ -1012,7 +1411,9 @@ impl<S: StateMachine> NodeHandle<S> {
         peer_urls: Vec<String>,
         is_learner: bool,
     ) -> Result<(Member, Vec<Member>), NodeError> {
+        self.refuse_if_sharded()?;
         match self
+            .meta()
             .on_leader(PeerRequest::MemberAdd {
                 peer_urls,
                 is_learner,
@@ -1040,7 +1441,8 @@ impl<S: StateMachine> NodeHandle<S> {
     }
 
     async fn members_call(&self, req: PeerRequest) -> Result<Vec<Member>, NodeError> {
-        match self.on_leader(req).await? {
+        self.refuse_if_sharded()?;
+        match self.meta().on_leader(req).await? {
             PeerResponse::Members { members, .. } => Ok(members),
             other => Err(NodeError::Unavailable(format!(
                 "unexpected answer from the leader: {other:?}"
@@ -1050,7 +1452,7 @@ impl<S: StateMachine> NodeHandle<S> {
 
     /// Leader, term, indexes and database size.
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
-        let st = self.shared.replica.status().await?;
+        let st = self.replica.status().await?;
         let p = &st.protocol;
         Ok(NodeStatus {
             member_id: self.shared.me,
@@ -1070,7 +1472,7 @@ impl<S: StateMachine> NodeHandle<S> {
     /// Waits until a leader is known (or `deadline`).
     async fn wait_for_leader(&self, deadline: Instant) -> Result<NodeId, NodeError> {
         loop {
-            let st = self.shared.replica.status().await?;
+            let st = self.replica.status().await?;
             if let Some(l) = st.protocol.leader {
                 return Ok(l);
             }
@@ -1121,7 +1523,7 @@ impl<S: StateMachine> NodeHandle<S> {
                 break;
             }
             let forwarded = tokio::select! {
-                r = self.shared.transport.request(target, GROUP, req.encode(), budget_ms) => r,
+                r = self.shared.transport.request(target, self.group, req.encode(), budget_ms) => r,
                 now = self.leader_left(target) => {
                     return Err(NodeError::OutcomeUnknown(format!(
                         "leader {target} lost its leadership while the request was forwarded to it \
@@ -1180,7 +1582,7 @@ impl<S: StateMachine> NodeHandle<S> {
     async fn leader_left(&self, target: NodeId) -> String {
         loop {
             tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
-            match self.shared.replica.status().await {
+            match self.replica.status().await {
                 Ok(st) if st.protocol.leader == Some(target) => {}
                 Ok(st) => {
                     return match st.protocol.leader {
@@ -1294,7 +1696,7 @@ impl<S: StateMachine> NodeHandle<S> {
     async fn handle_local(&self, req: PeerRequest) -> Result<PeerResponse, NodeError> {
         match req {
             PeerRequest::Propose(entry) => {
-                let out = self.shared.replica.propose(entry.clone()).await?;
+                let out = self.replica.propose(entry.clone()).await?;
                 if let Some(hook) = self.shared.leader_hook.get()
                     && let Some((&machine::TAG_APP, cmd)) = entry.split_first()
                 {
@@ -1303,11 +1705,31 @@ impl<S: StateMachine> NodeHandle<S> {
                 Ok(PeerResponse::Applied(out))
             }
             PeerRequest::Progress => Ok(PeerResponse::Progress {
-                applied_index: self.shared.replica.status().await?.applied.0,
+                applied_index: self.replica.status().await?.applied.0,
             }),
+            PeerRequest::Read {
+                linearizable,
+                query,
+            } => {
+                let Some(hook) = self.shared.read_hook.get().cloned() else {
+                    return Err(NodeError::Invalid(
+                        "this member serves no reads for other members".into(),
+                    ));
+                };
+                let out = self
+                    .read(linearizable, move |m: &S| hook(m, &query))
+                    .await?;
+                Ok(PeerResponse::Applied(out))
+            }
             PeerRequest::MemberAdd { .. }
             | PeerRequest::MemberRemove { .. }
             | PeerRequest::MemberPromote { .. } => {
+                if self.group != GROUP {
+                    return Err(NodeError::Invalid(
+                        "membership changes go to group 0".into(),
+                    ));
+                }
+                self.refuse_if_sharded()?;
                 // A membership change is two log entries (table, consensus
                 // configuration). It runs in its own task, one at a time, so
                 // that a caller that stops waiting (client deadline, the
@@ -1465,7 +1887,7 @@ impl<S: StateMachine> NodeHandle<S> {
                     members: self.members_in(&config),
                 })
             }
-            PeerRequest::Propose(_) | PeerRequest::Progress => {
+            PeerRequest::Propose(_) | PeerRequest::Progress | PeerRequest::Read { .. } => {
                 Err(NodeError::Invalid("not a membership change".into()))
             }
         }
@@ -1514,6 +1936,135 @@ pub fn learner_in_sync(leader_commit: u64, learner_applied: u64, max_lag_entries
     leader_commit.saturating_sub(learner_applied) <= allowed
 }
 
+/// The member each data shard's leadership belongs to when it is live,
+/// computed alike on every member: shards in id order, each given to the
+/// voter that prefers the fewest shards so far (ties broken by rotating
+/// the voters by the shard id), so leaderships spread within one of even
+/// over the members the placement uses.
+pub fn preferred_leaders(map: &ha_shard::ShardMap) -> HashMap<GroupId, NodeId> {
+    let mut load: HashMap<NodeId, usize> = HashMap::new();
+    let mut out = HashMap::new();
+    for st in map.shards() {
+        let voters: Vec<NodeId> = st.voters().iter().copied().collect();
+        if voters.is_empty() {
+            continue;
+        }
+        let n = voters.len();
+        let start = usize::try_from(st.id().0 % n as u64).unwrap_or(0);
+        let best = (0..n)
+            .map(|k| voters[(start + k) % n])
+            .min_by_key(|v| load.get(v).copied().unwrap_or(0));
+        if let Some(b) = best {
+            *load.entry(b).or_default() += 1;
+            out.insert(st.id(), b);
+        }
+    }
+    out
+}
+
+/// Every [`SHARD_UPKEEP_MS`] with `--shards` > 1: records each hosted
+/// shard's state in the metrics and the `/shards` table, and spreads
+/// leadership: a member leading a shard whose [preferred
+/// leader](preferred_leaders) is another member asks that member (on the
+/// shard's group, bounded by [`LEADER_PROBE_TIMEOUT_MS`]) how far it has
+/// applied; if it answers and is within [`PROMOTE_MIN_LAG_ENTRIES`] of the
+/// commit index, the leader transfers leadership to it. At most one try per
+/// shard every [`LEADER_TRANSFER_RETRY_MS`]; the preferred leader never
+/// hands leadership away, so leadership does not bounce.
+async fn shard_upkeep<S: StateMachine>(node: NodeHandle<S>, mut stop: watch::Receiver<bool>) {
+    let Some(map) = node.shared.shard_map.clone() else {
+        return;
+    };
+    let me = node.shared.me;
+    let preferred = preferred_leaders(&map);
+    let mut last_try: HashMap<GroupId, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(SHARD_UPKEEP_MS)) => {}
+            _ = stop.changed() => return,
+        }
+        let mut text = format!(
+            "# shards {} replication {}; member {me}\n# shard replicas leader hosted role\n",
+            map.shard_count(),
+            map.replication()
+        );
+        for st in map.shards() {
+            let g = st.id();
+            let replicas = st
+                .voters()
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let Some(h) = node.shard(g) else {
+                text.push_str(&format!("{g} {replicas} ? no -\n"));
+                continue;
+            };
+            let status = match h.replica.status().await {
+                Ok(s) => s,
+                Err(_) => {
+                    text.push_str(&format!("{g} {replicas} ? yes stopped\n"));
+                    continue;
+                }
+            };
+            let p = &status.protocol;
+            let leading = p.role == Role::Leader;
+            node.shared
+                .metrics
+                .record_shard(g.0, leading, p.leader.is_some(), p.commit.0);
+            text.push_str(&format!(
+                "{g} {replicas} {} yes {:?}\n",
+                p.leader.map_or("-".to_string(), |l| l.to_string()),
+                p.role
+            ));
+            let Some(&pref) = preferred.get(&g) else {
+                continue;
+            };
+            if !leading
+                || pref == me
+                || last_try
+                    .get(&g)
+                    .is_some_and(|t| t.elapsed() < Duration::from_millis(LEADER_TRANSFER_RETRY_MS))
+            {
+                continue;
+            }
+            last_try.insert(g, Instant::now());
+            let probe = node
+                .shared
+                .transport
+                .request(
+                    pref,
+                    g,
+                    PeerRequest::Progress.encode(),
+                    LEADER_PROBE_TIMEOUT_MS,
+                )
+                .await;
+            let applied = match probe.map(|b| PeerResponse::decode(&b)) {
+                Ok(Ok(PeerResponse::Progress { applied_index })) => applied_index,
+                other => {
+                    tracing::debug!(shard = %g, to = %pref, answer = ?other, "preferred leader not reachable; keeping leadership");
+                    continue;
+                }
+            };
+            if applied.saturating_add(PROMOTE_MIN_LAG_ENTRIES) < p.commit.0 {
+                continue;
+            }
+            match h.replica.transfer_leader(pref).await {
+                Ok(()) => {
+                    tracing::info!(shard = %g, to = %pref, "handing shard leadership to its preferred leader")
+                }
+                Err(e) => {
+                    tracing::debug!(shard = %g, to = %pref, error = %e, "leader transfer refused")
+                }
+            }
+        }
+        let (drops, unknown) = node.frame_drops();
+        let drops: Vec<(u64, u64)> = drops.into_iter().map(|(g, n)| (g.0, n)).collect();
+        node.shared.metrics.record_frame_drops(&drops, unknown);
+        node.shared.metrics.set_shards_text(text);
+    }
+}
+
 /// Passes frames from the transport to the replica, dropping those from
 /// removed members, and remembers senders the member table does not know
 /// yet (a joining member learns their addresses, see
@@ -1542,6 +2093,28 @@ async fn admit_inbound<S: StateMachine>(
             && unknown.len() < MAX_UNKNOWN_SENDERS
         {
             unknown.insert(frame.from);
+        }
+        let group = frame.frame.group;
+        if group != GROUP {
+            // A data shard: its bounded inbox, never waiting (the protocols
+            // tolerate loss; one slow shard must not stall the others).
+            match node.shared.shards.get(&group) {
+                Some(slot) => {
+                    if slot.inbox.try_send(frame).is_err() {
+                        slot.drops.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => {
+                    let n = node
+                        .shared
+                        .unknown_group_frames
+                        .fetch_add(1, Ordering::Relaxed);
+                    if n == 0 {
+                        tracing::warn!(%group, from = %frame.from, "dropping frames for a group this member does not host");
+                    }
+                }
+            }
+            continue;
         }
         if to_replica.send(frame).await.is_err() {
             return;
@@ -1591,9 +2164,10 @@ async fn serve_requests<S: StateMachine>(
             let _permit = permit;
             let answer = if node.refuse_removed(&node.local_members(), req.from, "request") {
                 PeerResponse::Error(WireError::Removed(req.from.0))
-            } else if req.group != GROUP {
-                PeerResponse::Error(WireError::Invalid(format!("unknown group {}", req.group)))
+            } else if let Err(e) = node.for_group(req.group) {
+                PeerResponse::Error(e.into())
             } else {
+                let node = node.for_group(req.group).unwrap_or(node);
                 match PeerRequest::decode(&req.payload) {
                     Err(e) => {
                         PeerResponse::Error(WireError::Invalid(format!("undecodable request: {e}")))
@@ -1903,6 +2477,30 @@ async fn housekeeping<S: StateMachine>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preferred_leaders_spread_over_the_members() {
+        for (members, shards) in [(3usize, 4u64), (3, 16), (5, 8), (5, 16)] {
+            let cluster = ha_ring::Cluster::uniform(members).unwrap();
+            let map = ha_shard::ShardMap::new(shards, 3, &cluster).unwrap();
+            let pref = preferred_leaders(&map);
+            let mut per: std::collections::BTreeMap<NodeId, u64> = Default::default();
+            for st in map.shards() {
+                let p = pref[&st.id()];
+                assert!(st.voters().contains(&p));
+                *per.entry(p).or_default() += 1;
+            }
+            let max = per.values().max().copied().unwrap_or(0);
+            let fair = shards.div_ceil(members as u64);
+            assert!(
+                max <= fair,
+                "{members} members, {shards} shards: {per:?} (fair share {fair})"
+            );
+            if shards >= members as u64 {
+                assert_eq!(per.len(), members, "every member leads some shard: {per:?}");
+            }
+        }
+    }
 
     #[test]
     fn election_timer_spreads_over_half_an_election_timeout() {

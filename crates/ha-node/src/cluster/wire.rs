@@ -34,6 +34,16 @@ pub enum PeerRequest {
     /// Sent by the leader to a learner it is asked to promote: how far has
     /// it applied the log? Served locally, never forwarded.
     Progress,
+    /// A read of a data shard the sender does not host, served by a member
+    /// that hosts it (any replica: linearizable through its read barrier,
+    /// or serializable on its applied state) through the node's read hook;
+    /// answered with [`PeerResponse::Applied`] holding the hook's bytes.
+    Read {
+        /// Whether to pass a read barrier first.
+        linearizable: bool,
+        /// The query, as the read hook decodes it.
+        query: Bytes,
+    },
 }
 
 /// The leader's answer.

@@ -545,6 +545,8 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// The process of each member (`None` when stopped).
     pub procs: Vec<Option<Proc>>,
+    /// Flags every member gets besides the suite's (e.g. `--shards=4`).
+    pub extra: Vec<String>,
     root: tempfile::TempDir,
 }
 
@@ -552,6 +554,12 @@ impl Cluster {
     /// Starts `n` founding members on `consensus` and waits until every one
     /// reports the same leader.
     pub fn start(consensus: &str, n: usize) -> Cluster {
+        Self::start_with(consensus, n, &[])
+    }
+
+    /// [`start`](Self::start) with `extra` flags for every member.
+    pub fn start_with(consensus: &str, n: usize, extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
         let root = tempfile::tempdir().expect("temp dir");
         let mut members: Vec<Member> = (1..=n)
             .map(|i| Member::new(root.path(), &format!("e{i}")))
@@ -567,13 +575,18 @@ impl Cluster {
         let token = format!("suite-{consensus}");
         let procs = members
             .iter()
-            .map(|m| Some(Proc::spawn(&m.args(consensus, &token))))
+            .map(|m| {
+                let mut args = m.args(consensus, &token);
+                args.extend(extra.iter().cloned());
+                Some(Proc::spawn(&args))
+            })
             .collect();
         let c = Cluster {
             consensus: consensus.to_string(),
             token,
             members,
             procs,
+            extra,
             root,
         };
         c.leader();
@@ -649,15 +662,22 @@ impl Cluster {
     /// Starts member `i` again on its data dir.
     pub fn restart(&mut self, i: usize) {
         assert!(self.procs[i].is_none(), "member {i} is running");
-        self.procs[i] = Some(Proc::spawn(
-            &self.members[i].args(&self.consensus, &self.token),
-        ));
+        self.procs[i] = Some(Proc::spawn(&self.args_of(i)));
+    }
+
+    /// The command line member `i` runs with.
+    pub fn args_of(&self, i: usize) -> Vec<String> {
+        let mut args = self.members[i].args(&self.consensus, &self.token);
+        args.extend(self.extra.iter().cloned());
+        args
     }
 
     /// Starts `m` as a new member joining the running cluster.
     pub fn join(&mut self, mut m: Member) -> usize {
         m.joins = true;
-        let p = Proc::spawn(&m.args(&self.consensus, &self.token));
+        let mut args = m.args(&self.consensus, &self.token);
+        args.extend(self.extra.iter().cloned());
+        let p = Proc::spawn(&args);
         self.members.push(m);
         self.procs.push(Some(p));
         self.members.len() - 1
