@@ -300,6 +300,14 @@ mod tests {
             .collect()
     }
 
+    /// A caller's result, failing (not hanging) when none comes.
+    async fn got(r: oneshot::Receiver<ItemResult>) -> ItemResult {
+        tokio::time::timeout(Duration::from_secs(5), r)
+            .await
+            .expect("the caller is answered")
+            .expect("the coalescer answers")
+    }
+
     async fn settle() {
         for _ in 0..10 {
             tokio::task::yield_now().await;
@@ -330,10 +338,10 @@ mod tests {
         let (second, reply1) = next_batch(&mut sent).await;
         assert_eq!(second, vec![b("b"), b("c"), b("d")], "coalesced");
         reply1.send(Ok(echo(&second))).unwrap();
-        assert_eq!(r0.await.unwrap(), Ok(BatchItem::Applied(b("ok:a"))));
+        assert_eq!(got(r0).await, Ok(BatchItem::Applied(b("ok:a"))));
         for (r, s) in rs.into_iter().zip(["b", "c", "d"]) {
             assert_eq!(
-                r.await.unwrap(),
+                got(r).await,
                 Ok(BatchItem::Applied(Bytes::from(format!("ok:{s}"))))
             );
         }
@@ -376,9 +384,9 @@ mod tests {
             BatchItem::Applied(b("2")),
         ]))
         .unwrap();
-        assert_eq!(r0.await.unwrap(), Ok(BatchItem::Applied(b("0"))));
-        let v1 = r1.await.unwrap();
-        let v2 = r2.await.unwrap();
+        assert_eq!(got(r0).await, Ok(BatchItem::Applied(b("0"))));
+        let v1 = got(r1).await;
+        let v2 = got(r2).await;
         assert_eq!(v1, Ok(BatchItem::Error(WireError::NotLeader(None))));
         assert_eq!(v2, Ok(BatchItem::Applied(b("2"))));
         // The NotLeader item is retried, the applied one answered.
@@ -407,12 +415,12 @@ mod tests {
             .unwrap();
         // Never left: retried.
         assert!(matches!(
-            item_step(r0.await.unwrap()),
+            item_step(got(r0).await),
             ControlFlow::Continue(NodeError::Unavailable(_))
         ));
         for r in [r1, r2] {
             assert!(matches!(
-                item_step(r.await.unwrap()),
+                item_step(got(r).await),
                 ControlFlow::Break(Err(NodeError::OutcomeUnknown(_)))
             ));
         }
@@ -427,7 +435,7 @@ mod tests {
         assert_eq!(y, vec![b("e"), b("f")]);
         g3.send(Ok(vec![BatchItem::Applied(b("1"))])).unwrap();
         for r in [r3, r4, r5] {
-            assert!(matches!(r.await.unwrap(), Err(BatchFailure::Unknown(_))));
+            assert!(matches!(got(r).await, Err(BatchFailure::Unknown(_))));
         }
     }
 
@@ -465,7 +473,7 @@ mod tests {
             ]
         );
         for r in rs {
-            assert!(r.await.unwrap().is_ok());
+            assert!(got(r).await.is_ok());
         }
         // Leader side: oversize batches are refused as Invalid.
         let many = vec![b("x"); MAX_BATCH_ITEMS + 1];
@@ -490,6 +498,6 @@ mod tests {
         let (x, g1) = next_batch(&mut sent).await;
         assert_eq!(x, vec![b("kept")]);
         g1.send(Ok(vec![BatchItem::Applied(b("k"))])).unwrap();
-        assert_eq!(r2.await.unwrap(), Ok(BatchItem::Applied(b("k"))));
+        assert_eq!(got(r2).await, Ok(BatchItem::Applied(b("k"))));
     }
 }
