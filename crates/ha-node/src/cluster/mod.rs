@@ -26,6 +26,15 @@
 //! answers) the caller gets [`NodeError::OutcomeUnknown`] and nothing is
 //! retried.
 //!
+//! Concurrent forwarded writes to the same leader and group are coalesced
+//! ([`batch`]): while [`batch::MAX_BATCHES_IN_FLIGHT`] batches are on their
+//! way, new writes queue and then travel together as one
+//! [`PeerRequest::ProposeBatch`]; the leader proposes the items
+//! concurrently and answers each one's own result. The rule above holds
+//! per item: an item the leader refused as not the leader, or a batch that
+//! never left, is retried; a batch whose outcome is unknown is unknown for
+//! every item in it; each caller keeps its own deadline.
+//!
 //! ## Membership
 //!
 //! Changes run on the leader, one at a time, each in its own task (a caller
@@ -89,11 +98,12 @@ use crate::config::ConsensusKind;
 use crate::ids;
 use crate::metrics::{Metrics, Sample};
 
+pub mod batch;
 pub mod machine;
 pub mod wire;
 
 pub use machine::{ClusterMachine, Member, MemberTable, MetaCommand, MetaResponse};
-use wire::{PeerRequest, PeerResponse, WireError};
+use wire::{BatchItem, PeerRequest, PeerResponse, WireError};
 
 /// The consensus group of the node's one log.
 pub const GROUP: GroupId = GroupId(0);
@@ -538,7 +548,14 @@ struct Shared<S> {
     /// Senders not in the member table (or before it is known), at most
     /// [`MAX_UNKNOWN_SENDERS`]: a joining member learns their addresses.
     unknown_senders: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
+    /// Coalescers of forwarded writes, per (group, leader); bounded by
+    /// [`MAX_FORWARD_TARGETS`].
+    forwarders: std::sync::Mutex<HashMap<(GroupId, NodeId), Arc<batch::Coalescer>>>,
 }
+
+/// Most (group, leader) pairs a member keeps a forwarding queue for; the
+/// idle ones are dropped beyond that.
+const MAX_FORWARD_TARGETS: usize = 1_024;
 
 /// Called on the leader after an application command it proposed (its own
 /// or forwarded to it) was applied: `(command, response)`. Lets leader-only
@@ -799,6 +816,7 @@ impl<S: StateMachine> Node<S> {
             removed_refusals: AtomicU64::new(0),
             removed_logged: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             unknown_senders: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            forwarders: std::sync::Mutex::new(HashMap::new()),
         });
         let handle = NodeHandle {
             replica: shared.replica.clone(),
@@ -1522,6 +1540,30 @@ impl<S: StateMachine> NodeHandle<S> {
             if budget_ms == 0 {
                 break;
             }
+            if let PeerRequest::Propose(entry) = &req {
+                let node = self.clone();
+                let send: batch::SendFn =
+                    Arc::new(move |entries: Vec<Bytes>| -> batch::BatchFuture {
+                        let node = node.clone();
+                        Box::pin(async move { node.send_batch(target, entries).await })
+                    });
+                let rx = self.forwarder(target).submit(entry.clone(), send);
+                let r = match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err(batch::BatchFailure::Unknown(
+                        "the forwarding task ended before answering".into(),
+                    )),
+                    Err(_) => return Err(self.timed_out("the forwarded request")),
+                };
+                match batch::item_step(r) {
+                    std::ops::ControlFlow::Break(done) => return done.map(PeerResponse::Applied),
+                    std::ops::ControlFlow::Continue(e) => {
+                        last = e;
+                        tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+                        continue;
+                    }
+                }
+            }
             let forwarded = tokio::select! {
                 r = self.shared.transport.request(target, self.group, req.encode(), budget_ms) => r,
                 now = self.leader_left(target) => {
@@ -1692,17 +1734,122 @@ impl<S: StateMachine> NodeHandle<S> {
         }
     }
 
+    /// Proposes one tagged entry on this member's replica (runs the
+    /// [`LeaderHook`] for application commands).
+    async fn propose_entry(&self, entry: Bytes) -> Result<Bytes, NodeError> {
+        let out = self.replica.propose(entry.clone()).await?;
+        if let Some(hook) = self.shared.leader_hook.get()
+            && let Some((&machine::TAG_APP, cmd)) = entry.split_first()
+        {
+            hook(cmd, &out);
+        }
+        Ok(out)
+    }
+
+    /// The forwarding queue for `target` in this handle's group.
+    fn forwarder(&self, target: NodeId) -> Arc<batch::Coalescer> {
+        let mut map = self
+            .shared
+            .forwarders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_FORWARD_TARGETS && !map.contains_key(&(self.group, target)) {
+            map.retain(|_, c| Arc::strong_count(c) > 1 || c.queued() > 0);
+        }
+        Arc::clone(
+            map.entry((self.group, target))
+                .or_insert_with(|| Arc::new(batch::Coalescer::new(batch::Limits::default()))),
+        )
+    }
+
+    /// Sends one batch of forwarded entries to `target` (a single entry as
+    /// [`PeerRequest::Propose`]) and answers each entry's result, or why
+    /// the whole batch has none.
+    async fn send_batch(
+        &self,
+        target: NodeId,
+        mut entries: Vec<Bytes>,
+    ) -> Result<Vec<BatchItem>, batch::BatchFailure> {
+        use batch::BatchFailure;
+        let n = entries.len();
+        let req = if n == 1 {
+            PeerRequest::Propose(entries.remove(0))
+        } else {
+            PeerRequest::ProposeBatch(entries)
+        };
+        let forwarded = tokio::select! {
+            r = self.shared.transport.request(target, self.group, req.encode(), self.shared.forward_timeout_ms) => r,
+            now = self.leader_left(target) => {
+                return Err(BatchFailure::Unknown(format!(
+                    "leader {target} lost its leadership while the request was forwarded to it \
+                     ({now}); it may still be applied"
+                )));
+            }
+        };
+        match forwarded {
+            Ok(bytes) => match PeerResponse::decode(&bytes) {
+                Ok(PeerResponse::Batch(items)) if n > 1 => Ok(items),
+                Ok(PeerResponse::Applied(b)) if n == 1 => Ok(vec![BatchItem::Applied(b)]),
+                // Refused as a whole: the same error for every item.
+                Ok(PeerResponse::Error(e)) => Ok(vec![BatchItem::Error(e); n]),
+                Ok(other) => Err(BatchFailure::Unknown(format!(
+                    "unexpected answer from the leader: {other:?}"
+                ))),
+                Err(e) => Err(BatchFailure::Unknown(format!(
+                    "undecodable answer from the leader: {e}"
+                ))),
+            },
+            Err(e) if request_not_sent(&e) => Err(BatchFailure::NotSent(format!(
+                "leader {target} unreachable: {e}"
+            ))),
+            Err(RequestError::TooLarge { len, max }) => Err(BatchFailure::TooLarge {
+                size_bytes: usize::try_from(len).unwrap_or(usize::MAX),
+                max_bytes: max,
+            }),
+            Err(RequestError::Shutdown) => Err(BatchFailure::Shutdown),
+            Err(e) => Err(BatchFailure::Unknown(format!(
+                "request to leader {target} failed: {e}"
+            ))),
+        }
+    }
+
     /// Serves `req` on this member without forwarding.
     async fn handle_local(&self, req: PeerRequest) -> Result<PeerResponse, NodeError> {
         match req {
             PeerRequest::Propose(entry) => {
-                let out = self.replica.propose(entry.clone()).await?;
-                if let Some(hook) = self.shared.leader_hook.get()
-                    && let Some((&machine::TAG_APP, cmd)) = entry.split_first()
-                {
-                    hook(cmd, &out);
+                Ok(PeerResponse::Applied(self.propose_entry(entry).await?))
+            }
+            PeerRequest::ProposeBatch(entries) => {
+                batch::check_batch(&entries)?;
+                // Proposed concurrently so that they share consensus rounds.
+                let mut set = tokio::task::JoinSet::new();
+                for (i, entry) in entries.into_iter().enumerate() {
+                    let node = self.clone();
+                    set.spawn(async move { (i, node.propose_entry(entry).await) });
                 }
-                Ok(PeerResponse::Applied(out))
+                let mut items: Vec<Option<BatchItem>> = vec![None; set.len()];
+                while let Some(done) = set.join_next().await {
+                    if let Ok((i, r)) = done
+                        && let Some(slot) = items.get_mut(i)
+                    {
+                        *slot = Some(match r {
+                            Ok(out) => BatchItem::Applied(out),
+                            Err(e) => BatchItem::Error(e.into()),
+                        });
+                    }
+                }
+                Ok(PeerResponse::Batch(
+                    items
+                        .into_iter()
+                        .map(|i| {
+                            i.unwrap_or_else(|| {
+                                BatchItem::Error(WireError::OutcomeUnknown(
+                                    "the proposal task ended abnormally".into(),
+                                ))
+                            })
+                        })
+                        .collect(),
+                ))
             }
             PeerRequest::Progress => Ok(PeerResponse::Progress {
                 applied_index: self.replica.status().await?.applied.0,
@@ -1887,9 +2034,10 @@ impl<S: StateMachine> NodeHandle<S> {
                     members: self.members_in(&config),
                 })
             }
-            PeerRequest::Propose(_) | PeerRequest::Progress | PeerRequest::Read { .. } => {
-                Err(NodeError::Invalid("not a membership change".into()))
-            }
+            PeerRequest::Propose(_)
+            | PeerRequest::ProposeBatch(_)
+            | PeerRequest::Progress
+            | PeerRequest::Read { .. } => Err(NodeError::Invalid("not a membership change".into())),
         }
     }
 

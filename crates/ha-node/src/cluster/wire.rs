@@ -44,6 +44,12 @@ pub enum PeerRequest {
         /// The query, as the read hook decodes it.
         query: Bytes,
     },
+    /// Propose each of these entry payloads (as [`PeerRequest::Propose`],
+    /// concurrently) and answer [`PeerResponse::Batch`] with each one's
+    /// result, in order. Refused as a whole (`Invalid`, nothing applied)
+    /// beyond [`MAX_BATCH_ITEMS`](super::batch::MAX_BATCH_ITEMS) entries or
+    /// [`MAX_BATCH_BYTES`](super::batch::MAX_BATCH_BYTES) bytes.
+    ProposeBatch(Vec<Bytes>),
 }
 
 /// The leader's answer.
@@ -66,6 +72,19 @@ pub enum PeerResponse {
         /// The highest log index this member has applied.
         applied_index: u64,
     },
+    /// The answer to [`PeerRequest::ProposeBatch`]: one result per entry,
+    /// in the order of the request.
+    Batch(Vec<BatchItem>),
+}
+
+/// One entry's result in a [`PeerResponse::Batch`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchItem {
+    /// The state machine's response to the entry.
+    Applied(Bytes),
+    /// The entry was refused or failed (as [`PeerResponse::Error`] for a
+    /// single proposal).
+    Error(WireError),
 }
 
 /// An error as it travels between members.
