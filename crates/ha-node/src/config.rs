@@ -1029,9 +1029,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn shards_and_replication_are_validated() {
-        let three = || Settings {
+    /// Member `b` of a three-member cluster with insecure dev TLS.
+    fn three_members() -> Settings {
+        Settings {
             name: Some("b".into()),
             listen_peer_urls: Some("https://127.0.0.1:12380".into()),
             initial_cluster: Some(
@@ -1040,7 +1040,12 @@ mod tests {
             ),
             peer_insecure_dev_tls: Some(true),
             ..s()
-        };
+        }
+    }
+
+    #[test]
+    fn shards_and_replication_are_validated() {
+        let three = three_members;
         let c = three().resolve().unwrap();
         assert_eq!((c.shards, c.replication), (1, 3));
         let c = Settings {
@@ -1114,18 +1119,7 @@ mod tests {
 
     #[test]
     fn three_members_with_insecure_dev_tls() {
-        let c = Settings {
-            name: Some("b".into()),
-            listen_peer_urls: Some("https://127.0.0.1:12380".into()),
-            initial_cluster: Some(
-                "a=https://127.0.0.1:2380,b=https://127.0.0.1:12380,c=https://127.0.0.1:22380"
-                    .into(),
-            ),
-            peer_insecure_dev_tls: Some(true),
-            ..s()
-        }
-        .resolve()
-        .unwrap();
+        let c = three_members().resolve().unwrap();
         assert_eq!(c.peer_tls, PeerTls::InsecureDev);
         assert_eq!(c.initial_cluster.len(), 3);
         assert_eq!(c.member_id, ids::member_id(DEFAULT_TOKEN, "b"));

@@ -306,6 +306,16 @@ async fn lease_loop(b: Arc<NodeBackend>, tick_ms: u64, mut stop: watch::Receiver
     }
 }
 
+/// Records a read's latency under `Read` or `ReadSerializable`.
+fn observe_read(node: &NodeHandle<LockMachine>, linearizable: bool, started: Instant, ok: bool) {
+    let name = if linearizable {
+        "Read"
+    } else {
+        "ReadSerializable"
+    };
+    node.metrics().observe_request(name, started.elapsed(), ok);
+}
+
 /// A range read's answer: the machine's result and the revision it was read at.
 type RangeAnswer = (Result<hl::RangeResponse, hl::LockError>, i64);
 
@@ -545,14 +555,7 @@ impl Backend for NodeBackend {
             .read(linearizable, f)
             .await
             .map_err(BackendError::from);
-        let name = if linearizable {
-            "Read"
-        } else {
-            "ReadSerializable"
-        };
-        self.node
-            .metrics()
-            .observe_request(name, started.elapsed(), r.is_ok());
+        observe_read(&self.node, linearizable, started, r.is_ok());
         r
     }
 
@@ -614,14 +617,7 @@ impl Backend for NodeBackend {
                 }
             }
         };
-        let name = if linearizable {
-            "Read"
-        } else {
-            "ReadSerializable"
-        };
-        self.node
-            .metrics()
-            .observe_request(name, started.elapsed(), r.is_ok());
+        observe_read(&self.node, linearizable, started, r.is_ok());
         r
     }
 
