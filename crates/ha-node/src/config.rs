@@ -162,6 +162,16 @@ pub struct Settings {
     /// member count and 7). Not accepted with `--shards 1`.
     #[arg(long, env = "HA_REPLICATION")]
     pub replication: Option<usize>,
+    /// With `--shards` > 1: ms without a frame from a member before the
+    /// placement controller moves its replicas to other members (default
+    /// 30000; 100..=604800000).
+    #[arg(long, env = "HA_DEAD_AFTER")]
+    pub dead_after: Option<u64>,
+    /// With `--shards` > 1: ms a new (or returning) member must be heard
+    /// without a gap before it receives replicas (default 10000;
+    /// 0..=604800000).
+    #[arg(long, env = "HA_JOIN_AFTER")]
+    pub join_after: Option<u64>,
     /// PEM file of the cluster CA peers' certificates must chain to.
     #[arg(long, env = "HA_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
@@ -213,6 +223,8 @@ impl Settings {
             snapshot_catchup_entries,
             shards,
             replication,
+            dead_after,
+            join_after,
             peer_trusted_ca_file,
             peer_cert_file,
             peer_key_file,
@@ -501,13 +513,42 @@ impl Settings {
                 r
             }
         };
-        if shards > 1 && initial_cluster_state == ClusterState::Existing {
-            return Err(invalid(
-                "shards",
-                "joining a cluster with --shards > 1 is not supported yet: the members of a \
-                 sharded cluster are fixed at creation (membership changes are refused)",
-            ));
-        }
+        let limits =
+            ha_shard::controller::MIN_DEAD_AFTER_MS..=ha_shard::controller::MAX_DEAD_AFTER_MS;
+        let (dead_after_ms, join_after_ms) = match (shards, self.dead_after, self.join_after) {
+            (1, None, None) => (
+                ha_shard::controller::DEFAULT_DEAD_AFTER_MS,
+                ha_shard::controller::DEFAULT_JOIN_AFTER_MS,
+            ),
+            (1, _, _) => {
+                return Err(invalid(
+                    "dead-after",
+                    "--dead-after and --join-after only with --shards > 1 (replicas move between \
+                     members only in a sharded cluster)",
+                ));
+            }
+            (_, dead, join) => {
+                let dead = dead.unwrap_or(ha_shard::controller::DEFAULT_DEAD_AFTER_MS);
+                if !limits.contains(&dead) {
+                    return Err(invalid(
+                        "dead-after",
+                        format!(
+                            "must be in {}..={} ms, got {dead}",
+                            limits.start(),
+                            limits.end()
+                        ),
+                    ));
+                }
+                let join = join.unwrap_or(ha_shard::controller::DEFAULT_JOIN_AFTER_MS);
+                if join > *limits.end() {
+                    return Err(invalid(
+                        "join-after",
+                        format!("must be at most {} ms, got {join}", limits.end()),
+                    ));
+                }
+                (dead, join)
+            }
+        };
 
         let founding: Vec<(String, Vec<String>)> = initial_cluster
             .iter()
@@ -548,6 +589,8 @@ impl Settings {
             snapshot_catchup_entries,
             shards,
             replication,
+            dead_after_ms,
+            join_after_ms,
             peer_tls,
             listen_metrics,
             log_level,
@@ -670,6 +713,10 @@ pub struct Config {
     /// Replicas per data shard (`--replication`; with `--shards 1` every
     /// member replicates group 0 and this is the member count).
     pub replication: usize,
+    /// `--dead-after`, ms (used with `--shards` > 1).
+    pub dead_after_ms: u64,
+    /// `--join-after`, ms (used with `--shards` > 1).
+    pub join_after_ms: u64,
     /// Peer authentication.
     pub peer_tls: PeerTls,
     /// Metrics/health listen addresses.
@@ -1104,12 +1151,26 @@ mod tests {
             ),
             (
                 Settings {
-                    shards: Some(4),
-                    initial_cluster_state: Some("existing".into()),
-                    member_id: Some("1234".into()),
+                    dead_after: Some(5_000),
                     ..three()
                 },
-                "--shards: joining a cluster",
+                "--dead-after: --dead-after and --join-after only with --shards > 1",
+            ),
+            (
+                Settings {
+                    shards: Some(4),
+                    dead_after: Some(10),
+                    ..three()
+                },
+                "--dead-after: must be in 100..=604800000 ms, got 10",
+            ),
+            (
+                Settings {
+                    shards: Some(4),
+                    join_after: Some(u64::MAX),
+                    ..three()
+                },
+                "--join-after: must be at most",
             ),
         ] {
             let e = st.clone().resolve().unwrap_err().to_string();

@@ -144,7 +144,7 @@ impl LockNode {
         cfg: NodeConfig,
         lock: LockNodeConfig,
         metrics: Arc<Metrics>,
-        shards: Option<ha_shard::ShardMap>,
+        shards: Option<crate::cluster::hosting::ShardingConfig>,
     ) -> Result<LockNode, NodeError> {
         if lock.event_queue_len == 0 || lock.lease_tick_ms == 0 {
             return Err(NodeError::Start(
@@ -154,7 +154,13 @@ impl LockNode {
         let (events, _) = broadcast::channel(lock.event_queue_len);
         let sink_tx = events.clone();
         let limits = lock.limits.clone();
-        let router = shards.as_ref().map(ha_shard::Router::from_map);
+        let router = match &shards {
+            Some(c) => Some(
+                ha_shard::Router::new(ha_ring::hash::HashFn::V1, c.shards)
+                    .map_err(|e| NodeError::Start(format!("shard router: {e}")))?,
+            ),
+            None => None,
+        };
         let node = Node::start_groups(cfg, metrics, shards, move |store, group| {
             let limits = limits.clone();
             let mut machine = match store {
@@ -655,17 +661,11 @@ impl Backend for NodeBackend {
         peer_urls: Vec<String>,
         is_learner: bool,
     ) -> Result<(MemberInfo, Vec<MemberInfo>), BackendError> {
-        if let Some(e) = self.refuses("member add") {
-            return Err(e);
-        }
         let (m, all) = self.node.member_add(peer_urls, is_learner).await?;
         Ok((info(m), all.into_iter().map(info).collect()))
     }
 
     async fn member_remove(&self, id: u64) -> Result<Vec<MemberInfo>, BackendError> {
-        if let Some(e) = self.refuses("member remove") {
-            return Err(e);
-        }
         Ok(self
             .node
             .member_remove(id)
@@ -676,9 +676,6 @@ impl Backend for NodeBackend {
     }
 
     async fn member_promote(&self, id: u64) -> Result<Vec<MemberInfo>, BackendError> {
-        if let Some(e) = self.refuses("member promote") {
-            return Err(e);
-        }
         Ok(self
             .node
             .member_promote(id)

@@ -203,11 +203,15 @@ fn run(mut cfg: Config) -> Result<(), String> {
         datadir::ShardLayout {
             shards: cfg.shards,
             replication: cfg.replication,
-            members: cfg
-                .initial_cluster
-                .iter()
-                .map(|m| ha_node::ids::member_id(&cfg.token, &m.name).0)
-                .collect(),
+            // A joining member learns the map from group 0.
+            members: match cfg.initial_cluster_state {
+                ClusterState::New => cfg
+                    .initial_cluster
+                    .iter()
+                    .map(|m| ha_node::ids::member_id(&cfg.token, &m.name).0)
+                    .collect(),
+                ClusterState::Existing => Vec::new(),
+            },
         }
     } else {
         datadir::ShardLayout::single()
@@ -221,7 +225,20 @@ fn run(mut cfg: Config) -> Result<(), String> {
         &layout,
     )
     .map_err(|e| e.to_string())?;
-    let shard_map = shard_map_of(&layout)?;
+    let sharding = (layout.shards > 1)
+        .then(|| -> Result<_, String> {
+            Ok(ha_node::cluster::hosting::ShardingConfig {
+                shards: layout.shards,
+                replication: layout.replication,
+                founding: shard_map_of(&layout)?,
+                controller: ha_shard::controller::ControllerConfig {
+                    dead_after_ms: cfg.dead_after_ms,
+                    join_after_ms: cfg.join_after_ms,
+                    ..Default::default()
+                },
+            })
+        })
+        .transpose()?;
     let identity = match &cfg.peer_tls {
         PeerTls::Files { ca, cert, key } => {
             certs::load_identity(cfg.member_id, ca, cert, key).map_err(|e| e.to_string())?
@@ -266,18 +283,19 @@ fn run(mut cfg: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
-    let result = rt.block_on(serve(cfg, identity, shard_map));
+    let result = rt.block_on(serve(cfg, identity, sharding));
     // Whatever is still running (a blocking call, a task that did not
     // stop) does not hold the exit up.
     rt.shutdown_timeout(Duration::from_millis(RUNTIME_STOP_MS));
     result
 }
 
-/// The static placement of a sharded cluster: computed from the founding
-/// members recorded in the data dir, so it is the same on every member and
-/// after every restart (`None` with one shard).
+/// The founding placement of a sharded cluster: computed from the founding
+/// members recorded in the data dir, so it is the same on every founding
+/// member and after every restart (`None` with one shard, and for a member
+/// that joined later: it learns the replicated map from group 0).
 fn shard_map_of(layout: &datadir::ShardLayout) -> Result<Option<ha_shard::ShardMap>, String> {
-    if layout.shards <= 1 {
+    if layout.shards <= 1 || layout.members.is_empty() {
         return Ok(None);
     }
     let cluster = ha_ring::Cluster::new(
@@ -295,7 +313,7 @@ fn shard_map_of(layout: &datadir::ShardLayout) -> Result<Option<ha_shard::ShardM
 async fn serve(
     cfg: Config,
     identity: ha_transport_quic::NodeIdentity,
-    shard_map: Option<ha_shard::ShardMap>,
+    sharding: Option<ha_node::cluster::hosting::ShardingConfig>,
 ) -> Result<(), String> {
     // Bind every listener before starting the replica so that a port in use
     // fails fast with the setting's name.
@@ -308,23 +326,21 @@ async fn serve(
         metrics_listeners.push(http::bind(*addr, "--listen-metrics-urls").await?);
     }
     let metrics = Arc::new(Metrics::new());
-    if let Some(map) = &shard_map {
+    if let Some(s) = &sharding {
         tracing::info!(
-            shards = map.shard_count(),
-            replication = map.replication(),
-            hosted = map
-                .shards()
-                .iter()
-                .filter(|s| s.has_replica(cfg.member_id))
-                .count(),
-            "sharded: hosting data shards"
+            shards = s.shards,
+            replication = s.replication,
+            founding = s.founding.is_some(),
+            dead_after_ms = s.controller.dead_after_ms,
+            join_after_ms = s.controller.join_after_ms,
+            "sharded"
         );
     }
     let node = LockNode::start_sharded(
         NodeConfig::from_config(&cfg, identity),
         LockNodeConfig::default(),
         Arc::clone(&metrics),
-        shard_map,
+        sharding,
     )
     .await
     .map_err(|e| e.to_string())?;

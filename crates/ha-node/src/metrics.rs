@@ -121,6 +121,8 @@ pub struct Metrics {
     shard_is_leader: Family<MethodLabels, Gauge>,
     shard_leader_known: Family<MethodLabels, Gauge>,
     shard_commit: Family<MethodLabels, Gauge>,
+    shard_moves: Family<MethodLabels, Counter>,
+    shard_hosting: Family<MethodLabels, Counter>,
     unknown_group_frames: Gauge,
     shards_text: std::sync::Mutex<String>,
     methods_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
@@ -161,6 +163,8 @@ impl Metrics {
             shard_is_leader: Family::default(),
             shard_leader_known: Family::default(),
             shard_commit: Family::default(),
+            shard_moves: Family::default(),
+            shard_hosting: Family::default(),
             unknown_group_frames: Gauge::default(),
             shards_text: std::sync::Mutex::new(String::new()),
             methods_seen: std::sync::Mutex::new(std::collections::BTreeSet::new()),
@@ -188,6 +192,16 @@ impl Metrics {
             "shard_commit_index",
             "Commit index of the hosted data shard",
             m.shard_commit.clone(),
+        );
+        r.register(
+            "shard_placement_steps",
+            "Placement steps this member recorded as the controller, by kind",
+            m.shard_moves.clone(),
+        );
+        r.register(
+            "shard_replicas_hosting",
+            "Shard replicas this member started or stopped hosting",
+            m.shard_hosting.clone(),
         );
         r.register(
             "transport_unknown_group_frames",
@@ -490,6 +504,20 @@ impl Metrics {
         self.shard_commit
             .get_or_create(&l)
             .set(i64::try_from(commit).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one placement step recorded by this member's controller.
+    pub fn record_shard_move(&self, kind: &str) {
+        self.shard_moves
+            .get_or_create(&vec![("step".to_string(), kind.to_string())])
+            .inc();
+    }
+
+    /// Counts a shard replica started or stopped here (`event`).
+    pub fn record_shard_hosting(&self, event: &str) {
+        self.shard_hosting
+            .get_or_create(&vec![("event".to_string(), event.to_string())])
+            .inc();
     }
 
     /// Mirrors the frame drop counters: per hosted shard (inbox full) and

@@ -241,12 +241,6 @@ fn three_members_four_shards(consensus: &str) {
         let e = c.lease_grant(10, None).await.unwrap_err();
         assert_eq!(code_of(&e), Some(Code::Unimplemented), "{e}");
         assert!(e.to_string().contains("--shards > 1"), "{e}");
-        // So is a membership change.
-        let e = c
-            .member_add(["https://127.0.0.1:1".to_string()], None)
-            .await
-            .unwrap_err();
-        assert_eq!(code_of(&e), Some(Code::Unimplemented), "{e}");
     });
     // A restarted member keeps its data; a restart with another layout is
     // refused with a clear error.
@@ -353,4 +347,183 @@ fn five_members_eight_shards_serve_keys_of_shards_not_hosted() {
         }
     });
     drop(cl);
+}
+
+/// One row of `/shards`: (shard, voters, learners).
+type ShardRow = (u64, BTreeSet<u64>, BTreeSet<u64>);
+
+/// Parses `/shards`: `<shard> <voters> <learners> <leader> <hosted> <role>`
+/// per data shard (`-` for an empty list), `#` lines are comments.
+fn parse_shards(text: &str) -> Result<Vec<ShardRow>, String> {
+    let ids = |f: &str| -> Result<BTreeSet<u64>, String> {
+        if f == "-" {
+            return Ok(BTreeSet::new());
+        }
+        f.split(',')
+            .map(|x| x.parse::<u64>().map_err(|e| format!("{x}: {e}")))
+            .collect()
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() != 6 {
+                return Err(format!("malformed /shards line {l:?}"));
+            }
+            let shard = f[0].parse::<u64>().map_err(|e| format!("{l:?}: {e}"))?;
+            Ok((shard, ids(f[1])?, ids(f[2])?))
+        })
+        .collect()
+}
+
+/// Polls member `i`'s `/shards` (bounded by `within`) until `done` holds
+/// for its rows; the rows then.
+fn wait_for_map(
+    cl: &Cluster,
+    i: usize,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&[ShardRow]) -> bool,
+) -> Vec<ShardRow> {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match cl.members[i].http_get("/shards") {
+            Ok(text) => match parse_shards(&text) {
+                Ok(rows) if !rows.is_empty() && done(&rows) => return rows,
+                Ok(_) => text,
+                Err(e) => panic!("{e}"),
+            },
+            Err(e) => e,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; last /shards:\n{last}\n{}",
+            cl.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Replicas per member in `rows` (voters and learners).
+fn loads(rows: &[ShardRow]) -> std::collections::BTreeMap<u64, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for (_, v, l) in rows {
+        for id in v.iter().chain(l) {
+            *out.entry(*id).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn a_killed_members_replicas_are_rebuilt_and_a_new_member_gets_its_share() {
+    const SHARDS: u64 = 8;
+    let mut cl = Cluster::start_with(
+        "raft",
+        5,
+        &[
+            "--shards=8",
+            "--replication=3",
+            "--dead-after=2000",
+            "--join-after=1000",
+        ],
+    );
+    let eps: Vec<String> = cl.members.iter().map(Member::endpoint).collect();
+    let ids: Vec<u64> = cl
+        .members
+        .iter()
+        .map(|m| ha_node::ids::member_id(&cl.token, &m.name).0)
+        .collect();
+    let keys: Vec<String> = (0..64).map(|j| format!("m/{j:03}")).collect();
+    let rt = runtime();
+    block(&rt, async {
+        let mut c = client(&eps[0]).await;
+        for k in &keys {
+            until_ok!("put", c.put(k.clone(), format!("v{k}"), None));
+        }
+    });
+    // e5 dies for good.
+    let dead = ids[4];
+    let before = wait_for_map(&cl, 0, CLUSTER_WAIT, "the map is replicated", |r| {
+        r.len() == SHARDS as usize
+    });
+    let lost = before.iter().filter(|(_, v, _)| v.contains(&dead)).count();
+    assert!(lost > 0, "e5 holds replicas: {before:?}");
+    cl.kill9(4);
+    let killed = Instant::now();
+    let after = wait_for_map(
+        &cl,
+        0,
+        Duration::from_secs(60),
+        "every shard has 3 live voters again",
+        |rows| {
+            rows.iter()
+                .all(|(_, v, l)| v.len() == 3 && !v.contains(&dead) && l.is_empty())
+        },
+    );
+    eprintln!(
+        "{lost} replicas of e5 rebuilt in {:?}: {after:?}",
+        killed.elapsed()
+    );
+    // Nothing acknowledged is lost, through every live member.
+    block(&rt, async {
+        for ep in &eps[..4] {
+            let got = read_prefix(ep, "m/").await;
+            assert_eq!(got.len(), keys.len(), "via {ep}");
+            for (k, v) in &got {
+                assert_eq!(v, &format!("v{k}"));
+            }
+        }
+    });
+    // A new member (new id, empty data dir) receives its fair share.
+    let mut m = Member::new(cl.root(), "e6");
+    let added = block_on_value(&rt, async {
+        let mut c = client(&eps[0]).await;
+        let r = until_ok!("member add", c.member_add([m.peer_url()], None));
+        r.member().expect("added member").id()
+    });
+    m.member_id = Some(format!("{added:x}"));
+    m.initial_cluster = cl
+        .live()
+        .iter()
+        .map(|i| &cl.members[*i])
+        .chain([&m])
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let e6 = cl.join(m);
+    let balanced = wait_for_map(
+        &cl,
+        0,
+        Duration::from_secs(90),
+        "the new member gets its share",
+        |rows| {
+            let l = loads(rows);
+            let live: Vec<usize> = l
+                .iter()
+                .filter(|(id, _)| **id != dead)
+                .map(|(_, n)| *n)
+                .collect();
+            let total: usize = live.iter().sum();
+            let peak = live.iter().copied().max().unwrap_or(0);
+            rows.iter().all(|(_, v, l)| v.len() == 3 && l.is_empty())
+                && l.get(&added).copied().unwrap_or(0) > 0
+                && live.len() == 5
+                && (peak as f64) <= 1.25 * (total as f64 / live.len() as f64)
+        },
+    );
+    eprintln!("after the join: {:?}", loads(&balanced));
+    let e6_ep = cl.members[e6].endpoint();
+    block(&rt, async {
+        let got = read_prefix(&e6_ep, "m/").await;
+        assert_eq!(got.len(), keys.len(), "via the new member");
+    });
+}
+
+fn block_on_value<T, F: std::future::Future<Output = T>>(rt: &tokio::runtime::Runtime, f: F) -> T {
+    rt.block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, f)
+            .await
+            .expect("test timeout")
+    })
 }

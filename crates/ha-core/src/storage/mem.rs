@@ -97,6 +97,15 @@ impl MemLogStore {
         self.lock().syncs
     }
 
+    /// Forgets everything `group` has (written, synced and pending), as
+    /// `RocksLogStore::delete_group` does on disk.
+    pub fn delete_group(&self, group: GroupId) {
+        let mut inner = self.lock();
+        inner.written.remove(&group);
+        inner.synced.remove(&group);
+        inner.unsynced.retain(|(g, _)| *g != group);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the maps half-updated
         // in a way later readers could misread (each write is applied to a

@@ -664,6 +664,36 @@ impl RocksLogStore {
         Arc::clone(&self.db)
     }
 
+    /// Deletes everything `group` has in this DB — its log, hard state and
+    /// snapshot record, and its state machine's records in [`CF_SM`] (every
+    /// key of every family starts with the group's id) — as one fsync'd
+    /// write. For a replica this member stopped hosting: the caller must
+    /// have stopped it first (nothing of `group` may be in flight). Other
+    /// groups are untouched.
+    pub fn delete_group(&self, group: GroupId) -> StorageResult<()> {
+        self.check_open()?;
+        let from = group.0.to_be_bytes();
+        let mut wb = WriteBatch::default();
+        for name in [CF_LOG, CF_META, CF_SM] {
+            let cf = self
+                .db
+                .cf_handle(name)
+                .ok_or_else(|| StorageError::Engine(format!("column family {name} missing")))?;
+            match group.0.checked_add(1) {
+                Some(next) => wb.delete_range_cf(cf, from, next.to_be_bytes()),
+                None => {
+                    // The last group id: everything from it on.
+                    let mut end = [0xffu8; 9];
+                    end[..8].copy_from_slice(&from);
+                    wb.delete_range_cf(cf, from.as_slice(), end.as_slice());
+                }
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(wb, &opts).map_err(engine)
+    }
+
     /// The options the store was opened with.
     pub fn options(&self) -> &RocksOptions {
         &self.opts
@@ -1515,6 +1545,55 @@ mod tests {
                 })
             ),
             "{r:?}"
+        );
+    }
+
+    #[test]
+    fn delete_group_removes_only_that_groups_log_state_and_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(&dir);
+        let other = GroupId(2);
+        for g in [G, other] {
+            s.write(
+                g,
+                LogWrite {
+                    hard_state: Some(HardState {
+                        term: crate::types::Term(3),
+                        ..HardState::default()
+                    }),
+                    ..LogWrite::append(vec![ent(1, 1), ent(2, 1)])
+                },
+            )
+            .expect("write");
+            let db = s.db();
+            let sm = db.cf_handle(CF_SM).expect("sm");
+            let mut k = g.0.to_be_bytes().to_vec();
+            k.push(7);
+            db.put_cf(sm, &k, b"record").expect("put");
+        }
+        s.delete_group(G).expect("delete");
+        assert_eq!(s.bounds(G).expect("bounds"), None);
+        assert_eq!(s.hard_state(G).expect("hs"), HardState::default());
+        assert_eq!(
+            s.bounds(other).expect("bounds"),
+            Some((LogIndex(1), LogIndex(2)))
+        );
+        assert_eq!(s.hard_state(other).expect("hs").term, crate::types::Term(3));
+        let db = s.db();
+        let sm = db.cf_handle(CF_SM).expect("sm");
+        let key = |g: GroupId| {
+            let mut k = g.0.to_be_bytes().to_vec();
+            k.push(7);
+            k
+        };
+        assert_eq!(db.get_cf(sm, key(G)).expect("get"), None);
+        assert!(db.get_cf(sm, key(other)).expect("get").is_some());
+        // The group can be written again from scratch.
+        s.write(G, LogWrite::append(vec![ent(1, 4)]))
+            .expect("write");
+        assert_eq!(
+            s.bounds(G).expect("bounds"),
+            Some((LogIndex(1), LogIndex(1)))
         );
     }
 

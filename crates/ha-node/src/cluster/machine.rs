@@ -107,8 +107,13 @@ pub const MAX_TOMBSTONES: usize = 65_536;
 pub const MAX_FRESH_ID_ATTEMPTS: u32 = 64;
 /// Version of the stored member table ([`encode_table`]): the application's
 /// sidecar and the first chunk of every snapshot. Bump it whenever the
-/// encoding of [`StoredState`] changes.
-pub const STORED_TABLE_FORMAT: u32 = 1;
+/// encoding of [`StoredState`] changes. Format 2 added the replicated shard
+/// map; a table without one is still written as format 1, so a cluster that
+/// never had a shard map stays readable by builds from before it.
+pub const STORED_TABLE_FORMAT: u32 = 2;
+/// The format written while the table has no shard map (see
+/// [`STORED_TABLE_FORMAT`]).
+const STORED_TABLE_FORMAT_V1: u32 = 1;
 
 /// What the node stores with the application's state and sends as a
 /// snapshot's first chunk.
@@ -129,11 +134,43 @@ struct StoredTable {
     body: Bytes,
 }
 
-/// Encodes `state` as stored (sidecar) and sent (snapshot header).
+/// Format 1 of [`StoredState`]: the table before the shard map.
+#[derive(Serialize, Deserialize)]
+struct StoredStateV1 {
+    table: MemberTableV1,
+    membership: Membership,
+}
+
+/// Format 1 of [`MemberTable`].
+#[derive(Serialize, Deserialize)]
+struct MemberTableV1 {
+    initialized: bool,
+    cluster_id: u64,
+    members: BTreeMap<u64, Member>,
+    removed: BTreeMap<u64, u64>,
+}
+
+/// Encodes `state` as stored (sidecar) and sent (snapshot header): format 1
+/// while the table has no shard map, else [`STORED_TABLE_FORMAT`].
 pub fn encode_table(state: &StoredState) -> Bytes {
+    let (format, body) = if state.table.shard_map.is_none() {
+        let t = &state.table;
+        let v1 = StoredStateV1 {
+            table: MemberTableV1 {
+                initialized: t.initialized,
+                cluster_id: t.cluster_id,
+                members: t.members.clone(),
+                removed: t.removed.clone(),
+            },
+            membership: state.membership.clone(),
+        };
+        (STORED_TABLE_FORMAT_V1, codec::encode(&v1))
+    } else {
+        (STORED_TABLE_FORMAT, codec::encode(state))
+    };
     Bytes::from(codec::encode(&StoredTable {
-        format: STORED_TABLE_FORMAT,
-        body: Bytes::from(codec::encode(state)),
+        format,
+        body: Bytes::from(body),
     }))
 }
 
@@ -142,14 +179,29 @@ pub fn encode_table(state: &StoredState) -> Bytes {
 pub fn decode_table(bytes: &[u8]) -> Result<StoredState, String> {
     let stored: StoredTable =
         codec::decode(bytes).map_err(|e| format!("stored member table: {e}"))?;
-    if stored.format != STORED_TABLE_FORMAT {
-        return Err(format!(
-            "stored member table has format {}, this build reads format {STORED_TABLE_FORMAT} \
-             (written by a newer ha-node?)",
-            stored.format
-        ));
+    match stored.format {
+        STORED_TABLE_FORMAT_V1 => {
+            let v1: StoredStateV1 =
+                codec::decode(&stored.body).map_err(|e| format!("stored member table: {e}"))?;
+            Ok(StoredState {
+                table: MemberTable {
+                    initialized: v1.table.initialized,
+                    cluster_id: v1.table.cluster_id,
+                    members: v1.table.members,
+                    removed: v1.table.removed,
+                    shard_map: None,
+                },
+                membership: v1.membership,
+            })
+        }
+        STORED_TABLE_FORMAT => {
+            codec::decode(&stored.body).map_err(|e| format!("stored member table: {e}"))
+        }
+        other => Err(format!(
+            "stored member table has format {other}, this build reads formats \
+             {STORED_TABLE_FORMAT_V1}..={STORED_TABLE_FORMAT} (written by a newer ha-node?)"
+        )),
     }
-    codec::decode(&stored.body).map_err(|e| format!("stored member table: {e}"))
 }
 
 /// Makes `recovered` (what the log store holds) start at `base`, the state
@@ -228,6 +280,40 @@ pub struct MemberTable {
     /// Tombstones: ids of removed members, with the log index of the
     /// removal. Never admitted again (bounded by [`MAX_TOMBSTONES`]).
     pub removed: BTreeMap<u64, u64>,
+    /// The replicated shard map of a sharded cluster (`--shards N > 1`):
+    /// set once by [`MetaCommand::ShardInit`], then changed only by
+    /// [`MetaCommand::ShardStep`]s. `None` with one shard (and in a sharded
+    /// cluster until the first controller proposes it).
+    #[serde(with = "shard_map_codec")]
+    pub shard_map: Option<Arc<ha_shard::ShardMap>>,
+}
+
+/// The shard map inside the table is stored in its own validated,
+/// versioned codec ([`ha_shard::ShardMap::encode`]).
+mod shard_map_codec {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        map: &Option<Arc<ha_shard::ShardMap>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        map.as_ref().map(|m| m.encode()).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Arc<ha_shard::ShardMap>>, D::Error> {
+        let bytes: Option<Vec<u8>> = Option::deserialize(d)?;
+        bytes
+            .map(|b| {
+                ha_shard::ShardMap::decode(&b)
+                    .map(Arc::new)
+                    .map_err(serde::de::Error::custom)
+            })
+            .transpose()
+    }
 }
 
 impl MemberTable {
@@ -330,6 +416,20 @@ pub enum MetaCommand {
         peer_urls: Vec<String>,
         /// Whether it joins as a non-voting learner.
         is_learner: bool,
+    },
+    /// Creates the replicated shard map (its [`ha_shard::ShardMap::encode`]
+    /// bytes) if the table has none; applied again with any map it is a
+    /// no-op (the first one stays).
+    ShardInit {
+        /// The encoded map.
+        map: Vec<u8>,
+    },
+    /// Records a placement step ([`ha_shard::Step::encode`]) the
+    /// controller carried out on the shard's group. A stale or invalid step
+    /// is refused and changes nothing.
+    ShardStep {
+        /// The encoded step.
+        step: Vec<u8>,
     },
 }
 
@@ -562,6 +662,24 @@ impl<S: StateMachine> ClusterMachine<S> {
                 }
                 None => Err(format!("member {id:x} not found")),
             },
+            MetaCommand::ShardInit { map } => match &t.shard_map {
+                Some(_) => Ok(()),
+                None => ha_shard::ShardMap::decode(&map)
+                    .map(|m| t.shard_map = Some(Arc::new(m)))
+                    .map_err(|e| format!("shard map: {e}")),
+            },
+            MetaCommand::ShardStep { step } => {
+                match (&t.shard_map, ha_shard::Step::decode(&step)) {
+                    (None, _) => Err("no shard map yet".into()),
+                    (_, Err(e)) => Err(format!("shard step: {e}")),
+                    (Some(current), Ok(step)) => {
+                        let mut next = (**current).clone();
+                        next.apply(&step)
+                            .map(|_| t.shard_map = Some(Arc::new(next)))
+                            .map_err(|e| format!("shard step {step:?}: {e}"))
+                    }
+                }
+            }
         };
         match (result, added) {
             (Ok(()), Some(member)) => {
@@ -1075,7 +1193,7 @@ mod tests {
         let e = decode_table(&other).unwrap_err();
         assert!(
             e.contains(&format!("format {}", STORED_TABLE_FORMAT + 1))
-                && e.contains(&format!("reads format {STORED_TABLE_FORMAT}")),
+                && e.contains(&format!("reads formats 1..={STORED_TABLE_FORMAT}")),
             "{e}"
         );
         assert!(decode_table(b"junk").is_err());
@@ -1179,5 +1297,110 @@ mod tests {
                 .table,
             *m.table()
         );
+    }
+
+    fn founding_map() -> ha_shard::ShardMap {
+        ha_shard::ShardMap::new(4, 3, &ha_ring::Cluster::uniform(4).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_shard_map_is_created_once_and_changed_only_by_valid_steps() {
+        let mut m = bootstrapped();
+        let map = founding_map();
+        // A step before the map exists: refused.
+        let step = ha_shard::Step::TransferLeader {
+            shard: ha_core::GroupId(1),
+            to: *map.shards()[0].voters().iter().next().unwrap(),
+        };
+        let refused = meta(
+            &mut m,
+            2,
+            MetaCommand::ShardStep {
+                step: step.encode(),
+            },
+        );
+        assert!(matches!(refused, MetaResponse::Refused(e) if e.contains("no shard map")));
+        assert_eq!(m.table().shard_map, None);
+        // Bad map bytes: refused, nothing set.
+        let bad = meta(
+            &mut m,
+            3,
+            MetaCommand::ShardInit {
+                map: b"junk".to_vec(),
+            },
+        );
+        assert!(matches!(bad, MetaResponse::Refused(_)), "{bad:?}");
+        assert_eq!(m.table().shard_map, None);
+        assert!(matches!(
+            meta(&mut m, 4, MetaCommand::ShardInit { map: map.encode() }),
+            MetaResponse::Ok(_)
+        ));
+        assert_eq!(m.table().shard_map.as_deref(), Some(&map));
+        // A second init (another map) changes nothing.
+        let other = ha_shard::ShardMap::new(8, 3, &ha_ring::Cluster::uniform(4).unwrap()).unwrap();
+        meta(
+            &mut m,
+            5,
+            MetaCommand::ShardInit {
+                map: other.encode(),
+            },
+        );
+        assert_eq!(m.table().shard_map.as_deref(), Some(&map));
+        // A valid step applies; a stale one (old epoch, effect absent) is
+        // refused and changes nothing.
+        let s1 = &map.shards()[0];
+        let outsider = (1..=4u64)
+            .map(ha_core::NodeId)
+            .find(|n| !s1.has_replica(*n))
+            .unwrap();
+        let add = ha_shard::Step::AddLearner {
+            shard: s1.id(),
+            member: outsider,
+            epoch: s1.epoch(),
+        };
+        assert!(matches!(
+            meta(&mut m, 6, MetaCommand::ShardStep { step: add.encode() }),
+            MetaResponse::Ok(_)
+        ));
+        let after = m.table().shard_map.clone().unwrap();
+        assert!(after.shard(s1.id()).unwrap().learners().contains(&outsider));
+        let victim = *s1.voters().iter().next().unwrap();
+        let stale = ha_shard::Step::RemoveReplica {
+            shard: s1.id(),
+            member: victim,
+            epoch: s1.epoch(),
+        };
+        let r = meta(
+            &mut m,
+            7,
+            MetaCommand::ShardStep {
+                step: stale.encode(),
+            },
+        );
+        assert!(matches!(r, MetaResponse::Refused(_)), "{r:?}");
+        assert_eq!(m.table().shard_map, Some(after));
+        let r = meta(
+            &mut m,
+            8,
+            MetaCommand::ShardStep {
+                step: vec![1, 2, 3],
+            },
+        );
+        assert!(matches!(r, MetaResponse::Refused(_)), "{r:?}");
+    }
+
+    #[test]
+    fn a_table_without_shard_map_is_stored_in_format_1_and_with_one_in_format_2() {
+        let mut state = StoredState {
+            table: bootstrapped().table().clone(),
+            membership: Membership::new([ha_core::NodeId(1)]),
+        };
+        let bytes = encode_table(&state);
+        assert_eq!(codec::decode::<StoredTable>(&bytes).unwrap().format, 1);
+        assert_eq!(decode_table(&bytes).unwrap(), state);
+        state.table.shard_map = Some(Arc::new(founding_map()));
+        let bytes = encode_table(&state);
+        assert_eq!(codec::decode::<StoredTable>(&bytes).unwrap().format, 2);
+        assert_eq!(decode_table(&bytes).unwrap(), state);
     }
 }

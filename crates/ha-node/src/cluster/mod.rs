@@ -99,6 +99,7 @@ use crate::ids;
 use crate::metrics::{Metrics, Sample};
 
 pub mod batch;
+pub mod hosting;
 pub mod machine;
 pub mod wire;
 
@@ -501,26 +502,31 @@ impl Store {
     }
 }
 
-/// A data shard hosted on this member (see [`Node::start_groups`]).
-struct ShardSlot<S> {
+/// A data shard hosted on this member (see [`hosting`]).
+struct ShardSlot<S: StateMachine> {
     replica: ReplicaHandle<ClusterMachine<S>>,
     /// Bounded inbox of the shard's replica (full: the frame is dropped).
     inbox: tokio::sync::mpsc::Sender<ha_core::transport::Inbound>,
     /// Frames dropped because the inbox was full.
     drops: AtomicU64,
+    /// The running replica, taken when the shard is stopped.
+    owner: std::sync::Mutex<Option<Replica<ClusterMachine<S>>>>,
 }
+
+/// Hosted data shards by group.
+type ShardSlots<S> = std::collections::BTreeMap<GroupId, Arc<ShardSlot<S>>>;
 
 /// A read run on a member hosting a shard for a member that does not
 /// ([`PeerRequest::Read`]): the query's bytes in, the answer's bytes out.
 pub type ReadHook<S> = Arc<dyn Fn(&S, &[u8]) -> Bytes + Send + Sync>;
 
-struct Shared<S> {
+struct Shared<S: StateMachine> {
     /// Group 0's replica (the member table; the data too with one shard).
     replica: ReplicaHandle<ClusterMachine<S>>,
     /// Data shards this member hosts (empty with one shard).
-    shards: std::collections::BTreeMap<GroupId, ShardSlot<S>>,
-    /// The static shard placement (`None` with one shard).
-    shard_map: Option<Arc<ha_shard::ShardMap>>,
+    shards: std::sync::RwLock<ShardSlots<S>>,
+    /// Sharding at run time (`None` with one shard).
+    hosting: Option<hosting::Hosting<S>>,
     /// Frames for a group this member does not host.
     unknown_group_frames: AtomicU64,
     /// How a hosted shard serves another member's [`PeerRequest::Read`].
@@ -570,13 +576,13 @@ pub type LeaderHook = Arc<dyn Fn(&[u8], &Bytes) + Send + Sync>;
 /// (the member table; with one shard also the data), [`NodeHandle::shard`]
 /// a data shard this member hosts. Proposals, reads and status go to the
 /// handle's group; membership calls always go to group 0.
-pub struct NodeHandle<S> {
+pub struct NodeHandle<S: StateMachine> {
     shared: Arc<Shared<S>>,
     group: GroupId,
     replica: ReplicaHandle<ClusterMachine<S>>,
 }
 
-impl<S> Clone for NodeHandle<S> {
+impl<S: StateMachine> Clone for NodeHandle<S> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -590,8 +596,6 @@ impl<S> Clone for NodeHandle<S> {
 pub struct Node<S: StateMachine> {
     handle: NodeHandle<S>,
     replica: Replica<ClusterMachine<S>>,
-    /// The hosted data shards' replicas.
-    shard_replicas: Vec<Replica<ClusterMachine<S>>>,
     transport: Arc<QuicTransport>,
     store: Store,
     stop: watch::Sender<bool>,
@@ -666,14 +670,7 @@ impl<S: StateMachine> Node<S> {
     where
         F: FnOnce(AppStore<'_>) -> Result<S, String>,
     {
-        let mut make_app = Some(make_app);
-        Self::start_groups(cfg, metrics, None, move |store, _group| {
-            match make_app.take() {
-                Some(f) => f(store),
-                None => Err("the application factory was called twice".into()),
-            }
-        })
-        .await
+        Self::start_impl(cfg, metrics, None, make_app).await
     }
 
     /// As [`start_with`](Self::start_with), hosting the data shards of
@@ -686,14 +683,41 @@ impl<S: StateMachine> Node<S> {
     pub async fn start_groups<F>(
         cfg: NodeConfig,
         metrics: Arc<Metrics>,
-        shards: Option<ha_shard::ShardMap>,
-        mut make_app: F,
+        sharding: Option<hosting::ShardingConfig>,
+        make_app: F,
     ) -> Result<Self, NodeError>
     where
-        F: FnMut(AppStore<'_>, GroupId) -> Result<S, String>,
+        F: FnMut(AppStore<'_>, GroupId) -> Result<S, String> + Send + 'static,
+    {
+        let make = Arc::new(std::sync::Mutex::new(make_app));
+        let first = {
+            let make = Arc::clone(&make);
+            move |store: AppStore<'_>| {
+                let mut f = make.lock().unwrap_or_else(|p| p.into_inner());
+                (*f)(store, GROUP)
+            }
+        };
+        let hosting = sharding.map(|c| {
+            let later: hosting::MakeApp<S> = Box::new(move |store, group| {
+                let mut f = make.lock().unwrap_or_else(|p| p.into_inner());
+                (*f)(store, group)
+            });
+            (c, later)
+        });
+        Self::start_impl(cfg, metrics, hosting, first).await
+    }
+
+    async fn start_impl<F>(
+        cfg: NodeConfig,
+        metrics: Arc<Metrics>,
+        sharding: Option<(hosting::ShardingConfig, hosting::MakeApp<S>)>,
+        make_first: F,
+    ) -> Result<Self, NodeError>
+    where
+        F: FnOnce(AppStore<'_>) -> Result<S, String>,
     {
         let store = open_store(&cfg.storage)?;
-        let app = make_app(store.app_store(), GROUP)
+        let app = make_first(store.app_store())
             .map_err(|e| NodeError::Start(format!("state machine: {e}")))?;
         let dyn_store = store.dyn_store();
         let recovered = {
@@ -761,43 +785,20 @@ impl<S: StateMachine> Node<S> {
             }
         };
 
-        let mut shard_replicas = Vec::new();
-        let mut shard_slots = std::collections::BTreeMap::new();
-        if let Some(map) = &shards {
-            for st in map.shards() {
-                if !st.has_replica(cfg.member_id) {
-                    continue;
-                }
-                let group = st.id();
-                let app = make_app(store.app_store(), group).map_err(|e| {
-                    NodeError::Start(format!("state machine of shard {group}: {e}"))
-                })?;
-                let (inbox, inbox_rx) = tokio::sync::mpsc::channel(SHARD_INBOX_FRAMES);
-                let r = start_group(
-                    &cfg,
-                    group,
-                    Membership::new(st.voters().iter().copied()),
-                    app,
-                    &dyn_store,
-                    &transport,
-                    inbox_rx,
-                )
-                .await?;
-                shard_slots.insert(
-                    group,
-                    ShardSlot {
-                        replica: r.handle(),
-                        inbox,
-                        drops: AtomicU64::new(0),
-                    },
-                );
-                shard_replicas.push(r);
-            }
-        }
-
+        let hosting = sharding.map(|(config, make_app)| hosting::Hosting {
+            founding: config.founding.clone().map(Arc::new),
+            config,
+            make_app: std::sync::Mutex::new(make_app),
+            store: store.clone(),
+            node_cfg: cfg.clone(),
+            lock: tokio::sync::Mutex::new(()),
+            liveness: hosting::Liveness::default(),
+            started: Instant::now(),
+            mismatch_logged: std::sync::atomic::AtomicBool::new(false),
+        });
         let shared = Arc::new(Shared {
-            shards: shard_slots,
-            shard_map: shards.map(Arc::new),
+            shards: std::sync::RwLock::new(ShardSlots::new()),
+            hosting,
             unknown_group_frames: AtomicU64::new(0),
             read_hook: std::sync::OnceLock::new(),
             replica: replica.handle(),
@@ -825,8 +826,14 @@ impl<S: StateMachine> Node<S> {
         };
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        if handle.shared.shard_map.is_some() {
-            tasks.push(tokio::spawn(shard_upkeep(handle.clone(), stop_rx.clone())));
+        if handle.shared.hosting.is_some() {
+            // The shards the map gives this member, before serving.
+            hosting::reconcile(&handle).await?;
+            tasks.extend([
+                tokio::spawn(shard_upkeep(handle.clone(), stop_rx.clone())),
+                tokio::spawn(hosting::hosting_loop(handle.clone(), stop_rx.clone())),
+                tokio::spawn(hosting::controller(handle.clone(), stop_rx.clone())),
+            ]);
         }
         tasks.extend([
             tokio::spawn(admit_inbound(
@@ -865,7 +872,6 @@ impl<S: StateMachine> Node<S> {
         Ok(Node {
             handle,
             replica,
-            shard_replicas,
             transport,
             store,
             stop,
@@ -892,7 +898,7 @@ impl<S: StateMachine> Node<S> {
             t.abort();
             let _ = t.await;
         }
-        for r in self.shard_replicas.drain(..) {
+        for r in self.handle.take_shard_replicas() {
             if let Err(e) = r.shutdown().await {
                 tracing::warn!(error = %e, "a shard replica stopped with an error");
             }
@@ -921,7 +927,7 @@ impl<S: StateMachine> Node<S> {
             let _ = t.await;
         }
         drop(self.replica);
-        self.shard_replicas.clear();
+        drop(self.handle.take_shard_replicas());
         drop(self.transport);
         drop(self.store);
     }
@@ -1129,11 +1135,36 @@ impl<S: StateMachine> NodeHandle<S> {
 
     /// The handle of data shard `group` if this member hosts it.
     pub fn shard(&self, group: GroupId) -> Option<NodeHandle<S>> {
-        self.shared.shards.get(&group).map(|slot| NodeHandle {
+        self.shards_read().get(&group).map(|slot| NodeHandle {
             shared: Arc::clone(&self.shared),
             group,
             replica: slot.replica.clone(),
         })
+    }
+
+    /// The data shards this member hosts now.
+    pub fn hosted_shards(&self) -> std::collections::BTreeSet<GroupId> {
+        self.shards_read().keys().copied().collect()
+    }
+
+    fn shards_read(&self) -> std::sync::RwLockReadGuard<'_, ShardSlots<S>> {
+        // Plain data: a panic elsewhere leaves it usable.
+        self.shared.shards.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shards_write(&self) -> std::sync::RwLockWriteGuard<'_, ShardSlots<S>> {
+        self.shared
+            .shards
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every hosted shard's running replica, for shutdown.
+    fn take_shard_replicas(&self) -> Vec<Replica<ClusterMachine<S>>> {
+        std::mem::take(&mut *self.shards_write())
+            .into_values()
+            .filter_map(|slot| slot.owner.lock().unwrap_or_else(|p| p.into_inner()).take())
+            .collect()
     }
 
     /// The handle of `group` (0 or a hosted shard); an error naming why
@@ -1147,15 +1178,12 @@ impl<S: StateMachine> NodeHandle<S> {
         if let Some(h) = self.shard(group) {
             return Ok(h);
         }
-        match &self.shared.shard_map {
-            Some(map) if map.shard(group).is_some() => Err(NodeError::NotLeader { leader: None }),
+        match &self.shared.hosting {
+            Some(h) if (1..=u64::from(h.config.shards)).contains(&group.0) => {
+                Err(NodeError::NotLeader { leader: None })
+            }
             _ => Err(NodeError::Invalid(format!("unknown group {group}"))),
         }
-    }
-
-    /// The static shard placement (`None` with one shard).
-    pub fn shard_map(&self) -> Option<Arc<ha_shard::ShardMap>> {
-        self.shared.shard_map.clone()
     }
 
     /// Installs the [`ReadHook`] (once; later calls return false).
@@ -1167,25 +1195,12 @@ impl<S: StateMachine> NodeHandle<S> {
     /// frames dropped because they named a group this member does not host.
     pub fn frame_drops(&self) -> (Vec<(GroupId, u64)>, u64) {
         (
-            self.shared
-                .shards
+            self.shards_read()
                 .iter()
                 .map(|(g, s)| (*g, s.drops.load(Ordering::Relaxed)))
                 .collect(),
             self.shared.unknown_group_frames.load(Ordering::Relaxed),
         )
-    }
-
-    /// Refuses a membership change while the cluster is sharded.
-    fn refuse_if_sharded(&self) -> Result<(), NodeError> {
-        if self.shared.shard_map.is_some() {
-            return Err(NodeError::Invalid(
-                "membership changes are not supported with --shards > 1 yet: the members of a \
-                 sharded cluster are fixed at creation"
-                    .into(),
-            ));
-        }
-        Ok(())
     }
 
     /// Proposes an application command to data shard `group`: through this
@@ -1253,23 +1268,43 @@ impl<S: StateMachine> NodeHandle<S> {
     /// certainly not applied (the receiver refused it as not the leader, or
     /// it never left); otherwise the outcome is unknown.
     async fn remote(&self, group: GroupId, req: PeerRequest) -> Result<PeerResponse, NodeError> {
-        let replicas: Vec<NodeId> =
-            match self.shared.shard_map.as_ref().and_then(|m| m.shard(group)) {
+        let mut replicas: Vec<NodeId> = match self.shard_map() {
+            Some(map) => match map.shard(group) {
                 Some(st) => st.voters().iter().copied().collect(),
                 None => return Err(NodeError::Invalid(format!("unknown group {group}"))),
-            };
+            },
+            None if self.shared.hosting.is_some() => {
+                return Err(NodeError::Unavailable(
+                    "this member has not learned the shard map yet; retry shortly".into(),
+                ));
+            }
+            None => return Err(NodeError::Invalid(format!("unknown group {group}"))),
+        };
         if replicas.is_empty() {
             return Err(NodeError::Unavailable(format!(
                 "shard {group} has no replicas"
             )));
+        }
+        // Replicas heard from lately first: a request to a dead one waits
+        // for its whole budget.
+        let mut heard = replicas.len();
+        if let Some(h) = &self.shared.hosting {
+            let now = h.now_ms();
+            replicas.sort_by_key(|r| !h.liveness.recently(*r, now));
+            heard = replicas
+                .iter()
+                .filter(|r| h.liveness.recently(**r, now))
+                .count()
+                .max(1);
         }
         let deadline = Instant::now() + Duration::from_millis(self.shared.forward_timeout_ms);
         let payload = req.encode();
         let mut last =
             NodeError::Unavailable(format!("no replica of shard {group} could be reached"));
         let mut hint: Option<NodeId> = None;
-        // Start at a replica that depends on this member, to spread load.
-        let mut next = (self.shared.me.0 as usize) % replicas.len();
+        // Start at a replica heard lately that depends on this member, to
+        // spread load (the first pick below is `next + 1`).
+        let mut next = ((self.shared.me.0 as usize) % heard + replicas.len() - 1) % replicas.len();
         for _ in 0..MAX_LEADER_ATTEMPTS * replicas.len() {
             let target = match hint.take() {
                 Some(l) if l != self.shared.me => l,
@@ -1429,7 +1464,6 @@ impl<S: StateMachine> NodeHandle<S> {
         peer_urls: Vec<String>,
         is_learner: bool,
     ) -> Result<(Member, Vec<Member>), NodeError> {
-        self.refuse_if_sharded()?;
         match self
             .meta()
             .on_leader(PeerRequest::MemberAdd {
@@ -1459,7 +1493,6 @@ impl<S: StateMachine> NodeHandle<S> {
     }
 
     async fn members_call(&self, req: PeerRequest) -> Result<Vec<Member>, NodeError> {
-        self.refuse_if_sharded()?;
         match self.meta().on_leader(req).await? {
             PeerResponse::Members { members, .. } => Ok(members),
             other => Err(NodeError::Unavailable(format!(
@@ -1713,7 +1746,7 @@ impl<S: StateMachine> NodeHandle<S> {
             .transport
             .request(
                 id,
-                GROUP,
+                self.group,
                 PeerRequest::Progress.encode(),
                 PROGRESS_TIMEOUT_MS,
             )
@@ -1868,6 +1901,26 @@ impl<S: StateMachine> NodeHandle<S> {
                     .await?;
                 Ok(PeerResponse::Applied(out))
             }
+            PeerRequest::ShardChange { kind, member } => {
+                if self.group == GROUP {
+                    return Err(NodeError::Invalid(
+                        "shard changes go to a data shard's group".into(),
+                    ));
+                }
+                // As a membership change of group 0: in its own task, one
+                // at a time on this member.
+                let node = self.clone();
+                let task = tokio::spawn(async move {
+                    let _serial = node.shared.membership_lock.lock().await;
+                    node.change_shard(kind, NodeId(member)).await
+                });
+                match task.await {
+                    Ok(r) => r,
+                    Err(e) => Err(NodeError::OutcomeUnknown(format!(
+                        "the shard change task ended abnormally: {e}"
+                    ))),
+                }
+            }
             PeerRequest::MemberAdd { .. }
             | PeerRequest::MemberRemove { .. }
             | PeerRequest::MemberPromote { .. } => {
@@ -1876,7 +1929,6 @@ impl<S: StateMachine> NodeHandle<S> {
                         "membership changes go to group 0".into(),
                     ));
                 }
-                self.refuse_if_sharded()?;
                 // A membership change is two log entries (table, consensus
                 // configuration). It runs in its own task, one at a time, so
                 // that a caller that stops waiting (client deadline, the
@@ -2037,7 +2089,10 @@ impl<S: StateMachine> NodeHandle<S> {
             PeerRequest::Propose(_)
             | PeerRequest::ProposeBatch(_)
             | PeerRequest::Progress
-            | PeerRequest::Read { .. } => Err(NodeError::Invalid("not a membership change".into())),
+            | PeerRequest::Read { .. }
+            | PeerRequest::ShardChange { .. } => {
+                Err(NodeError::Invalid("not a membership change".into()))
+            }
         }
     }
 
@@ -2120,38 +2175,51 @@ pub fn preferred_leaders(map: &ha_shard::ShardMap) -> HashMap<GroupId, NodeId> {
 /// shard every [`LEADER_TRANSFER_RETRY_MS`]; the preferred leader never
 /// hands leadership away, so leadership does not bounce.
 async fn shard_upkeep<S: StateMachine>(node: NodeHandle<S>, mut stop: watch::Receiver<bool>) {
-    let Some(map) = node.shared.shard_map.clone() else {
-        return;
-    };
     let me = node.shared.me;
-    let preferred = preferred_leaders(&map);
     let mut last_try: HashMap<GroupId, Instant> = HashMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(SHARD_UPKEEP_MS)) => {}
             _ = stop.changed() => return,
         }
+        let Some(map) = node.shard_map() else {
+            node.shared
+                .metrics
+                .set_shards_text(format!("# member {me}: the shard map is not known yet\n"));
+            continue;
+        };
+        let preferred = preferred_leaders(&map);
+        let list = |ids: &std::collections::BTreeSet<NodeId>| {
+            if ids.is_empty() {
+                "-".to_string()
+            } else {
+                ids.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        };
         let mut text = format!(
-            "# shards {} replication {}; member {me}\n# shard replicas leader hosted role\n",
+            "# shards {} replication {} map-version {} target-epoch {}; member {me}\n\
+             # target members {}\n\
+             # shard voters learners leader hosted role\n",
             map.shard_count(),
-            map.replication()
+            map.replication(),
+            map.version(),
+            map.target_epoch(),
+            list(&map.target_members().keys().copied().collect()),
         );
         for st in map.shards() {
             let g = st.id();
-            let replicas = st
-                .voters()
-                .iter()
-                .map(|v| v.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
+            let replicas = format!("{} {}", list(st.voters()), list(st.learners()));
             let Some(h) = node.shard(g) else {
-                text.push_str(&format!("{g} {replicas} ? no -\n"));
+                text.push_str(&format!("{g} {replicas} - no -\n"));
                 continue;
             };
             let status = match h.replica.status().await {
                 Ok(s) => s,
                 Err(_) => {
-                    text.push_str(&format!("{g} {replicas} ? yes stopped\n"));
+                    text.push_str(&format!("{g} {replicas} - yes stopped\n"));
                     continue;
                 }
             };
@@ -2236,6 +2304,9 @@ async fn admit_inbound<S: StateMachine>(
         if node.refuse_removed(&table, frame.from, "consensus frame") {
             continue;
         }
+        if let Some(h) = &node.shared.hosting {
+            h.liveness.heard(frame.from, h.now_ms());
+        }
         if !table.members.contains_key(&frame.from.0)
             && let Ok(mut unknown) = node.shared.unknown_senders.lock()
             && unknown.len() < MAX_UNKNOWN_SENDERS
@@ -2246,7 +2317,8 @@ async fn admit_inbound<S: StateMachine>(
         if group != GROUP {
             // A data shard: its bounded inbox, never waiting (the protocols
             // tolerate loss; one slow shard must not stall the others).
-            match node.shared.shards.get(&group) {
+            let slot = node.shards_read().get(&group).cloned();
+            match slot {
                 Some(slot) => {
                     if slot.inbox.try_send(frame).is_err() {
                         slot.drops.fetch_add(1, Ordering::Relaxed);

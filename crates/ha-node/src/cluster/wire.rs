@@ -50,6 +50,29 @@ pub enum PeerRequest {
     /// beyond [`MAX_BATCH_ITEMS`](super::batch::MAX_BATCH_ITEMS) entries or
     /// [`MAX_BATCH_BYTES`](super::batch::MAX_BATCH_BYTES) bytes.
     ProposeBatch(Vec<Bytes>),
+    /// A placement step on a data shard's own group, sent by the placement
+    /// controller to the shard's leader (see [`super::hosting`]):
+    /// idempotent — a change whose effect is present answers
+    /// [`PeerResponse::ShardChanged`] without doing anything.
+    ShardChange {
+        /// What to change.
+        kind: ShardChangeKind,
+        /// The member it concerns.
+        member: u64,
+    },
+}
+
+/// The kinds of [`PeerRequest::ShardChange`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardChangeKind {
+    /// Add `member` as a non-voting learner.
+    AddLearner,
+    /// Make the learner `member` a voter (refused while it lags).
+    Promote,
+    /// Remove `member` (voter or learner).
+    Remove,
+    /// Hand the shard's leadership to the voter `member`.
+    TransferLeader,
 }
 
 /// The leader's answer.
@@ -75,6 +98,8 @@ pub enum PeerResponse {
     /// The answer to [`PeerRequest::ProposeBatch`]: one result per entry,
     /// in the order of the request.
     Batch(Vec<BatchItem>),
+    /// The answer to [`PeerRequest::ShardChange`]: the change is in effect.
+    ShardChanged,
 }
 
 /// One entry's result in a [`PeerResponse::Batch`].

@@ -475,6 +475,8 @@ pub struct Member {
     pub joins: bool,
     /// `--member-id` (hex) of a joining member, as `member add` assigned it.
     pub member_id: Option<String>,
+    /// Port of `--listen-metrics-urls` (`/metrics`, `/health`, `/shards`).
+    pub metrics: u16,
 }
 
 impl Member {
@@ -488,7 +490,30 @@ impl Member {
             initial_cluster: String::new(),
             joins: false,
             member_id: None,
+            metrics: free_tcp_port(),
         }
+    }
+
+    /// GETs `path` from the member's metrics listener (HTTP/1.0, bounded
+    /// by [`CTL_TIMEOUT`]): the body, or why not.
+    pub fn http_get(&self, path: &str) -> Result<String, String> {
+        let addr = format!("127.0.0.1:{}", self.metrics);
+        let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&sock, CTL_TIMEOUT)
+            .map_err(|e| format!("{addr}: {e}"))?;
+        s.set_read_timeout(Some(CTL_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .map_err(|e| format!("{addr}{path}: {e}"))?;
+        let (head, body) = out
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("{addr}{path}: no HTTP header in {out:?}"))?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            return Err(format!("{addr}{path}: {head}"));
+        }
+        Ok(body.to_string())
     }
 
     /// The bare `host:port` client endpoint.
@@ -512,6 +537,7 @@ impl Member {
             format!("--data-dir={}", self.dir.display()),
             format!("--listen-client-urls={}", self.url()),
             format!("--listen-peer-urls={}", self.peer_url()),
+            format!("--listen-metrics-urls=http://127.0.0.1:{}", self.metrics),
             format!("--initial-cluster={}", self.initial_cluster),
             format!(
                 "--initial-cluster-state={}",
