@@ -24,6 +24,7 @@ pub mod api;
 pub mod certs;
 pub mod cluster;
 pub mod config;
+pub mod ctl;
 pub mod datadir;
 pub mod http;
 pub mod ids;

@@ -78,12 +78,46 @@ struct Cli {
 enum Command {
     /// Generate a development CA and one peer certificate per member.
     Certs(CertsArgs),
+    /// Inspect a running member.
+    #[command(subcommand)]
+    Ctl(CtlCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCommand {
+    /// The shard map (shard -> voters -> learners -> leader), replicas per
+    /// member and moves in progress, read from a member's metrics listener.
+    Shards {
+        /// The member's `--listen-metrics-urls` endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:2381")]
+        endpoint: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Certs(args)) => run_certs(&args),
+        Some(Command::Ctl(CtlCommand::Shards { endpoint })) => {
+            match ha_node::ctl::http_get(&endpoint, "/shards")
+                .and_then(|t| ha_node::ctl::parse_shards(&t))
+            {
+                Ok(page) if page.shards.is_empty() => {
+                    eprintln!(
+                        "ha-node ctl shards: {endpoint} lists no data shards (--shards 1, or the map is not known yet)"
+                    );
+                    ExitCode::FAILURE
+                }
+                Ok(page) => {
+                    print!("{}", ha_node::ctl::render(&page));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ha-node ctl shards: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None => run_node(cli.config_file, cli.settings),
     }
 }

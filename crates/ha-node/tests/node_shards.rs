@@ -17,6 +17,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp,
 };
 use ha_core::{GroupId, NodeId};
+use ha_node::ctl::{ShardsPage, parse_shards};
 use ha_ring::hash::HashFn;
 use ha_shard::{Router, ShardMap};
 use tonic::Code;
@@ -349,47 +350,20 @@ fn five_members_eight_shards_serve_keys_of_shards_not_hosted() {
     drop(cl);
 }
 
-/// One row of `/shards`: (shard, voters, learners).
-type ShardRow = (u64, BTreeSet<u64>, BTreeSet<u64>);
-
-/// Parses `/shards`: `<shard> <voters> <learners> <leader> <hosted> <role>`
-/// per data shard (`-` for an empty list), `#` lines are comments.
-fn parse_shards(text: &str) -> Result<Vec<ShardRow>, String> {
-    let ids = |f: &str| -> Result<BTreeSet<u64>, String> {
-        if f == "-" {
-            return Ok(BTreeSet::new());
-        }
-        f.split(',')
-            .map(|x| x.parse::<u64>().map_err(|e| format!("{x}: {e}")))
-            .collect()
-    };
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() != 6 {
-                return Err(format!("malformed /shards line {l:?}"));
-            }
-            let shard = f[0].parse::<u64>().map_err(|e| format!("{l:?}: {e}"))?;
-            Ok((shard, ids(f[1])?, ids(f[2])?))
-        })
-        .collect()
-}
-
 /// Polls member `i`'s `/shards` (bounded by `within`) until `done` holds
-/// for its rows; the rows then.
+/// for the page; the page then.
 fn wait_for_map(
     cl: &Cluster,
     i: usize,
     within: Duration,
     what: &str,
-    done: impl Fn(&[ShardRow]) -> bool,
-) -> Vec<ShardRow> {
+    done: impl Fn(&ShardsPage) -> bool,
+) -> ShardsPage {
     let deadline = Instant::now() + within;
     loop {
         let last = match cl.members[i].http_get("/shards") {
             Ok(text) => match parse_shards(&text) {
-                Ok(rows) if !rows.is_empty() && done(&rows) => return rows,
+                Ok(p) if !p.shards.is_empty() && done(&p) => return p,
                 Ok(_) => text,
                 Err(e) => panic!("{e}"),
             },
@@ -404,20 +378,15 @@ fn wait_for_map(
     }
 }
 
-/// Replicas per member in `rows` (voters and learners).
-fn loads(rows: &[ShardRow]) -> std::collections::BTreeMap<u64, usize> {
-    let mut out = std::collections::BTreeMap::new();
-    for (_, v, l) in rows {
-        for id in v.iter().chain(l) {
-            *out.entry(*id).or_default() += 1;
-        }
-    }
-    out
-}
-
+/// Issue 11's failover: 5 members, one dies for good — group 0's leader,
+/// so the placement controller fails over too — and its replicas are
+/// rebuilt on the others (add learner → snapshot → promote → remove)
+/// within `--dead-after` + a bound, nothing acknowledged lost; a new member
+/// then receives its fair share (peak/mean ≤ 1.25), shown by `ha-node ctl
+/// shards` too.
 #[test]
 fn a_killed_members_replicas_are_rebuilt_and_a_new_member_gets_its_share() {
-    const SHARDS: u64 = 8;
+    const SHARDS: usize = 8;
     let mut cl = Cluster::start_with(
         "raft",
         5,
@@ -428,46 +397,54 @@ fn a_killed_members_replicas_are_rebuilt_and_a_new_member_gets_its_share() {
             "--join-after=1000",
         ],
     );
-    let eps: Vec<String> = cl.members.iter().map(Member::endpoint).collect();
-    let ids: Vec<u64> = cl
-        .members
-        .iter()
-        .map(|m| ha_node::ids::member_id(&cl.token, &m.name).0)
-        .collect();
     let keys: Vec<String> = (0..64).map(|j| format!("m/{j:03}")).collect();
     let rt = runtime();
+    let ep0 = cl.members[0].endpoint();
     block(&rt, async {
-        let mut c = client(&eps[0]).await;
+        let mut c = client(&ep0).await;
         for k in &keys {
             until_ok!("put", c.put(k.clone(), format!("v{k}"), None));
         }
     });
-    // e5 dies for good.
-    let dead = ids[4];
-    let before = wait_for_map(&cl, 0, CLUSTER_WAIT, "the map is replicated", |r| {
-        r.len() == SHARDS as usize
+    // Group 0's leader (the placement controller) dies for good.
+    let victim = cl.leader();
+    let dead = ha_node::ids::member_id(&cl.token, &cl.members[victim].name).0;
+    let watcher = (victim + 1) % 5;
+    let before = wait_for_map(&cl, watcher, CLUSTER_WAIT, "the map is replicated", |p| {
+        p.shards.len() == SHARDS
     });
-    let lost = before.iter().filter(|(_, v, _)| v.contains(&dead)).count();
-    assert!(lost > 0, "e5 holds replicas: {before:?}");
-    cl.kill9(4);
+    let lost = before
+        .shards
+        .iter()
+        .filter(|s| s.voters.contains(&dead))
+        .count();
+    assert!(lost > 0, "the victim holds replicas: {before:?}");
+    cl.kill9(victim);
     let killed = Instant::now();
     let after = wait_for_map(
         &cl,
-        0,
+        watcher,
         Duration::from_secs(60),
         "every shard has 3 live voters again",
-        |rows| {
-            rows.iter()
-                .all(|(_, v, l)| v.len() == 3 && !v.contains(&dead) && l.is_empty())
+        |p| {
+            p.shards
+                .iter()
+                .all(|s| s.voters.len() == 3 && !s.voters.contains(&dead) && s.learners.is_empty())
         },
     );
     eprintln!(
-        "{lost} replicas of e5 rebuilt in {:?}: {after:?}",
-        killed.elapsed()
+        "{lost} replicas of the dead member rebuilt in {:?}: {:?}",
+        killed.elapsed(),
+        after.loads()
     );
     // Nothing acknowledged is lost, through every live member.
+    let live_eps: Vec<String> = cl
+        .live()
+        .iter()
+        .map(|i| cl.members[*i].endpoint())
+        .collect();
     block(&rt, async {
-        for ep in &eps[..4] {
+        for ep in &live_eps {
             let got = read_prefix(ep, "m/").await;
             assert_eq!(got.len(), keys.len(), "via {ep}");
             for (k, v) in &got {
@@ -477,9 +454,11 @@ fn a_killed_members_replicas_are_rebuilt_and_a_new_member_gets_its_share() {
     });
     // A new member (new id, empty data dir) receives its fair share.
     let mut m = Member::new(cl.root(), "e6");
-    let added = block_on_value(&rt, async {
-        let mut c = client(&eps[0]).await;
-        let r = until_ok!("member add", c.member_add([m.peer_url()], None));
+    let ep = live_eps[0].clone();
+    let url = m.peer_url();
+    let added = block_on_value(&rt, async move {
+        let mut c = client(&ep).await;
+        let r = until_ok!("member add", c.member_add([url.clone()], None));
         r.member().expect("added member").id()
     });
     m.member_id = Some(format!("{added:x}"));
@@ -494,30 +473,53 @@ fn a_killed_members_replicas_are_rebuilt_and_a_new_member_gets_its_share() {
     let e6 = cl.join(m);
     let balanced = wait_for_map(
         &cl,
-        0,
+        watcher,
         Duration::from_secs(90),
         "the new member gets its share",
-        |rows| {
-            let l = loads(rows);
-            let live: Vec<usize> = l
+        |p| {
+            let loads = p.loads();
+            let live: Vec<usize> = loads
                 .iter()
                 .filter(|(id, _)| **id != dead)
                 .map(|(_, n)| *n)
                 .collect();
             let total: usize = live.iter().sum();
             let peak = live.iter().copied().max().unwrap_or(0);
-            rows.iter().all(|(_, v, l)| v.len() == 3 && l.is_empty())
-                && l.get(&added).copied().unwrap_or(0) > 0
+            p.moving() == 0
+                && loads.get(&added).copied().unwrap_or(0) > 0
                 && live.len() == 5
                 && (peak as f64) <= 1.25 * (total as f64 / live.len() as f64)
         },
     );
-    eprintln!("after the join: {:?}", loads(&balanced));
+    eprintln!("after the join: {:?}", balanced.loads());
     let e6_ep = cl.members[e6].endpoint();
     block(&rt, async {
         let got = read_prefix(&e6_ep, "m/").await;
         assert_eq!(got.len(), keys.len(), "via the new member");
     });
+    // The operator's view says the same.
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "ctl",
+            "shards",
+            &format!(
+                "--endpoint=http://127.0.0.1:{}",
+                cl.members[watcher].metrics
+            ),
+        ])
+        .output()
+        .expect("ha-node ctl shards");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("moves in progress: 0; under-replicated shards: 0 (replication 3)")
+            && text.contains(&format!("{added:x}=")),
+        "{text}"
+    );
 }
 
 fn block_on_value<T, F: std::future::Future<Output = T>>(rt: &tokio::runtime::Runtime, f: F) -> T {
