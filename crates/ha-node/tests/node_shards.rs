@@ -386,9 +386,19 @@ fn wait_for_map(
 /// shards` too.
 #[test]
 fn a_killed_members_replicas_are_rebuilt_and_a_new_member_gets_its_share() {
+    rebuilt_and_rebalanced("raft");
+}
+
+#[cfg(feature = "paxos")]
+#[test]
+fn paxos_a_killed_members_replicas_are_rebuilt_and_a_new_member_gets_its_share() {
+    rebuilt_and_rebalanced("paxos");
+}
+
+fn rebuilt_and_rebalanced(consensus: &str) {
     const SHARDS: usize = 8;
     let mut cl = Cluster::start_with(
-        "raft",
+        consensus,
         5,
         &[
             "--shards=8",

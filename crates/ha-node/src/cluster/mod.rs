@@ -1223,14 +1223,16 @@ impl<S: StateMachine> NodeHandle<S> {
     }
 
     /// Runs `query` through the [`ReadHook`] on data shard `group`: on
-    /// this member if it hosts the shard, else on a replica of it.
+    /// this member if it hosts the shard as a voter, else on a voter of it.
     pub async fn read_from(
         &self,
         group: GroupId,
         linearizable: bool,
         query: Bytes,
     ) -> Result<Bytes, NodeError> {
-        if let Ok(h) = self.for_group(group) {
+        if let Ok(h) = self.for_group(group)
+            && !self.is_learner_of(group)
+        {
             return h
                 .handle_local(PeerRequest::Read {
                     linearizable,
@@ -1259,6 +1261,20 @@ impl<S: StateMachine> NodeHandle<S> {
                 "unexpected answer from shard {group}: {other:?}"
             ))),
         }
+    }
+
+    /// Whether the map lists this member as a learner of `group`: its
+    /// replica may still be catching up (or empty), so it serves no reads;
+    /// they go to the shard's voters.
+    fn is_learner_of(&self, group: GroupId) -> bool {
+        group != GROUP
+            && self
+                .shard_map()
+                .and_then(|m| {
+                    m.shard(group)
+                        .map(|s| s.learners().contains(&self.shared.me))
+                })
+                .unwrap_or(false)
     }
 
     /// Sends `req` for a shard this member does not host to the shard's
