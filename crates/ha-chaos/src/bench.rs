@@ -105,6 +105,8 @@ pub struct Point {
     pub ops: u64,
     /// Failed operations in the measured window.
     pub errors: u64,
+    /// The first failure's message, if any (what kind of errors they were).
+    pub first_error: Option<String>,
     /// Measured window in seconds.
     pub seconds: f64,
     /// Successful operations per second.
@@ -181,7 +183,8 @@ pub async fn start_cluster(
         heartbeat_ms,
         election_timeout_ms,
         log_dir: tmp.path().join("logs"),
-        log_level: "warn".into(),
+        // Members log at warn unless HA_CHAOS_LOG_LEVEL says otherwise.
+        log_level: std::env::var("HA_CHAOS_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
     };
     let mut cluster = Cluster::new(cfg)?;
     cluster.start_all()?;
@@ -299,11 +302,13 @@ pub async fn run_point(
     let stop_at = record_from + Duration::from_millis(duration_ms);
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
     let mut tasks = Vec::with_capacity(clients);
     for id in 0..clients {
         let mut c = conns[id % conns.len()].clone();
         let stop = stop.clone();
         let errors = errors.clone();
+        let first_error = first_error.clone();
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
@@ -360,8 +365,9 @@ pub async fn run_point(
                             let us = (now - t0).as_micros().min(u128::from(MAX_LATENCY_US));
                             h.saturating_record(us as u64);
                         }
-                        Err(_) => {
+                        Err(e) => {
                             errors.fetch_add(1, Ordering::Relaxed);
+                            let _ = first_error.set(e.to_string());
                         }
                     }
                 }
@@ -394,6 +400,7 @@ pub async fn run_point(
         clients,
         ops,
         errors: errors.load(Ordering::Relaxed),
+        first_error: first_error.get().cloned(),
         seconds,
         ops_per_s: ops as f64 / seconds,
         p50_us: total.value_at_quantile(0.5),
@@ -522,6 +529,9 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Point>> {
                     p.p999_us as f64 / 1000.0,
                     p.errors
                 );
+                if let Some(e) = &p.first_error {
+                    eprintln!("    first error: {e}");
+                }
                 points.push(p);
             }
         }
@@ -964,6 +974,7 @@ mod tests {
             clients,
             ops: 10,
             errors: 0,
+            first_error: None,
             seconds: 1.0,
             ops_per_s,
             p50_us: 1500,
