@@ -33,7 +33,11 @@
 //! concurrently and answers each one's own result. The rule above holds
 //! per item: an item the leader refused as not the leader, or a batch that
 //! never left, is retried; a batch whose outcome is unknown is unknown for
-//! every item in it; each caller keeps its own deadline.
+//! every item in it; each caller keeps its own deadline. A leader of a
+//! build from before batches answers a batch "undecodable request"
+//! (nothing applied): its entries are sent again singly, and the follower
+//! forwards to that leader singly for the rest of the term (at most
+//! [`batch::BATCH_REFUSAL_TTL`]).
 //!
 //! ## Membership
 //!
@@ -99,6 +103,8 @@ use crate::ids;
 use crate::metrics::{Metrics, Sample};
 
 pub mod batch;
+#[cfg(test)]
+mod forward_tests;
 pub mod machine;
 pub mod wire;
 
@@ -1540,14 +1546,16 @@ impl<S: StateMachine> NodeHandle<S> {
             if budget_ms == 0 {
                 break;
             }
-            if let PeerRequest::Propose(entry) = &req {
+            if let PeerRequest::Propose(entry) = &req
+                && let Some(queue) = self.batching_queue(target).await
+            {
                 let node = self.clone();
                 let send: batch::SendFn =
                     Arc::new(move |entries: Vec<Bytes>| -> batch::BatchFuture {
                         let node = node.clone();
                         Box::pin(async move { node.send_batch(target, entries).await })
                     });
-                let rx = self.forwarder(target).submit(entry.clone(), send);
+                let rx = queue.submit(entry.clone(), send);
                 let r = match tokio::time::timeout_at(deadline, rx).await {
                     Ok(Ok(r)) => r,
                     Ok(Err(_)) => Err(batch::BatchFailure::Unknown(
@@ -1555,14 +1563,25 @@ impl<S: StateMachine> NodeHandle<S> {
                     )),
                     Err(_) => return Err(self.timed_out("the forwarded request")),
                 };
-                match batch::item_step(r) {
-                    std::ops::ControlFlow::Break(done) => return done.map(PeerResponse::Applied),
-                    std::ops::ControlFlow::Continue(e) => {
-                        last = e;
-                        tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
-                        continue;
+                // Refused as a batch (nothing applied): sent singly below.
+                if !matches!(r, Err(batch::BatchFailure::Unsupported { .. })) {
+                    match batch::item_step(r) {
+                        std::ops::ControlFlow::Break(done) => {
+                            return done.map(PeerResponse::Applied);
+                        }
+                        std::ops::ControlFlow::Continue(e) => {
+                            last = e;
+                            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+                            continue;
+                        }
                     }
                 }
+            }
+            let budget_ms = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64;
+            if budget_ms == 0 {
+                break;
             }
             let forwarded = tokio::select! {
                 r = self.shared.transport.request(target, self.group, req.encode(), budget_ms) => r,
@@ -1746,6 +1765,24 @@ impl<S: StateMachine> NodeHandle<S> {
         Ok(out)
     }
 
+    /// The batching queue for writes forwarded to `target`; `None` while
+    /// `target` is known to refuse batches (a build from before them) in
+    /// the current term: they go singly. A refusal from an earlier term is
+    /// forgotten (the leader may have been upgraded since).
+    async fn batching_queue(&self, target: NodeId) -> Option<Arc<batch::Coalescer>> {
+        let queue = self.forwarder(target);
+        let Some(term) = queue.batch_refusal() else {
+            return Some(queue);
+        };
+        match self.replica.status().await {
+            Ok(st) if st.protocol.term.0 != term => {
+                queue.forget_refusal(term);
+                Some(queue)
+            }
+            _ => None,
+        }
+    }
+
     /// The forwarding queue for `target` in this handle's group.
     fn forwarder(&self, target: NodeId) -> Arc<batch::Coalescer> {
         let mut map = self
@@ -1790,6 +1827,19 @@ impl<S: StateMachine> NodeHandle<S> {
             Ok(bytes) => match PeerResponse::decode(&bytes) {
                 Ok(PeerResponse::Batch(items)) if n > 1 => Ok(items),
                 Ok(PeerResponse::Applied(b)) if n == 1 => Ok(vec![BatchItem::Applied(b)]),
+                // A build from before batches: it decoded nothing, so
+                // nothing was applied.
+                Ok(PeerResponse::Error(e)) if n > 1 && e.is_undecodable_request() => {
+                    let term = self
+                        .replica
+                        .status()
+                        .await
+                        .map_or(0, |st| st.protocol.term.0);
+                    tracing::warn!(leader = %target, group = %self.group, term,
+                        "the leader cannot decode batched writes (a build from before them): \
+                         forwarding its writes one by one in this term");
+                    Err(BatchFailure::Unsupported { term })
+                }
                 // Refused as a whole: the same error for every item.
                 Ok(PeerResponse::Error(e)) => Ok(vec![BatchItem::Error(e); n]),
                 Ok(other) => Err(BatchFailure::Unknown(format!(
@@ -2316,10 +2366,12 @@ async fn serve_requests<S: StateMachine>(
                 PeerResponse::Error(e.into())
             } else {
                 let node = node.for_group(req.group).unwrap_or(node);
-                match PeerRequest::decode(&req.payload) {
-                    Err(e) => {
-                        PeerResponse::Error(WireError::Invalid(format!("undecodable request: {e}")))
-                    }
+                let decoded = PeerRequest::decode(&req.payload);
+                #[cfg(test)]
+                let decoded = forward_tests::decode_as_old_build(node.shared.me, &req.payload)
+                    .unwrap_or(decoded);
+                match decoded {
+                    Err(e) => PeerResponse::Error(wire::undecodable_request(&e)),
                     Ok(r) => {
                         match tokio::time::timeout_at(req.deadline, node.handle_local(r)).await {
                             Ok(Ok(resp)) => resp,
