@@ -1,6 +1,7 @@
 //! Forwarding on a real in-process cluster (three members on loopback over
-//! QUIC, in-memory logs): the fallback of a follower whose leader runs a
-//! build from before batches. Every wait is bounded; every node started is shut down.
+//! QUIC, in-memory logs): the leader's [`PeerRequest::ProposeBatch`] path,
+//! and the fallback of a follower whose leader runs a build from before
+//! batches. Every wait is bounded; every node started is shut down.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -279,6 +280,87 @@ async fn a_leader_of_a_build_before_batches_gets_the_entries_singly() {
     }
     if follower.status().await.unwrap().term == term && c.leader().await == l {
         assert_eq!(undecoded(leader_id), refused, "no batch sent again");
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_applies_a_batch_once_per_entry_and_answers_in_order() {
+    let c = Cluster::start("fwd-leader-batch").await;
+    let l = c.leader().await;
+    let leader = c.nodes[l].handle();
+    let entries = |v: &str, n: usize| -> Vec<Bytes> {
+        (0..n)
+            .map(|i| machine::app_entry(&put(&format!("k{i}"), &format!("{v}{i}"))))
+            .collect()
+    };
+    let n = 100;
+
+    // First values, then second ones: each answer names the value its own
+    // entry replaced, so the answers are in the order of the entries.
+    for (round, v) in ["a", "b"].into_iter().enumerate() {
+        let answer = leader
+            .handle_local(PeerRequest::ProposeBatch(entries(v, n)))
+            .await
+            .expect("the leader serves a batch");
+        let PeerResponse::Batch(items) = answer else {
+            panic!("answered {answer:?}");
+        };
+        assert_eq!(items.len(), n);
+        for (i, item) in items.into_iter().enumerate() {
+            let prev = (round == 1).then(|| format!("a{i}"));
+            assert_eq!(
+                item,
+                BatchItem::Applied(written(prev.as_deref())),
+                "item {i} of round {round}"
+            );
+            assert_eq!(c.applied(l, &put(&format!("k{i}"), &format!("{v}{i}"))), 1);
+        }
+    }
+
+    // Oversize batches are refused as a whole, nothing applied.
+    let many: Vec<Bytes> = (0..=batch::MAX_BATCH_ITEMS)
+        .map(|i| machine::app_entry(&put(&format!("many{i}"), "x")))
+        .collect();
+    let big_value = "y".repeat(batch::MAX_BATCH_BYTES / 2 + 1);
+    let big: Vec<Bytes> = (0..2)
+        .map(|i| machine::app_entry(&put(&format!("big{i}"), &big_value)))
+        .collect();
+    for refused in [many.clone(), big.clone()] {
+        let r = leader
+            .handle_local(PeerRequest::ProposeBatch(refused))
+            .await;
+        assert!(matches!(r, Err(NodeError::Invalid(_))), "{r:?}");
+    }
+    // A later write is applied after anything proposed before it.
+    let last = put("last", "z");
+    leader.propose(&last).await.expect("a later write");
+    assert_eq!(c.applied(l, &last), 1);
+    for e in many.iter().chain(&big) {
+        assert_eq!(
+            c.applied(l, &e.slice(1..)),
+            0,
+            "a refused batch applied nothing"
+        );
+    }
+
+    // A member that does not lead refuses every entry as not the leader.
+    let follower = c.nodes[(l + 1) % 3].handle();
+    match follower
+        .handle_local(PeerRequest::ProposeBatch(entries("c", 3)))
+        .await
+    {
+        Ok(PeerResponse::Batch(items)) => {
+            assert_eq!(items.len(), 3);
+            for item in items {
+                assert!(
+                    matches!(item, BatchItem::Error(WireError::NotLeader(_))),
+                    "{item:?}"
+                );
+            }
+        }
+        Err(NodeError::NotLeader { .. }) => {}
+        other => panic!("a follower answered {other:?}"),
     }
     c.stop().await;
 }
