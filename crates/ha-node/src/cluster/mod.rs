@@ -1113,6 +1113,58 @@ fn request_not_sent(e: &RequestError) -> bool {
     )
 }
 
+/// What a forwarding loop does with the answer to one forwarded request.
+enum ForwardStep {
+    /// The final answer (the receiver's response or error, or an outcome
+    /// that is unknown).
+    Done(Result<PeerResponse, NodeError>),
+    /// Certainly not applied (the receiver is not the leader, or the
+    /// request never left): try again.
+    Retry {
+        /// The leader the receiver named.
+        hint: Option<NodeId>,
+        /// What to report if no later try succeeds.
+        error: NodeError,
+    },
+}
+
+/// Classifies the transport's answer to a forwarded request; `peer` names
+/// the receiver ("leader 5") and `answerer` what answered ("the leader")
+/// in the errors.
+fn classify_forward_answer(
+    answer: Result<Bytes, RequestError>,
+    peer: impl FnOnce() -> String,
+    answerer: impl FnOnce() -> String,
+) -> ForwardStep {
+    match answer {
+        Ok(bytes) => match PeerResponse::decode(&bytes) {
+            Ok(PeerResponse::Error(WireError::NotLeader(l))) => ForwardStep::Retry {
+                hint: l.map(NodeId),
+                error: NodeError::NotLeader { leader: None },
+            },
+            Ok(PeerResponse::Error(e)) => ForwardStep::Done(Err(e.into())),
+            Ok(ok) => ForwardStep::Done(Ok(ok)),
+            Err(e) => ForwardStep::Done(Err(NodeError::OutcomeUnknown(format!(
+                "undecodable answer from {}: {e}",
+                answerer()
+            )))),
+        },
+        Err(e) if request_not_sent(&e) => ForwardStep::Retry {
+            hint: None,
+            error: NodeError::Unavailable(format!("{} unreachable: {e}", peer())),
+        },
+        Err(RequestError::TooLarge { len, max }) => ForwardStep::Done(Err(NodeError::TooLarge {
+            size_bytes: usize::try_from(len).unwrap_or(usize::MAX),
+            max_bytes: max,
+        })),
+        Err(RequestError::Shutdown) => ForwardStep::Done(Err(NodeError::Shutdown)),
+        Err(e) => ForwardStep::Done(Err(NodeError::OutcomeUnknown(format!(
+            "request to {} failed: {e}",
+            peer()
+        )))),
+    }
+}
+
 impl<S: StateMachine> NodeHandle<S> {
     /// This member's id.
     pub fn member_id(&self) -> NodeId {
@@ -1290,45 +1342,23 @@ impl<S: StateMachine> NodeHandle<S> {
             if budget_ms == 0 {
                 break;
             }
-            match self
+            let answer = self
                 .shared
                 .transport
                 .request(target, group, payload.clone(), budget_ms)
-                .await
-            {
-                Ok(bytes) => match PeerResponse::decode(&bytes) {
-                    Ok(PeerResponse::Error(WireError::NotLeader(l))) => {
-                        hint = l.map(NodeId);
-                        last = NodeError::NotLeader { leader: None };
-                        if hint.is_none() {
-                            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
-                        }
+                .await;
+            match classify_forward_answer(
+                answer,
+                || format!("replica {target} of shard {group}"),
+                || format!("shard {group}"),
+            ) {
+                ForwardStep::Done(r) => return r,
+                ForwardStep::Retry { hint: h, error } => {
+                    hint = h;
+                    last = error;
+                    if hint.is_none() {
+                        tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
                     }
-                    Ok(PeerResponse::Error(e)) => return Err(e.into()),
-                    Ok(ok) => return Ok(ok),
-                    Err(e) => {
-                        return Err(NodeError::OutcomeUnknown(format!(
-                            "undecodable answer from shard {group}: {e}"
-                        )));
-                    }
-                },
-                Err(e) if request_not_sent(&e) => {
-                    last = NodeError::Unavailable(format!(
-                        "replica {target} of shard {group} unreachable: {e}"
-                    ));
-                    tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
-                }
-                Err(RequestError::TooLarge { len, max }) => {
-                    return Err(NodeError::TooLarge {
-                        size_bytes: usize::try_from(len).unwrap_or(usize::MAX),
-                        max_bytes: max,
-                    });
-                }
-                Err(RequestError::Shutdown) => return Err(NodeError::Shutdown),
-                Err(e) => {
-                    return Err(NodeError::OutcomeUnknown(format!(
-                        "request to replica {target} of shard {group} failed: {e}"
-                    )));
                 }
             }
         }
@@ -1592,35 +1622,17 @@ impl<S: StateMachine> NodeHandle<S> {
                     )));
                 }
             };
-            match forwarded {
-                Ok(bytes) => match PeerResponse::decode(&bytes) {
-                    Ok(PeerResponse::Error(WireError::NotLeader(_))) => {
-                        last = NodeError::NotLeader { leader: None };
-                        tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
-                    }
-                    Ok(PeerResponse::Error(e)) => return Err(e.into()),
-                    Ok(ok) => return Ok(ok),
-                    Err(e) => {
-                        return Err(NodeError::OutcomeUnknown(format!(
-                            "undecodable answer from the leader: {e}"
-                        )));
-                    }
-                },
-                Err(e) if request_not_sent(&e) => {
-                    last = NodeError::Unavailable(format!("leader {target} unreachable: {e}"));
+            match classify_forward_answer(
+                forwarded,
+                || format!("leader {target}"),
+                || "the leader".to_string(),
+            ) {
+                ForwardStep::Done(r) => return r,
+                // The receiver's hint is not followed: this member's own
+                // view of the leader is asked again.
+                ForwardStep::Retry { error, .. } => {
+                    last = error;
                     tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
-                }
-                Err(RequestError::TooLarge { len, max }) => {
-                    return Err(NodeError::TooLarge {
-                        size_bytes: usize::try_from(len).unwrap_or(usize::MAX),
-                        max_bytes: max,
-                    });
-                }
-                Err(RequestError::Shutdown) => return Err(NodeError::Shutdown),
-                Err(e) => {
-                    return Err(NodeError::OutcomeUnknown(format!(
-                        "request to leader {target} failed: {e}"
-                    )));
                 }
             }
         }
@@ -2677,6 +2689,77 @@ async fn housekeeping<S: StateMachine>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_answers_are_retried_only_when_certainly_not_applied() {
+        let classify = |a: Result<Bytes, RequestError>| {
+            classify_forward_answer(a, || "leader 5".into(), || "the leader".into())
+        };
+        let answer = |r: PeerResponse| Ok(r.encode());
+        let retry = |s: ForwardStep| match s {
+            ForwardStep::Retry { hint, error } => (hint, error.to_string()),
+            ForwardStep::Done(r) => panic!("not retried: {r:?}"),
+        };
+        let done = |s: ForwardStep| match s {
+            ForwardStep::Done(r) => r,
+            ForwardStep::Retry { error, .. } => panic!("retried: {error}"),
+        };
+        let not_leader = NodeError::NotLeader { leader: None }.to_string();
+        assert_eq!(
+            retry(classify(answer(PeerResponse::Error(WireError::NotLeader(
+                Some(7)
+            ))))),
+            (Some(NodeId(7)), not_leader.clone())
+        );
+        assert_eq!(
+            retry(classify(answer(PeerResponse::Error(WireError::NotLeader(
+                None
+            ))))),
+            (None, not_leader)
+        );
+        for e in [
+            RequestError::UnknownPeer(NodeId(5)),
+            RequestError::TooManyInflight,
+            RequestError::Busy,
+            RequestError::NoHandler,
+        ] {
+            let want = NodeError::Unavailable(format!("leader 5 unreachable: {e}")).to_string();
+            assert_eq!(retry(classify(Err(e))), (None, want));
+        }
+        assert_eq!(
+            done(classify(answer(PeerResponse::Applied(Bytes::from("x"))))),
+            Ok(PeerResponse::Applied(Bytes::from("x")))
+        );
+        assert!(matches!(
+            done(classify(answer(PeerResponse::Error(WireError::Invalid("no".into()))))),
+            Err(NodeError::Invalid(m)) if m == "no"
+        ));
+        assert!(matches!(
+            done(classify(Ok(Bytes::from("garbage")))),
+            Err(NodeError::OutcomeUnknown(m)) if m.starts_with("undecodable answer from the leader: ")
+        ));
+        assert!(matches!(
+            done(classify(Err(RequestError::TooLarge { len: 9, max: 4 }))),
+            Err(NodeError::TooLarge {
+                size_bytes: 9,
+                max_bytes: 4
+            })
+        ));
+        assert!(matches!(
+            done(classify(Err(RequestError::Shutdown))),
+            Err(NodeError::Shutdown)
+        ));
+        for e in [
+            RequestError::Timeout,
+            RequestError::Connection("reset".into()),
+        ] {
+            let want = format!("request to leader 5 failed: {e}");
+            assert!(matches!(
+                done(classify(Err(e))),
+                Err(NodeError::OutcomeUnknown(m)) if m == want
+            ));
+        }
+    }
 
     #[test]
     fn preferred_leaders_spread_over_the_members() {
