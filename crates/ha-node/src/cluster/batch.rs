@@ -17,6 +17,14 @@
 //! left yet it is skipped (certainly not applied), otherwise its result is
 //! discarded.
 //!
+//! A leader of a build from before batches answers a batch
+//! "undecodable" ([`BatchFailure::Unsupported`]: nothing was applied). The
+//! coalescer then remembers that this leader refuses batches, for as long
+//! as the term it was seen in lasts and at most [`BATCH_REFUSAL_TTL`], and
+//! answers its queued callers `Unsupported` too; the callers send their
+//! entries singly meanwhile. An upgraded leader (a new term, or the time
+//! is up) gets batches again.
+//!
 //! [`PeerRequest::ProposeBatch`]: super::wire::PeerRequest::ProposeBatch
 
 use std::collections::VecDeque;
@@ -24,9 +32,11 @@ use std::future::Future;
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::NodeError;
 use super::wire::{BatchItem, WireError};
@@ -39,6 +49,9 @@ pub const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Batches a follower keeps in flight to one leader for one group; writes
 /// arriving while this many are out wait for the next batch.
 pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
+/// How long a leader's refusal of batches (a build from before them) is
+/// remembered at most; then one batch tries again.
+pub const BATCH_REFUSAL_TTL: Duration = Duration::from_secs(60);
 
 /// Why a whole batch has no per-item answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +67,13 @@ pub enum BatchFailure {
     },
     /// This member is shutting down.
     Shutdown,
+    /// The leader cannot decode batches (it runs a build from before them)
+    /// and applied nothing; the entries go singly.
+    Unsupported {
+        /// The term this member was in when the refusal came (the refusal
+        /// is remembered for that term only).
+        term: u64,
+    },
     /// The batch may or may not have been applied (timeout, connection lost
     /// mid-request, leader change while waiting, undecodable answer).
     Unknown(String),
@@ -78,6 +98,8 @@ pub struct Limits {
     pub max_bytes: usize,
     /// Most batches in flight at once.
     pub max_in_flight: usize,
+    /// How long a refusal of batches is remembered at most.
+    pub refusal_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -86,6 +108,7 @@ impl Default for Limits {
             max_items: MAX_BATCH_ITEMS,
             max_bytes: MAX_BATCH_BYTES,
             max_in_flight: MAX_BATCHES_IN_FLIGHT,
+            refusal_ttl: BATCH_REFUSAL_TTL,
         }
     }
 }
@@ -96,6 +119,8 @@ type Waiter = (Bytes, oneshot::Sender<ItemResult>);
 struct State {
     queue: VecDeque<Waiter>,
     in_flight: usize,
+    /// The leader refused batches: in this term, since then.
+    refused: Option<(u64, Instant)>,
 }
 
 /// Queues forwarded entries for one (group, leader) and sends them in
@@ -113,6 +138,7 @@ impl Coalescer {
                 max_items: limits.max_items.max(1),
                 max_bytes: limits.max_bytes.max(1),
                 max_in_flight: limits.max_in_flight.max(1),
+                refusal_ttl: limits.refusal_ttl,
             },
             state: Mutex::new(State::default()),
         }
@@ -144,6 +170,32 @@ impl Coalescer {
     /// Entries queued and not yet sent.
     pub fn queued(&self) -> usize {
         self.lock().queue.len()
+    }
+
+    /// The term in which the leader refused batches, while that is
+    /// remembered (at most [`Limits::refusal_ttl`]); `None` if batches go.
+    pub fn batch_refusal(&self) -> Option<u64> {
+        self.refusal(&mut self.lock())
+    }
+
+    fn refusal(&self, st: &mut State) -> Option<u64> {
+        match st.refused {
+            Some((term, at)) if at.elapsed() < self.limits.refusal_ttl => Some(term),
+            Some(_) => {
+                st.refused = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Forgets a refusal of batches seen in `term` (the term is over: the
+    /// leader may have been upgraded). A refusal seen in another term stays.
+    pub fn forget_refusal(&self, term: u64) {
+        let mut st = self.lock();
+        if matches!(st.refused, Some((t, _)) if t == term) {
+            st.refused = None;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -195,6 +247,9 @@ impl Coalescer {
                         }
                     }
                     Err(f) => {
+                        if let BatchFailure::Unsupported { term } = f {
+                            self.lock().refused = Some((term, Instant::now()));
+                        }
                         for (_, tx) in batch.drain(..) {
                             let _ = tx.send(Err(f.clone()));
                         }
@@ -202,6 +257,13 @@ impl Coalescer {
                 }
             }
             let mut st = self.lock();
+            if let Some(term) = self.refusal(&mut st) {
+                // Queued behind a refused batch: none of these leaves as a
+                // batch (nothing was sent; the callers send them singly).
+                for (_, tx) in st.queue.drain(..) {
+                    let _ = tx.send(Err(BatchFailure::Unsupported { term }));
+                }
+            }
             batch = self.take(&mut st);
             if batch.is_empty() {
                 st.in_flight -= 1;
@@ -230,6 +292,9 @@ pub fn item_step(r: ItemResult) -> ControlFlow<Result<Bytes, NodeError>, NodeErr
             max_bytes,
         })),
         Err(BatchFailure::Shutdown) => ControlFlow::Break(Err(NodeError::Shutdown)),
+        Err(BatchFailure::Unsupported { .. }) => ControlFlow::Continue(NodeError::Unavailable(
+            "the leader does not accept batches (a build from before them)".into(),
+        )),
         Err(BatchFailure::Unknown(m)) => ControlFlow::Break(Err(NodeError::OutcomeUnknown(m))),
     }
 }
@@ -445,6 +510,7 @@ mod tests {
             max_items: 3,
             max_bytes: 10,
             max_in_flight: 1,
+            ..Limits::default()
         }));
         let (send, mut sent) = gated();
         let _r = c.submit(b("first"), send.clone());
@@ -499,5 +565,68 @@ mod tests {
         assert_eq!(x, vec![b("kept")]);
         g1.send(Ok(vec![BatchItem::Applied(b("k"))])).unwrap();
         assert_eq!(got(r2).await, Ok(BatchItem::Applied(b("k"))));
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_is_remembered_for_its_term_and_nothing_queued_leaves() {
+        let c = Arc::new(Coalescer::new(Limits {
+            max_in_flight: 1,
+            ..Limits::default()
+        }));
+        let (send, mut sent) = gated();
+        let r0 = c.submit(b("a"), send.clone());
+        let (_, g0) = next_batch(&mut sent).await;
+        let r1 = c.submit(b("b"), send.clone());
+        let r2 = c.submit(b("c"), send.clone());
+        g0.send(Ok(vec![BatchItem::Applied(b("0"))])).unwrap();
+        let (x, g1) = next_batch(&mut sent).await;
+        assert_eq!(x, vec![b("b"), b("c")]);
+        let r3 = c.submit(b("d"), send.clone());
+        assert_eq!(c.batch_refusal(), None);
+        g1.send(Err(BatchFailure::Unsupported { term: 7 })).unwrap();
+        assert_eq!(got(r0).await, Ok(BatchItem::Applied(b("0"))));
+        for r in [r1, r2, r3] {
+            let v = got(r).await;
+            assert_eq!(v, Err(BatchFailure::Unsupported { term: 7 }));
+            // Certainly not applied: the caller may send it again.
+            assert!(matches!(item_step(v), ControlFlow::Continue(_)));
+        }
+        settle().await;
+        assert!(
+            sent.try_recv().is_err(),
+            "queued behind the refusal: not sent"
+        );
+        assert_eq!(c.batch_refusal(), Some(7));
+        c.forget_refusal(6);
+        assert_eq!(c.batch_refusal(), Some(7), "another term's refusal stays");
+        c.forget_refusal(7);
+        assert_eq!(c.batch_refusal(), None);
+        // Batches go again.
+        let r4 = c.submit(b("e"), send.clone());
+        let (_, g2) = next_batch(&mut sent).await;
+        g2.send(Ok(vec![BatchItem::Applied(b("4"))])).unwrap();
+        assert_eq!(got(r4).await, Ok(BatchItem::Applied(b("4"))));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_forgotten_after_its_time() {
+        let c = Arc::new(Coalescer::new(Limits {
+            max_in_flight: 1,
+            refusal_ttl: Duration::from_millis(200),
+            ..Limits::default()
+        }));
+        let (send, mut sent) = gated();
+        let _r0 = c.submit(b("a"), send.clone());
+        let (_, g0) = next_batch(&mut sent).await;
+        let r1 = c.submit(b("b"), send.clone());
+        g0.send(Err(BatchFailure::Unsupported { term: 3 })).unwrap();
+        assert_eq!(got(r1).await, Err(BatchFailure::Unsupported { term: 3 }));
+        assert_eq!(c.batch_refusal(), Some(3));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(c.batch_refusal(), None);
+        // Queued entries leave again once it is forgotten.
+        let _r2 = c.submit(b("c"), send.clone());
+        let (x, _g2) = next_batch(&mut sent).await;
+        assert_eq!(x, vec![b("c")]);
     }
 }

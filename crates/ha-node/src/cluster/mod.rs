@@ -33,7 +33,11 @@
 //! concurrently and answers each one's own result. The rule above holds
 //! per item: an item the leader refused as not the leader, or a batch that
 //! never left, is retried; a batch whose outcome is unknown is unknown for
-//! every item in it; each caller keeps its own deadline.
+//! every item in it; each caller keeps its own deadline. A leader of a
+//! build from before batches answers a batch "undecodable request"
+//! (nothing applied): its entries are sent again singly, and the follower
+//! forwards to that leader singly for the rest of the term (at most
+//! [`batch::BATCH_REFUSAL_TTL`]).
 //!
 //! ## Membership
 //!
@@ -99,6 +103,8 @@ use crate::ids;
 use crate::metrics::{Metrics, Sample};
 
 pub mod batch;
+#[cfg(test)]
+mod forward_tests;
 pub mod hosting;
 pub mod machine;
 pub mod wire;
@@ -1113,6 +1119,58 @@ fn request_not_sent(e: &RequestError) -> bool {
     )
 }
 
+/// What a forwarding loop does with the answer to one forwarded request.
+enum ForwardStep {
+    /// The final answer (the receiver's response or error, or an outcome
+    /// that is unknown).
+    Done(Result<PeerResponse, NodeError>),
+    /// Certainly not applied (the receiver is not the leader, or the
+    /// request never left): try again.
+    Retry {
+        /// The leader the receiver named.
+        hint: Option<NodeId>,
+        /// What to report if no later try succeeds.
+        error: NodeError,
+    },
+}
+
+/// Classifies the transport's answer to a forwarded request; `peer` names
+/// the receiver ("leader 5") and `answerer` what answered ("the leader")
+/// in the errors.
+fn classify_forward_answer(
+    answer: Result<Bytes, RequestError>,
+    peer: impl FnOnce() -> String,
+    answerer: impl FnOnce() -> String,
+) -> ForwardStep {
+    match answer {
+        Ok(bytes) => match PeerResponse::decode(&bytes) {
+            Ok(PeerResponse::Error(WireError::NotLeader(l))) => ForwardStep::Retry {
+                hint: l.map(NodeId),
+                error: NodeError::NotLeader { leader: None },
+            },
+            Ok(PeerResponse::Error(e)) => ForwardStep::Done(Err(e.into())),
+            Ok(ok) => ForwardStep::Done(Ok(ok)),
+            Err(e) => ForwardStep::Done(Err(NodeError::OutcomeUnknown(format!(
+                "undecodable answer from {}: {e}",
+                answerer()
+            )))),
+        },
+        Err(e) if request_not_sent(&e) => ForwardStep::Retry {
+            hint: None,
+            error: NodeError::Unavailable(format!("{} unreachable: {e}", peer())),
+        },
+        Err(RequestError::TooLarge { len, max }) => ForwardStep::Done(Err(NodeError::TooLarge {
+            size_bytes: usize::try_from(len).unwrap_or(usize::MAX),
+            max_bytes: max,
+        })),
+        Err(RequestError::Shutdown) => ForwardStep::Done(Err(NodeError::Shutdown)),
+        Err(e) => ForwardStep::Done(Err(NodeError::OutcomeUnknown(format!(
+            "request to {} failed: {e}",
+            peer()
+        )))),
+    }
+}
+
 impl<S: StateMachine> NodeHandle<S> {
     /// This member's id.
     pub fn member_id(&self) -> NodeId {
@@ -1335,45 +1393,23 @@ impl<S: StateMachine> NodeHandle<S> {
             if budget_ms == 0 {
                 break;
             }
-            match self
+            let answer = self
                 .shared
                 .transport
                 .request(target, group, payload.clone(), budget_ms)
-                .await
-            {
-                Ok(bytes) => match PeerResponse::decode(&bytes) {
-                    Ok(PeerResponse::Error(WireError::NotLeader(l))) => {
-                        hint = l.map(NodeId);
-                        last = NodeError::NotLeader { leader: None };
-                        if hint.is_none() {
-                            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
-                        }
+                .await;
+            match classify_forward_answer(
+                answer,
+                || format!("replica {target} of shard {group}"),
+                || format!("shard {group}"),
+            ) {
+                ForwardStep::Done(r) => return r,
+                ForwardStep::Retry { hint: h, error } => {
+                    hint = h;
+                    last = error;
+                    if hint.is_none() {
+                        tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
                     }
-                    Ok(PeerResponse::Error(e)) => return Err(e.into()),
-                    Ok(ok) => return Ok(ok),
-                    Err(e) => {
-                        return Err(NodeError::OutcomeUnknown(format!(
-                            "undecodable answer from shard {group}: {e}"
-                        )));
-                    }
-                },
-                Err(e) if request_not_sent(&e) => {
-                    last = NodeError::Unavailable(format!(
-                        "replica {target} of shard {group} unreachable: {e}"
-                    ));
-                    tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
-                }
-                Err(RequestError::TooLarge { len, max }) => {
-                    return Err(NodeError::TooLarge {
-                        size_bytes: usize::try_from(len).unwrap_or(usize::MAX),
-                        max_bytes: max,
-                    });
-                }
-                Err(RequestError::Shutdown) => return Err(NodeError::Shutdown),
-                Err(e) => {
-                    return Err(NodeError::OutcomeUnknown(format!(
-                        "request to replica {target} of shard {group} failed: {e}"
-                    )));
                 }
             }
         }
@@ -1589,14 +1625,16 @@ impl<S: StateMachine> NodeHandle<S> {
             if budget_ms == 0 {
                 break;
             }
-            if let PeerRequest::Propose(entry) = &req {
+            if let PeerRequest::Propose(entry) = &req
+                && let Some(queue) = self.batching_queue(target).await
+            {
                 let node = self.clone();
                 let send: batch::SendFn =
                     Arc::new(move |entries: Vec<Bytes>| -> batch::BatchFuture {
                         let node = node.clone();
                         Box::pin(async move { node.send_batch(target, entries).await })
                     });
-                let rx = self.forwarder(target).submit(entry.clone(), send);
+                let rx = queue.submit(entry.clone(), send);
                 let r = match tokio::time::timeout_at(deadline, rx).await {
                     Ok(Ok(r)) => r,
                     Ok(Err(_)) => Err(batch::BatchFailure::Unknown(
@@ -1604,14 +1642,25 @@ impl<S: StateMachine> NodeHandle<S> {
                     )),
                     Err(_) => return Err(self.timed_out("the forwarded request")),
                 };
-                match batch::item_step(r) {
-                    std::ops::ControlFlow::Break(done) => return done.map(PeerResponse::Applied),
-                    std::ops::ControlFlow::Continue(e) => {
-                        last = e;
-                        tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
-                        continue;
+                // Refused as a batch (nothing applied): sent singly below.
+                if !matches!(r, Err(batch::BatchFailure::Unsupported { .. })) {
+                    match batch::item_step(r) {
+                        std::ops::ControlFlow::Break(done) => {
+                            return done.map(PeerResponse::Applied);
+                        }
+                        std::ops::ControlFlow::Continue(e) => {
+                            last = e;
+                            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+                            continue;
+                        }
                     }
                 }
+            }
+            let budget_ms = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64;
+            if budget_ms == 0 {
+                break;
             }
             let forwarded = tokio::select! {
                 r = self.shared.transport.request(target, self.group, req.encode(), budget_ms) => r,
@@ -1622,35 +1671,17 @@ impl<S: StateMachine> NodeHandle<S> {
                     )));
                 }
             };
-            match forwarded {
-                Ok(bytes) => match PeerResponse::decode(&bytes) {
-                    Ok(PeerResponse::Error(WireError::NotLeader(_))) => {
-                        last = NodeError::NotLeader { leader: None };
-                        tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
-                    }
-                    Ok(PeerResponse::Error(e)) => return Err(e.into()),
-                    Ok(ok) => return Ok(ok),
-                    Err(e) => {
-                        return Err(NodeError::OutcomeUnknown(format!(
-                            "undecodable answer from the leader: {e}"
-                        )));
-                    }
-                },
-                Err(e) if request_not_sent(&e) => {
-                    last = NodeError::Unavailable(format!("leader {target} unreachable: {e}"));
+            match classify_forward_answer(
+                forwarded,
+                || format!("leader {target}"),
+                || "the leader".to_string(),
+            ) {
+                ForwardStep::Done(r) => return r,
+                // The receiver's hint is not followed: this member's own
+                // view of the leader is asked again.
+                ForwardStep::Retry { error, .. } => {
+                    last = error;
                     tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
-                }
-                Err(RequestError::TooLarge { len, max }) => {
-                    return Err(NodeError::TooLarge {
-                        size_bytes: usize::try_from(len).unwrap_or(usize::MAX),
-                        max_bytes: max,
-                    });
-                }
-                Err(RequestError::Shutdown) => return Err(NodeError::Shutdown),
-                Err(e) => {
-                    return Err(NodeError::OutcomeUnknown(format!(
-                        "request to leader {target} failed: {e}"
-                    )));
                 }
             }
         }
@@ -1795,6 +1826,24 @@ impl<S: StateMachine> NodeHandle<S> {
         Ok(out)
     }
 
+    /// The batching queue for writes forwarded to `target`; `None` while
+    /// `target` is known to refuse batches (a build from before them) in
+    /// the current term: they go singly. A refusal from an earlier term is
+    /// forgotten (the leader may have been upgraded since).
+    async fn batching_queue(&self, target: NodeId) -> Option<Arc<batch::Coalescer>> {
+        let queue = self.forwarder(target);
+        let Some(term) = queue.batch_refusal() else {
+            return Some(queue);
+        };
+        match self.replica.status().await {
+            Ok(st) if st.protocol.term.0 != term => {
+                queue.forget_refusal(term);
+                Some(queue)
+            }
+            _ => None,
+        }
+    }
+
     /// The forwarding queue for `target` in this handle's group.
     fn forwarder(&self, target: NodeId) -> Arc<batch::Coalescer> {
         let mut map = self
@@ -1839,6 +1888,19 @@ impl<S: StateMachine> NodeHandle<S> {
             Ok(bytes) => match PeerResponse::decode(&bytes) {
                 Ok(PeerResponse::Batch(items)) if n > 1 => Ok(items),
                 Ok(PeerResponse::Applied(b)) if n == 1 => Ok(vec![BatchItem::Applied(b)]),
+                // A build from before batches: it decoded nothing, so
+                // nothing was applied.
+                Ok(PeerResponse::Error(e)) if n > 1 && e.is_undecodable_request() => {
+                    let term = self
+                        .replica
+                        .status()
+                        .await
+                        .map_or(0, |st| st.protocol.term.0);
+                    tracing::warn!(leader = %target, group = %self.group, term,
+                        "the leader cannot decode batched writes (a build from before them): \
+                         forwarding its writes one by one in this term");
+                    Err(BatchFailure::Unsupported { term })
+                }
                 // Refused as a whole: the same error for every item.
                 Ok(PeerResponse::Error(e)) => Ok(vec![BatchItem::Error(e); n]),
                 Ok(other) => Err(BatchFailure::Unknown(format!(
@@ -2404,10 +2466,12 @@ async fn serve_requests<S: StateMachine>(
                 PeerResponse::Error(e.into())
             } else {
                 let node = node.for_group(req.group).unwrap_or(node);
-                match PeerRequest::decode(&req.payload) {
-                    Err(e) => {
-                        PeerResponse::Error(WireError::Invalid(format!("undecodable request: {e}")))
-                    }
+                let decoded = PeerRequest::decode(&req.payload);
+                #[cfg(test)]
+                let decoded = forward_tests::decode_as_old_build(node.shared.me, &req.payload)
+                    .unwrap_or(decoded);
+                match decoded {
+                    Err(e) => PeerResponse::Error(wire::undecodable_request(&e)),
                     Ok(r) => {
                         match tokio::time::timeout_at(req.deadline, node.handle_local(r)).await {
                             Ok(Ok(resp)) => resp,
@@ -2713,6 +2777,77 @@ async fn housekeeping<S: StateMachine>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_answers_are_retried_only_when_certainly_not_applied() {
+        let classify = |a: Result<Bytes, RequestError>| {
+            classify_forward_answer(a, || "leader 5".into(), || "the leader".into())
+        };
+        let answer = |r: PeerResponse| Ok(r.encode());
+        let retry = |s: ForwardStep| match s {
+            ForwardStep::Retry { hint, error } => (hint, error.to_string()),
+            ForwardStep::Done(r) => panic!("not retried: {r:?}"),
+        };
+        let done = |s: ForwardStep| match s {
+            ForwardStep::Done(r) => r,
+            ForwardStep::Retry { error, .. } => panic!("retried: {error}"),
+        };
+        let not_leader = NodeError::NotLeader { leader: None }.to_string();
+        assert_eq!(
+            retry(classify(answer(PeerResponse::Error(WireError::NotLeader(
+                Some(7)
+            ))))),
+            (Some(NodeId(7)), not_leader.clone())
+        );
+        assert_eq!(
+            retry(classify(answer(PeerResponse::Error(WireError::NotLeader(
+                None
+            ))))),
+            (None, not_leader)
+        );
+        for e in [
+            RequestError::UnknownPeer(NodeId(5)),
+            RequestError::TooManyInflight,
+            RequestError::Busy,
+            RequestError::NoHandler,
+        ] {
+            let want = NodeError::Unavailable(format!("leader 5 unreachable: {e}")).to_string();
+            assert_eq!(retry(classify(Err(e))), (None, want));
+        }
+        assert_eq!(
+            done(classify(answer(PeerResponse::Applied(Bytes::from("x"))))),
+            Ok(PeerResponse::Applied(Bytes::from("x")))
+        );
+        assert!(matches!(
+            done(classify(answer(PeerResponse::Error(WireError::Invalid("no".into()))))),
+            Err(NodeError::Invalid(m)) if m == "no"
+        ));
+        assert!(matches!(
+            done(classify(Ok(Bytes::from("garbage")))),
+            Err(NodeError::OutcomeUnknown(m)) if m.starts_with("undecodable answer from the leader: ")
+        ));
+        assert!(matches!(
+            done(classify(Err(RequestError::TooLarge { len: 9, max: 4 }))),
+            Err(NodeError::TooLarge {
+                size_bytes: 9,
+                max_bytes: 4
+            })
+        ));
+        assert!(matches!(
+            done(classify(Err(RequestError::Shutdown))),
+            Err(NodeError::Shutdown)
+        ));
+        for e in [
+            RequestError::Timeout,
+            RequestError::Connection("reset".into()),
+        ] {
+            let want = format!("request to leader 5 failed: {e}");
+            assert!(matches!(
+                done(classify(Err(e))),
+                Err(NodeError::OutcomeUnknown(m)) if m == want
+            ));
+        }
+    }
 
     #[test]
     fn preferred_leaders_spread_over_the_members() {

@@ -134,6 +134,27 @@ pub enum WireError {
     Removed(u64),
 }
 
+/// How the answer to a request the receiver could not decode begins.
+const UNDECODABLE_REQUEST: &str = "undecodable request: ";
+
+/// What a member answers a request it cannot decode (nothing was done).
+/// A member of a build from before [`PeerRequest::ProposeBatch`] answers
+/// this to a batch too: the text must stay as it is so that
+/// [`WireError::is_undecodable_request`] recognises those members.
+pub fn undecodable_request(e: &CodecError) -> WireError {
+    WireError::Invalid(format!("{UNDECODABLE_REQUEST}{e}"))
+}
+
+impl WireError {
+    /// Whether this is the answer to a request the receiver could not
+    /// decode ([`undecodable_request`]): nothing was done. To a
+    /// [`PeerRequest::ProposeBatch`] it means the receiver runs a build
+    /// that does not know batches.
+    pub fn is_undecodable_request(&self) -> bool {
+        matches!(self, WireError::Invalid(m) if m.starts_with(UNDECODABLE_REQUEST))
+    }
+}
+
 impl PeerRequest {
     /// Encodes as a codec frame.
     pub fn encode(&self) -> Bytes {
@@ -153,5 +174,88 @@ impl PeerResponse {
     /// Decodes a codec frame.
     pub fn decode(b: &[u8]) -> Result<Self, CodecError> {
         codec::decode(b)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// [`PeerRequest`] as a build from before batching knew it (same
+    /// variants, same order): decodes what such a member decodes.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub(crate) enum PeerRequestBeforeBatches {
+        Propose(Bytes),
+        MemberAdd {
+            peer_urls: Vec<String>,
+            is_learner: bool,
+        },
+        MemberRemove {
+            id: u64,
+        },
+        MemberPromote {
+            id: u64,
+        },
+        Progress,
+        Read {
+            linearizable: bool,
+            query: Bytes,
+        },
+    }
+
+    impl PeerRequestBeforeBatches {
+        /// Decodes `b` as such a member does, as today's request.
+        pub(crate) fn decode(b: &[u8]) -> Result<PeerRequest, CodecError> {
+            Ok(match codec::decode::<Self>(b)? {
+                Self::Propose(e) => PeerRequest::Propose(e),
+                Self::MemberAdd {
+                    peer_urls,
+                    is_learner,
+                } => PeerRequest::MemberAdd {
+                    peer_urls,
+                    is_learner,
+                },
+                Self::MemberRemove { id } => PeerRequest::MemberRemove { id },
+                Self::MemberPromote { id } => PeerRequest::MemberPromote { id },
+                Self::Progress => PeerRequest::Progress,
+                Self::Read {
+                    linearizable,
+                    query,
+                } => PeerRequest::Read {
+                    linearizable,
+                    query,
+                },
+            })
+        }
+    }
+
+    #[test]
+    fn a_member_before_batches_answers_a_batch_undecodable_and_that_is_recognised() {
+        let old =
+            PeerRequestBeforeBatches::decode(&PeerRequest::Propose(Bytes::from("x")).encode());
+        assert_eq!(
+            old,
+            Ok(PeerRequest::Propose(Bytes::from("x"))),
+            "old variants still decode"
+        );
+        let batch = PeerRequest::ProposeBatch(vec![Bytes::from("a"), Bytes::from("b")]).encode();
+        let Err(e) = PeerRequestBeforeBatches::decode(&batch) else {
+            panic!("a build before batches cannot decode a batch");
+        };
+        // Exactly what such a build answered (its serve_requests).
+        let answered = WireError::Invalid(format!("undecodable request: {e}"));
+        assert_eq!(undecodable_request(&e), answered, "the text is unchanged");
+        let answered = PeerResponse::decode(&PeerResponse::Error(answered).encode());
+        assert!(matches!(answered, Ok(PeerResponse::Error(ref w)) if w.is_undecodable_request()));
+        // Other refusals are not taken for it.
+        for other in [
+            WireError::Invalid(
+                "a forwarded batch holds 300 entries; at most 256 are accepted".into(),
+            ),
+            WireError::NotLeader(None),
+            WireError::Busy("undecodable request: no".into()),
+        ] {
+            assert!(!other.is_undecodable_request(), "{other:?}");
+        }
     }
 }
