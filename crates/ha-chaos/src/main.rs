@@ -90,6 +90,10 @@ struct ShardsArgs {
     /// Set (append) clients.
     #[arg(long, default_value_t = 2)]
     set_clients: u64,
+    /// Deliberate client-side fault the checks must catch:
+    /// `ack-without-commit` or `stale-reads`.
+    #[arg(long)]
+    broken: Option<String>,
     /// Members listen on `<prefix>.<i>`.
     #[arg(long, default_value = "127.0.30")]
     loopback_prefix: String,
@@ -121,6 +125,7 @@ async fn shards_cmd(a: ShardsArgs) -> Result<bool> {
         seed: a.seed,
         register_clients: a.register_clients,
         set_clients: a.set_clients,
+        broken: parse_broken(a.broken.as_deref())?,
         loopback_prefix: a.loopback_prefix.clone(),
         out_dir: a.out_dir.clone(),
         heartbeat_ms: a.server_args.heartbeat_ms,
@@ -213,18 +218,23 @@ fn parse_duration_ms(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is not a duration like 60s, 1500ms or 2m"))
 }
 
+/// `--broken`: a deliberate client-side fault, or none.
+fn parse_broken(s: Option<&str>) -> Result<Broken> {
+    Ok(match s {
+        None => Broken::None,
+        Some("ack-without-commit") => Broken::AckWithoutCommit,
+        Some("stale-reads") => Broken::StaleReads,
+        Some(other) => bail!("unknown --broken `{other}` (known: ack-without-commit, stale-reads)"),
+    })
+}
+
 async fn chaos_cmd(a: ChaosArgs) -> Result<bool> {
     let mix = a
         .nemesis
         .iter()
         .map(|k| k.parse::<NemesisKind>().map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
-    let broken = match a.broken.as_deref() {
-        None => Broken::None,
-        Some("ack-without-commit") => Broken::AckWithoutCommit,
-        Some("stale-reads") => Broken::StaleReads,
-        Some(other) => bail!("unknown --broken `{other}` (known: ack-without-commit, stale-reads)"),
-    };
+    let broken = parse_broken(a.broken.as_deref())?;
     let opts = ChaosOptions {
         kind: a.server_args.kind(a.server, &a.consensus),
         nodes: a.nodes,

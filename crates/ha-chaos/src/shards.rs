@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use etcd_client::GetOptions;
 use ha_core::testkit::linearizability::{CheckConfig, CheckError, KvModel, check};
 use ha_core::testkit::rng::SimRng;
 use ha_ring::hash::HashFn;
@@ -55,6 +56,10 @@ pub const KEYS_PER_SHARD: usize = 2;
 /// Longest the workload clients may take to return once told to stop, ms
 /// (each operation is bounded by [`workload::OP_TIMEOUT_MS`]).
 pub const LOAD_STOP_MS: u64 = 15_000;
+/// Bound on one read-back of every written key, ms.
+pub const READ_BACK_TIMEOUT_MS: u64 = 10_000;
+/// Rounds over the members a read-back may take.
+pub const READ_BACK_ROUNDS: usize = 3;
 /// Client ids of the load during the join start here (set keys are
 /// `set/<client id>/<seq>`, so both phases must not share ids).
 pub const JOIN_CLIENT_BASE: u64 = 100;
@@ -121,6 +126,8 @@ pub struct ShardsOptions {
     pub register_clients: u64,
     /// Set clients.
     pub set_clients: u64,
+    /// Deliberate client-side fault the checks must catch.
+    pub broken: Broken,
     /// Members listen on `<prefix>.<i>`.
     pub loopback_prefix: String,
     /// Verdict, map and logs directory.
@@ -444,7 +451,7 @@ pub fn render_map(rows: &[ShardRow], names: &BTreeMap<u64, String>) -> Vec<Strin
 pub struct JoinOutcome {
     /// Name of the new member.
     pub member: String,
-    /// Its id (given by the member-add).
+    /// Its id (given by the member-add; 0 when the add failed).
     pub id: u64,
     /// From its start to a fair share on every live member, ms.
     pub balanced_ms: Option<u64>,
@@ -623,21 +630,23 @@ impl ShardsVerdict {
                             .unwrap_or_default()
                     ),
                 );
-                line(
-                    &mut s,
-                    format!(
-                        "  replicas per live member: {} (peak/mean {:.2}, least/mean {:.2}; fair: both within {MAX_BALANCE_RATIO})",
-                        j.counts
-                            .iter()
-                            .map(|(n, c)| format!("{n}={c}"))
-                            .collect::<Vec<_>>()
-                            .join(" "),
-                        j.peak_ratio,
-                        j.low_ratio
-                    ),
-                );
-                for l in &j.map {
-                    line(&mut s, format!("  {l}"));
+                if !j.map.is_empty() {
+                    line(
+                        &mut s,
+                        format!(
+                            "  replicas per live member: {} (peak/mean {:.2}, least/mean {:.2}; fair: both within {MAX_BALANCE_RATIO})",
+                            j.counts
+                                .iter()
+                                .map(|(n, c)| format!("{n}={c}"))
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                            j.peak_ratio,
+                            j.low_ratio
+                        ),
+                    );
+                    for l in &j.map {
+                        line(&mut s, format!("  {l}"));
+                    }
                 }
                 line(
                     &mut s,
@@ -713,7 +722,7 @@ fn start_load(
             StopWhen::Flag(stop.clone()),
             keys.clone(),
             opts.seed,
-            Broken::None,
+            opts.broken,
             logs.reg.clone(),
             logs.ops.clone(),
         )));
@@ -724,7 +733,7 @@ fn start_load(
             eps.clone(),
             clock,
             StopWhen::Flag(stop.clone()),
-            Broken::None,
+            opts.broken,
             logs.set.clone(),
             logs.ops.clone(),
         )));
@@ -805,17 +814,54 @@ fn register_keys(reg: &Mutex<RegisterLog>) -> Result<Vec<bytes::Bytes>> {
     Ok(k)
 }
 
-/// Reads the set back through `eps` and compares with what was
-/// acknowledged (a failed read counts every acknowledged write as lost).
-async fn read_back(eps: &Endpoints, set: &Mutex<SetLog>) -> Result<SetVerdict> {
-    let present = workload::read_set(eps).await;
+/// Reads every `set/` key back through the members `idx` (each in turn,
+/// up to [`READ_BACK_ROUNDS`] rounds, each read bounded by
+/// [`READ_BACK_TIMEOUT_MS`]: a read spans every shard) and compares with
+/// what was acknowledged. When no read succeeds, every acknowledged write
+/// counts as lost, with the last error.
+async fn read_back(cluster: &Cluster, idx: &[usize], set: &Mutex<SetLog>) -> Result<SetVerdict> {
+    let mut last = String::from("no member to read from");
+    let mut present = None;
+    'rounds: for _ in 0..READ_BACK_ROUNDS {
+        for &i in idx {
+            let url = cluster.members()[i].client_url();
+            let r: Result<BTreeSet<String>> = async {
+                let mut c = connect_one(&url, READ_BACK_TIMEOUT_MS).await?;
+                let resp = tokio::time::timeout(
+                    Duration::from_millis(READ_BACK_TIMEOUT_MS),
+                    c.get(
+                        "set/",
+                        Some(GetOptions::new().with_prefix().with_keys_only()),
+                    ),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {READ_BACK_TIMEOUT_MS} ms"))??;
+                Ok(resp
+                    .kvs()
+                    .iter()
+                    .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                    .collect())
+            }
+            .await;
+            match r {
+                Ok(p) => {
+                    present = Some(p);
+                    break 'rounds;
+                }
+                Err(e) => {
+                    last = format!("{}: {e:#}", cluster.members()[i].name);
+                    eprintln!("ha-chaos shards: read-back: {last}");
+                }
+            }
+        }
+    }
     let s = set.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     Ok(match present {
-        Ok(p) => workload::check_set(&s, &p),
-        Err(e) => SetVerdict {
+        Some(p) => workload::check_set(&s, &p),
+        None => SetVerdict {
             acked: s.acked.len(),
             unknown: s.unknown.len(),
-            lost: vec![format!("(read-back failed: {e})")],
+            lost: vec![format!("(read-back failed: {last})")],
             ..SetVerdict::default()
         },
     })
@@ -870,10 +916,22 @@ async fn member_names(cluster: &Cluster, idx: &[usize]) -> Result<BTreeMap<u64, 
     bail!("member list: {last}")
 }
 
+/// Whether `e` is an answer that retrying cannot change (the server does
+/// not support or refuses the request), rather than a transient failure.
+fn refused(e: &anyhow::Error) -> bool {
+    use tonic::Code;
+    matches!(
+        e.downcast_ref::<etcd_client::Error>(),
+        Some(etcd_client::Error::GRpcStatus(s))
+            if matches!(s.code(), Code::Unimplemented | Code::InvalidArgument | Code::PermissionDenied)
+    )
+}
+
 /// Adds member `new` (its spec already in `cluster`) through the
 /// membership API of a member in `live`; returns its id and the
 /// `--initial-cluster` it starts with. An add whose answer was lost is
-/// found in the member list.
+/// found in the member list; a refusal (unsupported, invalid) is not
+/// retried.
 async fn member_add(cluster: &Cluster, live: &[usize], new: usize) -> Result<(u64, String)> {
     let peer = cluster.members()[new].peer_url();
     let deadline = Instant::now() + Duration::from_millis(crate::chaos::READY_TIMEOUT_MS);
@@ -920,6 +978,7 @@ async fn member_add(cluster: &Cluster, live: &[usize], new: usize) -> Result<(u6
             .await;
             match r {
                 Ok(v) => return Ok(v),
+                Err(e) if refused(&e) => bail!("{peer} refused: {e:#}"),
                 Err(e) => last = format!("{e:#}"),
             }
         }
@@ -980,6 +1039,14 @@ pub async fn run(opts: &ShardsOptions) -> Result<ShardsVerdict> {
         *shards = opts.shards;
     }
     let _ = std::fs::remove_dir_all(opts.out_dir.join("logs"));
+    if let ServerKind::HaNode {
+        certs_dir: None, ..
+    } = &kind
+    {
+        // Certificates generated by an earlier run name the member ids of
+        // another cluster token (this run's includes the pid).
+        let _ = std::fs::remove_dir_all(opts.out_dir.join("certs"));
+    }
     let mut cluster = Cluster::new(ClusterConfig {
         kind: kind.clone(),
         members: specs,
@@ -1025,8 +1092,14 @@ pub async fn run(opts: &ShardsOptions) -> Result<ShardsVerdict> {
         tables = Vec::new();
         let mut errors = Vec::new();
         for i in 0..n {
-            match fetch_shards_text(&cluster.members()[i].metrics_url()).await {
-                Ok(t) => tables.push(parse_shards(&t).map_err(anyhow::Error::msg)?),
+            // Until its first shard upkeep a member serves the one-group
+            // note at /shards: parse errors are retried here (and reported
+            // at the deadline), fatal from then on.
+            match fetch_shards_text(&cluster.members()[i].metrics_url())
+                .await
+                .and_then(|t| parse_shards(&t))
+            {
+                Ok(rows) => tables.push(rows),
                 Err(e) => errors.push(e),
             }
         }
@@ -1152,7 +1225,7 @@ pub async fn run(opts: &ShardsOptions) -> Result<ShardsVerdict> {
     load.stop().await?;
     // Read back everything through the live members.
     let eps_live = endpoints(&cluster, &live).await?;
-    let set_verdict = read_back(&eps_live, &logs.set).await?;
+    let set_verdict = read_back(&cluster, &live, &logs.set).await?;
     final_reads(&eps_live, &clock, &register_keys(&logs.reg)?, &logs.reg).await;
     let (linearizability, counterexample, register_ops, register_unknown) =
         check_register(&logs.reg)?;
@@ -1244,21 +1317,37 @@ async fn join_new_member(
     let new = cluster.add_member(spec)?;
     let eps_live = endpoints(cluster, live).await?;
     let load = start_load(opts, &eps_live, clock, keys, JOIN_CLIENT_BASE, logs);
-    let (id, initial) = member_add(cluster, live, new).await?;
-    cluster.prepare_rejoin(new, initial, id)?;
-    cluster.start(new)?;
+    let added = match member_add(cluster, live, new).await {
+        Ok((id, initial)) => {
+            cluster.prepare_rejoin(new, initial, id)?;
+            cluster.start(new)?;
+            Ok(id)
+        }
+        Err(e) => Err(format!("member add failed: {e:#}")),
+    };
+    let id = added.as_ref().map_or(0, |id| *id);
     let joined_at = Instant::now();
-    eprintln!("ha-chaos shards: added {name} (id {id}); waiting for its fair share");
     let mut all_live = live.to_vec();
     all_live.push(new);
     let mut ids = live_ids.clone();
-    ids.insert(id);
+    if added.is_ok() {
+        ids.insert(id);
+    }
     let bound = Duration::from_millis(opts.join_after_ms + opts.converge_timeout_ms);
-    let mut outcome = format!("no /shards answer within {} ms", bound.as_millis());
+    let mut outcome = match &added {
+        Ok(id) => {
+            eprintln!("ha-chaos shards: added {name} (id {id}); waiting for its fair share");
+            format!("no /shards answer within {} ms", bound.as_millis())
+        }
+        Err(e) => {
+            eprintln!("ha-chaos shards: {e}");
+            e.clone()
+        }
+    };
     let mut balanced_ms = None;
     let mut rows = Vec::new();
     let mut last_report = String::new();
-    while joined_at.elapsed() < bound {
+    while added.is_ok() && joined_at.elapsed() < bound {
         if cluster.state(new) == MemberState::Down {
             outcome = format!("{name} exited; log tail:\n{}", cluster.log_tail(new, 2000));
             break;
@@ -1306,10 +1395,11 @@ async fn join_new_member(
     load.stop().await?;
     let names = member_names(cluster, &all_live).await?;
     let b = Balance::of(&rows, &ids);
-    let set = read_back(&eps_live, &logs.set).await?;
-    let via_new_member = match endpoints(cluster, &[new]).await {
-        Ok(eps) if cluster.state(new) == MemberState::Up => Some(read_back(&eps, &logs.set).await?),
-        _ => None,
+    let set = read_back(cluster, live, &logs.set).await?;
+    let via_new_member = if cluster.state(new) == MemberState::Up {
+        Some(read_back(cluster, &[new], &logs.set).await?)
+    } else {
+        None
     };
     final_reads(&eps_live, &clock, &register_keys(&logs.reg)?, &logs.reg).await;
     let (linearizability, counterexample, _, _) = check_register(&logs.reg)?;
