@@ -779,6 +779,7 @@ async fn live_table(
     cluster: &mut Cluster,
     live: &[usize],
 ) -> Result<Option<(usize, Vec<ShardRow>)>> {
+    ensure_running(cluster, live)?;
     for &i in live {
         if cluster.state(i) != MemberState::Up {
             continue;
@@ -790,6 +791,21 @@ async fn live_table(
         }
     }
     Ok(None)
+}
+
+/// An error with its log tail when a member of `idx` has exited: members
+/// the scenario did not kill must keep running.
+fn ensure_running(cluster: &mut Cluster, idx: &[usize]) -> Result<()> {
+    for &i in idx {
+        if cluster.state(i) == MemberState::Down {
+            bail!(
+                "member {} exited; log tail:\n{}",
+                cluster.members()[i].name,
+                cluster.log_tail(i, 2000)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Checks the register history; (verdict, counter-example).
@@ -1075,15 +1091,21 @@ pub async fn run(opts: &ShardsOptions) -> Result<ShardsVerdict> {
     cluster.start_all()?;
     let all: Vec<usize> = (0..n).collect();
     let urls = cluster.client_urls();
-    if wait_ready(&urls, &all, crate::chaos::READY_TIMEOUT_MS)
-        .await
-        .is_none()
-    {
-        bail!(
-            "{kind}: no leader within {} ms; n1 log tail:\n{}",
-            crate::chaos::READY_TIMEOUT_MS,
-            cluster.log_tail(0, 2000)
-        );
+    // A leader of group 0, every member answering; a member that exits
+    // meanwhile (e.g. refusing a flag) ends the wait at once.
+    let deadline = Instant::now() + Duration::from_millis(crate::chaos::READY_TIMEOUT_MS);
+    loop {
+        ensure_running(&mut cluster, &all)?;
+        if wait_ready(&urls, &all, 1_000).await.is_some() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{kind}: no leader within {} ms; n1 log tail:\n{}",
+                crate::chaos::READY_TIMEOUT_MS,
+                cluster.log_tail(0, 2000)
+            );
+        }
     }
     // Every shard led (as its hosts see it).
     let deadline = Instant::now() + Duration::from_millis(SHARDS_READY_MS);
@@ -1112,15 +1134,7 @@ pub async fn run(opts: &ShardsOptions) -> Result<ShardsVerdict> {
                 "not every shard led within {SHARDS_READY_MS} ms: leaderless {missing:?}; errors {errors:?}"
             );
         }
-        for i in 0..n {
-            if cluster.state(i) == MemberState::Down {
-                bail!(
-                    "member {} exited; log tail:\n{}",
-                    cluster.members()[i].name,
-                    cluster.log_tail(i, 2000)
-                );
-            }
-        }
+        ensure_running(&mut cluster, &all)?;
         tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
     }
     let names = member_names(&cluster, &all).await?;
