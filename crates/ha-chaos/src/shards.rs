@@ -56,6 +56,9 @@ pub const KEYS_PER_SHARD: usize = 2;
 /// Longest the workload clients may take to return once told to stop, ms
 /// (each operation is bounded by [`workload::OP_TIMEOUT_MS`]).
 pub const LOAD_STOP_MS: u64 = 15_000;
+/// How long every live member may take to show the map one member shows
+/// (a replicated map is the same everywhere once applied), ms.
+pub const AGREE_MS: u64 = 10_000;
 /// Bound on one read-back of every written key, ms.
 pub const READ_BACK_TIMEOUT_MS: u64 = 10_000;
 /// Rounds over the members a read-back may take.
@@ -516,6 +519,9 @@ pub struct ShardsVerdict {
     pub rereplicated_ms: Option<u64>,
     /// `complete`, or what was still missing at the deadline.
     pub rereplication: String,
+    /// Whether every live member showed the same (replicated) map soon
+    /// after (reported, not part of the verdict).
+    pub map_agreement: String,
     /// Register operations recorded (final reads included).
     pub register_ops: usize,
     /// Of which unknown outcome.
@@ -585,6 +591,7 @@ impl ShardsVerdict {
                 None => format!("re-replication NOT complete: {}", self.rereplication),
             },
         );
+        line(&mut s, format!("map agreement: {}", self.map_agreement));
         line(&mut s, "map after the failover:".into());
         for l in &self.map_after_kill {
             line(&mut s, format!("  {l}"));
@@ -791,6 +798,55 @@ async fn live_table(
         }
     }
     Ok(None)
+}
+
+/// The placement part of a table: shard → (voters, learners), sorted.
+fn placement_of(rows: &[ShardRow]) -> BTreeMap<u64, (BTreeSet<u64>, BTreeSet<u64>)> {
+    rows.iter()
+        .map(|r| {
+            (
+                r.shard,
+                (
+                    r.voters.iter().copied().collect(),
+                    r.learners.iter().copied().collect(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Polls every member of `idx` (bounded by [`AGREE_MS`]) until each shows
+/// the placement of `reference`; a description of the outcome.
+async fn map_agreement(cluster: &Cluster, idx: &[usize], reference: &[ShardRow]) -> String {
+    let want = placement_of(reference);
+    let started = Instant::now();
+    let mut differing: Vec<String> = Vec::new();
+    while started.elapsed() < Duration::from_millis(AGREE_MS) {
+        differing.clear();
+        for &i in idx {
+            let m = &cluster.members()[i];
+            match fetch_shards_text(&m.metrics_url())
+                .await
+                .and_then(|t| parse_shards(&t))
+            {
+                Ok(rows) if placement_of(&rows) == want => {}
+                Ok(_) => differing.push(format!("{} shows another map", m.name)),
+                Err(e) => differing.push(format!("{}: {e}", m.name)),
+            }
+        }
+        if differing.is_empty() {
+            return format!(
+                "all {} live members show the same map within {} ms",
+                idx.len(),
+                started.elapsed().as_millis()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+    }
+    format!(
+        "after {AGREE_MS} ms not every live member shows the map: {}",
+        differing.join("; ")
+    )
 }
 
 /// An error with its log tail when a member of `idx` has exited: members
@@ -1233,6 +1289,12 @@ pub async fn run(opts: &ShardsOptions) -> Result<ShardsVerdict> {
         ),
     };
     eprintln!("ha-chaos shards: re-replication {rereplication}");
+    let map_agreement = if rereplicated_ms.is_some() {
+        map_agreement(&cluster, &live, &last_rows).await
+    } else {
+        "not checked (re-replication did not complete)".to_owned()
+    };
+    eprintln!("ha-chaos shards: {map_agreement}");
     let settle_end = (Instant::now() + Duration::from_millis(opts.settle_ms))
         .max(load_started + Duration::from_millis(opts.duration_ms));
     run_for(settle_end, &logs.ops, "load after the failover").await;
@@ -1277,6 +1339,7 @@ pub async fn run(opts: &ShardsOptions) -> Result<ShardsVerdict> {
         map_after_kill: render_map(&last_rows, &names),
         rereplicated_ms,
         rereplication,
+        map_agreement,
         register_ops,
         register_unknown,
         register_shards,
