@@ -62,7 +62,12 @@ pub const AGREE_MS: u64 = 10_000;
 /// Bound on one read-back of every written key, ms.
 pub const READ_BACK_TIMEOUT_MS: u64 = 10_000;
 /// Rounds over the members a read-back may take.
-pub const READ_BACK_ROUNDS: usize = 3;
+pub const READ_BACK_ROUNDS: usize = 2;
+/// Bound on the key-by-key read-back that follows a failed prefix read,
+/// ms (keys not read by then count as unreadable, failing the verdict).
+pub const KEY_READ_BACK_MS: u64 = 45_000;
+/// Concurrent gets of the key-by-key read-back.
+pub const KEY_READ_BACK_CONCURRENCY: usize = 16;
 /// Client ids of the load during the join start here (set keys are
 /// `set/<client id>/<seq>`, so both phases must not share ids).
 pub const JOIN_CLIENT_BASE: u64 = 100;
@@ -927,16 +932,104 @@ async fn read_back(cluster: &Cluster, idx: &[usize], set: &Mutex<SetLog>) -> Res
             }
         }
     }
+    if let Some(p) = present {
+        let s = set.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        return Ok(workload::check_set(&s, &p));
+    }
+    // No prefix read answered (it spans every shard: one stuck shard fails
+    // it): read the acknowledged and unknown keys one by one instead, so
+    // the report tells lost writes from unreadable ones.
+    eprintln!("ha-chaos shards: prefix read-back failed ({last}); reading key by key");
+    let (acked, unknown) = {
+        let s = set.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        (s.acked.clone(), s.unknown.clone())
+    };
+    let keys: Vec<String> = acked.iter().chain(unknown.iter()).cloned().collect();
+    let (present, unreadable) = read_keys(cluster, idx, keys).await;
     let s = set.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    Ok(match present {
-        Some(p) => workload::check_set(&s, &p),
-        None => SetVerdict {
-            acked: s.acked.len(),
-            unknown: s.unknown.len(),
-            lost: vec![format!("(read-back failed: {last})")],
-            ..SetVerdict::default()
-        },
-    })
+    let mut v = workload::check_set(&s, &present);
+    let unreadable_acked: Vec<String> = unreadable
+        .into_iter()
+        .filter(|k| acked.contains(k))
+        .collect();
+    v.lost.retain(|k| !unreadable_acked.contains(k));
+    if !unreadable_acked.is_empty() {
+        v.lost.insert(
+            0,
+            format!(
+                "({} acknowledged keys unreadable within {KEY_READ_BACK_MS} ms, e.g. {}; prefix read: {last})",
+                unreadable_acked.len(),
+                unreadable_acked[0]
+            ),
+        );
+    }
+    Ok(v)
+}
+
+/// Gets each of `keys` through the members `idx` (rotating on errors),
+/// [`KEY_READ_BACK_CONCURRENCY`] at a time, all within
+/// [`KEY_READ_BACK_MS`]: the keys present, and the keys no member could
+/// read.
+async fn read_keys(
+    cluster: &Cluster,
+    idx: &[usize],
+    keys: Vec<String>,
+) -> (BTreeSet<String>, Vec<String>) {
+    let mut clients = Vec::new();
+    for &i in idx {
+        if let Ok(c) = connect_one(&cluster.members()[i].client_url(), 3_000).await {
+            clients.push(c);
+        }
+    }
+    if clients.is_empty() {
+        return (BTreeSet::new(), keys);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(KEY_READ_BACK_MS);
+    let queue = Arc::new(Mutex::new(keys));
+    let mut workers = Vec::new();
+    for w in 0..KEY_READ_BACK_CONCURRENCY {
+        let queue = queue.clone();
+        let clients = clients.clone();
+        workers.push(tokio::spawn(async move {
+            let mut present = BTreeSet::new();
+            let mut unreadable = Vec::new();
+            let mut target = w % clients.len();
+            // The guard is consumed by the closure: never held across an
+            // await.
+            let next = || queue.lock().ok().and_then(|mut q| q.pop());
+            while let Some(key) = next() {
+                let mut read = None;
+                while read.is_none() && tokio::time::Instant::now() < deadline {
+                    let mut c = clients[target].clone();
+                    match tokio::time::timeout_at(deadline, c.get(key.as_str(), None)).await {
+                        Ok(Ok(r)) => read = Some(!r.kvs().is_empty()),
+                        _ => target = (target + 1) % clients.len(),
+                    }
+                }
+                match read {
+                    Some(true) => {
+                        present.insert(key);
+                    }
+                    Some(false) => {}
+                    None => unreadable.push(key),
+                }
+            }
+            (present, unreadable)
+        }));
+    }
+    let mut present = BTreeSet::new();
+    let mut unreadable = Vec::new();
+    for w in workers {
+        if let Ok((p, u)) = w.await {
+            present.extend(p);
+            unreadable.extend(u);
+        }
+    }
+    // Keys a failed worker never took.
+    if let Ok(mut q) = queue.lock() {
+        unreadable.append(&mut q);
+    }
+    (present, unreadable)
 }
 
 async fn endpoints(cluster: &Cluster, idx: &[usize]) -> Result<Endpoints> {
