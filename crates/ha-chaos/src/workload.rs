@@ -669,6 +669,22 @@ mod tests {
     }
 
     #[test]
+    fn stop_conditions_and_default_keys() {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = StopWhen::Flag(flag.clone());
+        assert!(!stop.reached());
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(stop.reached());
+        assert!(StopWhen::from(Instant::now()).reached());
+        assert!(!StopWhen::from(Instant::now() + Duration::from_secs(60)).reached());
+        assert_eq!(
+            few_keys()(7),
+            vec!["reg/7/0", "reg/7/1", "reg/7/2", "reg/7/3"],
+            "the chaos run's keys are unchanged"
+        );
+    }
+
+    #[test]
     fn set_check_finds_lost_and_phantom_keys() {
         let mut log = SetLog::default();
         log.acked.extend(["a".to_string(), "b".to_string()]);
