@@ -842,7 +842,10 @@ pub async fn run(opts: &ChaosOptions) -> Result<Verdict> {
     Ok(verdict)
 }
 
-async fn final_reads(
+/// One linearizable read of each register key (through the first member
+/// that answers), recorded in `reg` as completed reads of client
+/// `u64::MAX`: the values every later check compares against.
+pub async fn final_reads(
     eps: &Endpoints,
     clock: &Clock,
     keys: &[bytes::Bytes],

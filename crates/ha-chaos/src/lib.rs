@@ -8,10 +8,13 @@
 //! - [`net`]: one network namespace per member, nftables partitions;
 //! - [`workload`]: register/CAS, set and lock workloads and their checks;
 //! - [`chaos`]: the nemesis scheduler and the chaos run;
+//! - [`shards`]: the shard failover scenario (kill, re-replication, join);
 //! - [`report`], [`svg`]: the HTML report and the charts.
 //!
 //! Everything here talks to servers only through the etcd v3 gRPC API, so
-//! the same tools measure and check `ha-node` and etcd alike.
+//! the same tools measure and check `ha-node` and etcd alike; only
+//! [`shards`], which checks ha-node's placement, also reads ha-node's
+//! `/shards` table.
 
 pub mod bench;
 pub mod chaos;
@@ -19,6 +22,7 @@ pub mod cluster_cmd;
 pub mod net;
 pub mod report;
 pub mod server;
+pub mod shards;
 pub mod status;
 pub mod svg;
 pub mod workload;

@@ -11,6 +11,7 @@ use ha_chaos::bench::{self, BenchOptions, Workload};
 use ha_chaos::chaos::{self, ChaosOptions, NemesisKind};
 use ha_chaos::cluster_cmd::{self, ClusterOptions};
 use ha_chaos::server::ServerKind;
+use ha_chaos::shards::{self, PlacementFlags, ShardsOptions};
 use ha_chaos::workload::Broken;
 
 /// Local clusters, benchmarks and chaos runs for ha-node (and etcd).
@@ -29,6 +30,118 @@ enum Cmd {
     Bench(BenchArgs),
     /// Faults + checked workloads; verdict and HTML report.
     Chaos(ChaosArgs),
+    /// Shard failover: SIGKILL a member of a sharded ha-node cluster under
+    /// load, wait for re-replication, check every write; add a new member
+    /// and wait for its fair share.
+    Shards(ShardsArgs),
+}
+
+#[derive(Args, Debug)]
+struct ShardsArgs {
+    /// Founding members.
+    #[arg(long, default_value_t = 5)]
+    members: usize,
+    /// `--shards` of the members.
+    #[arg(long, default_value_t = 16)]
+    shards: u32,
+    /// `--replication` of the members.
+    #[arg(long, default_value_t = 3)]
+    replication: usize,
+    /// `--dead-after` of the members (e.g. `3s`).
+    #[arg(long = "dead-after", default_value = "3s", value_parser = parse_duration_ms)]
+    dead_after_ms: u64,
+    /// `--join-after` of the members.
+    #[arg(long = "join-after", default_value = "1s", value_parser = parse_duration_ms)]
+    join_after_ms: u64,
+    /// How dead-after and join-after reach the members: `flags`
+    /// (`--dead-after`, `--join-after`), `env` (`HA_DEAD_AFTER`,
+    /// `HA_JOIN_AFTER`) or `none`.
+    #[arg(long, default_value = "flags")]
+    placement_flags: String,
+    /// Bound on re-replication after dead-after (and on the new member's
+    /// fair share after join-after).
+    #[arg(long = "converge-timeout", default_value = "60s", value_parser = parse_duration_ms)]
+    converge_timeout_ms: u64,
+    /// Load before the kill.
+    #[arg(long = "kill-after", default_value = "5s", value_parser = parse_duration_ms)]
+    kill_after_ms: u64,
+    /// Load kept running once every shard is fully replicated again (and
+    /// after the new member's fair share).
+    #[arg(long = "settle", default_value = "5s", value_parser = parse_duration_ms)]
+    settle_ms: u64,
+    /// Least load time before the first read-back (a longer run).
+    #[arg(long = "duration", default_value = "15s", value_parser = parse_duration_ms)]
+    duration_ms: u64,
+    /// Member to kill (`n3`); default: chosen from the seed.
+    #[arg(long)]
+    victim: Option<String>,
+    /// Skip adding a new member after the failover.
+    #[arg(long)]
+    no_join: bool,
+    /// Seed of the victim choice and the clients.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Consensus protocol of ha-node.
+    #[arg(long, default_value = "raft")]
+    consensus: String,
+    /// Register/CAS clients.
+    #[arg(long, default_value_t = 5)]
+    register_clients: u64,
+    /// Set (append) clients.
+    #[arg(long, default_value_t = 2)]
+    set_clients: u64,
+    /// Deliberate client-side fault the checks must catch:
+    /// `ack-without-commit` or `stale-reads`.
+    #[arg(long)]
+    broken: Option<String>,
+    /// Members listen on `<prefix>.<i>`.
+    #[arg(long, default_value = "127.0.30")]
+    loopback_prefix: String,
+    /// Verdict, report and logs directory.
+    #[arg(long, default_value = "target/ha-chaos-shards")]
+    out_dir: PathBuf,
+    #[command(flatten)]
+    server_args: ServerArgs,
+}
+
+async fn shards_cmd(a: ShardsArgs) -> Result<bool> {
+    let opts = ShardsOptions {
+        kind: a.server_args.kind(Server::HaNode, &a.consensus),
+        members: a.members,
+        shards: a.shards,
+        replication: a.replication,
+        dead_after_ms: a.dead_after_ms,
+        join_after_ms: a.join_after_ms,
+        placement_flags: a
+            .placement_flags
+            .parse::<PlacementFlags>()
+            .map_err(anyhow::Error::msg)?,
+        converge_timeout_ms: a.converge_timeout_ms,
+        kill_after_ms: a.kill_after_ms,
+        settle_ms: a.settle_ms,
+        duration_ms: a.duration_ms,
+        victim: a.victim.clone(),
+        join: !a.no_join,
+        seed: a.seed,
+        register_clients: a.register_clients,
+        set_clients: a.set_clients,
+        broken: parse_broken(a.broken.as_deref())?,
+        loopback_prefix: a.loopback_prefix.clone(),
+        out_dir: a.out_dir.clone(),
+        heartbeat_ms: a.server_args.heartbeat_ms,
+        election_timeout_ms: a.server_args.election_timeout_ms,
+    };
+    eprintln!(
+        "ha-chaos shards: {} members, --shards {} --replication {}, dead-after {} ms, seed {}",
+        opts.members, opts.shards, opts.replication, opts.dead_after_ms, opts.seed
+    );
+    let v = tokio::select! {
+        v = shards::run(&opts) => v?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; processes stopped"),
+    };
+    print!("{}", v.text(opts.join));
+    println!("report: {}", a.out_dir.join("report.txt").display());
+    Ok(v.ok(opts.join))
 }
 
 #[derive(Args, Debug)]
@@ -105,18 +218,23 @@ fn parse_duration_ms(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is not a duration like 60s, 1500ms or 2m"))
 }
 
+/// `--broken`: a deliberate client-side fault, or none.
+fn parse_broken(s: Option<&str>) -> Result<Broken> {
+    Ok(match s {
+        None => Broken::None,
+        Some("ack-without-commit") => Broken::AckWithoutCommit,
+        Some("stale-reads") => Broken::StaleReads,
+        Some(other) => bail!("unknown --broken `{other}` (known: ack-without-commit, stale-reads)"),
+    })
+}
+
 async fn chaos_cmd(a: ChaosArgs) -> Result<bool> {
     let mix = a
         .nemesis
         .iter()
         .map(|k| k.parse::<NemesisKind>().map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
-    let broken = match a.broken.as_deref() {
-        None => Broken::None,
-        Some("ack-without-commit") => Broken::AckWithoutCommit,
-        Some("stale-reads") => Broken::StaleReads,
-        Some(other) => bail!("unknown --broken `{other}` (known: ack-without-commit, stale-reads)"),
-    };
+    let broken = parse_broken(a.broken.as_deref())?;
     let opts = ChaosOptions {
         kind: a.server_args.kind(a.server, &a.consensus),
         nodes: a.nodes,
@@ -416,6 +534,11 @@ fn main() -> ExitCode {
             }
             Cmd::Bench(a) => bench_cmd(a).await,
             Cmd::Chaos(a) => match chaos_cmd(a).await {
+                Ok(true) => Ok(()),
+                Ok(false) => return Ok(ExitCode::from(2)),
+                Err(e) => Err(e),
+            },
+            Cmd::Shards(a) => match shards_cmd(a).await {
                 Ok(true) => Ok(()),
                 Ok(false) => return Ok(ExitCode::from(2)),
                 Err(e) => Err(e),

@@ -368,6 +368,10 @@ pub struct Cluster {
     rejoined_ids: Vec<Option<u64>>,
     /// Members removed from the cluster (never restarted until re-added).
     removed: Vec<bool>,
+    /// Arguments every member gets after the standard flags.
+    extra_args: Vec<String>,
+    /// Environment variables every member gets.
+    extra_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -417,8 +421,48 @@ impl Cluster {
             children: (0..n).map(|_| None).collect(),
             paused: vec![false; n],
             removed: vec![false; n],
+            extra_args: Vec::new(),
+            extra_env: Vec::new(),
             cfg,
         })
+    }
+
+    /// Arguments and environment variables every member starts with from
+    /// its next start on (appended after the standard flags), e.g.
+    /// ha-node's `--replication` or placement timing.
+    pub fn set_extra(&mut self, args: Vec<String>, env: Vec<(String, String)>) {
+        self.extra_args = args;
+        self.extra_env = env;
+    }
+
+    /// Adds a member that is not part of the cluster yet (it stays down,
+    /// like a removed member, until [`Cluster::prepare_rejoin`] after the
+    /// cluster's member-add); returns its index.
+    pub fn add_member(&mut self, mut spec: MemberSpec) -> Result<usize, ServerError> {
+        if self.cfg.members.len() >= MAX_MEMBERS {
+            return Err(ServerError::Config(format!(
+                "a cluster has 1..={MAX_MEMBERS} members"
+            )));
+        }
+        if self
+            .cfg
+            .members
+            .iter()
+            .any(|m| m.name == spec.name || m.data_dir == spec.data_dir)
+        {
+            return Err(ServerError::Config(format!(
+                "member {} (or its data directory) exists already",
+                spec.name
+            )));
+        }
+        spec.peer_scheme = self.cfg.members[0].peer_scheme;
+        self.cfg.members.push(spec);
+        self.children.push(None);
+        self.paused.push(false);
+        self.joins.push((String::new(), true));
+        self.rejoined_ids.push(None);
+        self.removed.push(true);
+        Ok(self.cfg.members.len() - 1)
     }
 
     /// The configuration.
@@ -553,6 +597,8 @@ impl Cluster {
                 cmd.arg("--logger").arg("zap");
             }
         }
+        cmd.args(&self.extra_args);
+        cmd.envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         Ok(cmd)
     }
 
@@ -801,6 +847,44 @@ mod tests {
             dir.path().join("n2.pem").to_string_lossy()
         );
         assert!(!args.iter().any(|a| a == "--logger"));
+    }
+
+    #[test]
+    fn added_member_stays_down_and_extra_flags_reach_every_member() {
+        let mut c = Cluster::new(cfg(ServerKind::Etcd {
+            binary: "/usr/bin/etcd".into(),
+        }))
+        .unwrap();
+        c.set_extra(
+            vec!["--dead-after".into(), "3000".into()],
+            vec![("HA_JOIN_AFTER".into(), "1000".into())],
+        );
+        let mut spec = layout(4, "127.0.0", 2379, Path::new("/tmp/x")).unwrap()[3].clone();
+        let i = c.add_member(spec.clone()).unwrap();
+        assert_eq!(i, 3);
+        assert!(c.is_removed(3), "not started before the cluster's add");
+        assert!(c.add_member(spec.clone()).is_err(), "same name twice");
+        spec.name = "n9".into();
+        assert!(c.add_member(spec).is_err(), "same data directory twice");
+        let cmd = c.command(3).unwrap();
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let p = args.iter().position(|a| a == "--dead-after").unwrap();
+        assert_eq!(args[p + 1], "3000");
+        assert!(
+            cmd.get_envs()
+                .any(|(k, v)| k == "HA_JOIN_AFTER" && v == Some("1000".as_ref()))
+        );
+        assert_eq!(
+            args[args
+                .iter()
+                .position(|a| a == "--initial-cluster-state")
+                .unwrap()
+                + 1],
+            "existing"
+        );
     }
 
     #[test]

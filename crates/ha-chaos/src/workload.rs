@@ -79,6 +79,44 @@ impl Clock {
     }
 }
 
+/// When a workload client stops issuing operations.
+#[derive(Clone, Debug)]
+pub enum StopWhen {
+    /// At a fixed instant.
+    At(Instant),
+    /// When the shared flag is raised (a run whose phases end on events).
+    Flag(Arc<std::sync::atomic::AtomicBool>),
+}
+
+impl StopWhen {
+    /// Whether the client must stop now.
+    pub fn reached(&self) -> bool {
+        match self {
+            StopWhen::At(t) => Instant::now() >= *t,
+            StopWhen::Flag(f) => f.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+impl From<Instant> for StopWhen {
+    fn from(t: Instant) -> Self {
+        StopWhen::At(t)
+    }
+}
+
+/// The register keys of one key generation (the argument): a client picks
+/// each operation's key uniformly among them.
+pub type KeyFn = Arc<dyn Fn(u64) -> Vec<String> + Send + Sync>;
+
+/// The default register keys: [`REGISTER_KEYS`] keys `reg/<generation>/<k>`.
+pub fn few_keys() -> KeyFn {
+    Arc::new(|generation| {
+        (0..REGISTER_KEYS)
+            .map(|k| format!("reg/{generation}/{k}"))
+            .collect()
+    })
+}
+
 /// Clients of one member each; a client retries the next member after an
 /// error.
 #[derive(Clone)]
@@ -108,7 +146,7 @@ fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-/// Runs one register client until `stop_at`.
+/// Runs one register client on the [default keys](few_keys) until `stop_at`.
 #[allow(clippy::too_many_arguments)]
 pub async fn register_client(
     id: u64,
@@ -120,18 +158,53 @@ pub async fn register_client(
     log: Arc<Mutex<RegisterLog>>,
     ops_done: Arc<std::sync::atomic::AtomicU64>,
 ) {
+    register_client_keys(
+        id,
+        eps,
+        clock,
+        stop_at.into(),
+        few_keys(),
+        seed,
+        broken,
+        log,
+        ops_done,
+    )
+    .await;
+}
+
+/// Runs one register client over the keys `keys` gives per key generation
+/// until `stop` (a generation without keys ends the client).
+#[allow(clippy::too_many_arguments)]
+pub async fn register_client_keys(
+    id: u64,
+    eps: Endpoints,
+    clock: Clock,
+    stop: StopWhen,
+    keys: KeyFn,
+    seed: u64,
+    broken: Broken,
+    log: Arc<Mutex<RegisterLog>>,
+    ops_done: Arc<std::sync::atomic::AtomicU64>,
+) {
     let mut rng = SimRng::new(seed ^ (id.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
     let n = eps.clients.len();
     let mut target = (id as usize) % n;
     let mut seq = 0u64;
     let mut last_seen: BTreeMap<String, Option<Bytes>> = BTreeMap::new();
-    while Instant::now() < stop_at {
+    let mut current: Option<(u64, Vec<String>)> = None;
+    while !stop.reached() {
         if log.lock().map(|l| l.history.len()).unwrap_or(usize::MAX) >= MAX_RECORDED_OPS {
             break;
         }
         seq += 1;
         let generation = clock.0.elapsed().as_secs() / KEY_GENERATION_S;
-        let key = format!("reg/{generation}/{}", rng.below(REGISTER_KEYS));
+        if current.as_ref().is_none_or(|(g, _)| *g != generation) {
+            current = Some((generation, keys(generation)));
+        }
+        let Some((_, gen_keys)) = current.as_ref().filter(|(_, k)| !k.is_empty()) else {
+            break;
+        };
+        let key = gen_keys[rng.below(gen_keys.len() as u64) as usize].clone();
         let value = format!("c{id}s{seq}");
         let roll = rng.below(100);
         let mut c = eps.clients[target].clone();
@@ -260,21 +333,23 @@ pub struct SetLog {
     pub spans: Vec<OpSpan>,
 }
 
-/// Runs one set (append) client until `stop_at`.
+/// Runs one set (append) client until `stop` (writes keys
+/// `set/<id>/<seq>`: client ids must differ between runs sharing a log).
 #[allow(clippy::too_many_arguments)]
 pub async fn set_client(
     id: u64,
     eps: Endpoints,
     clock: Clock,
-    stop_at: Instant,
+    stop: impl Into<StopWhen>,
     broken: Broken,
     log: Arc<Mutex<SetLog>>,
     ops_done: Arc<std::sync::atomic::AtomicU64>,
 ) {
+    let stop = stop.into();
     let n = eps.clients.len();
     let mut target = (id as usize + 1) % n;
     let mut seq = 0u64;
-    while Instant::now() < stop_at {
+    while !stop.reached() {
         if log.lock().map(|l| l.spans.len()).unwrap_or(usize::MAX) >= MAX_RECORDED_OPS {
             break;
         }
@@ -591,6 +666,22 @@ mod tests {
         assert!(v[0].what.contains("token 8"));
         let v = check_grants(&[g(0, 0, 10, 9), g(1, 0, 12, 9)]);
         assert!(v.iter().any(|v| v.what.contains("granted twice")), "{v:?}");
+    }
+
+    #[test]
+    fn stop_conditions_and_default_keys() {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = StopWhen::Flag(flag.clone());
+        assert!(!stop.reached());
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(stop.reached());
+        assert!(StopWhen::from(Instant::now()).reached());
+        assert!(!StopWhen::from(Instant::now() + Duration::from_secs(60)).reached());
+        assert_eq!(
+            few_keys()(7),
+            vec!["reg/7/0", "reg/7/1", "reg/7/2", "reg/7/3"],
+            "the chaos run's keys are unchanged"
+        );
     }
 
     #[test]
