@@ -638,19 +638,6 @@ fn chaos(args: &[String]) -> Result<()> {
     run("ha-chaos chaos", &mut chaos)
 }
 
-/// Whether this `ha-node` has the placement controller (takes
-/// `--dead-after`), which the shard failover scenario needs.
-fn ha_node_places_shards(bin: &std::path::Path) -> bool {
-    Command::new(bin)
-        .arg("--help")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout).contains("--dead-after")
-                || String::from_utf8_lossy(&o.stderr).contains("--dead-after")
-        })
-        .unwrap_or(false)
-}
-
 /// `cargo xtask shards`: `ha-chaos shards` against a dev build of ha-node
 /// (a failed verdict is ha-chaos exit code 2, an error here).
 fn shards(args: &[String]) -> Result<()> {
@@ -669,8 +656,7 @@ fn shards(args: &[String]) -> Result<()> {
 /// The shard failover scenario of `cargo xtask test` (issue 11): ha-chaos
 /// shards with its defaults (5 members, `--shards 16 --replication 3`,
 /// dead-after 3 s, join-after 1 s, fixed seed), bounded to a few minutes
-/// by its own deadlines. Skipped, saying so, while `ha-node` has no
-/// placement controller (no `--dead-after`).
+/// by its own deadlines.
 fn shards_scenario() -> Result<()> {
     let Some(bin) = build_ha_node(false, false)? else {
         eprintln!(
@@ -678,12 +664,6 @@ fn shards_scenario() -> Result<()> {
         );
         return Ok(());
     };
-    if !ha_node_places_shards(&bin) {
-        eprintln!(
-            "xtask: ── shard failover scenario: skipped (this ha-node has no --dead-after: no placement controller yet)"
-        );
-        return Ok(());
-    }
     let out = target_dir()?.join("ha-chaos-shards-test");
     let mut cmd = ha_chaos(false)?;
     cmd.args(["shards", "--seed", TEST_CHAOS_SEED, "--ha-node-bin"])

@@ -833,6 +833,10 @@ impl<S: StateMachine> Node<S> {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         if handle.shared.hosting.is_some() {
+            metrics.set_shards_text(format!(
+                "# member {}: starting; the shard table follows shortly\n",
+                cfg.member_id
+            ));
             // The shards the map gives this member, before serving.
             hosting::reconcile(&handle).await?;
             tasks.extend([
@@ -2255,10 +2259,15 @@ pub fn preferred_leaders(map: &ha_shard::ShardMap) -> HashMap<GroupId, NodeId> {
 async fn shard_upkeep<S: StateMachine>(node: NodeHandle<S>, mut stop: watch::Receiver<bool>) {
     let me = node.shared.me;
     let mut last_try: HashMap<GroupId, Instant> = HashMap::new();
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(SHARD_UPKEEP_MS)) => {}
-            _ = stop.changed() => return,
+        // The first table right away: `/shards` must not show the
+        // single-group page while the first tick is pending.
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(SHARD_UPKEEP_MS)) => {}
+                _ = stop.changed() => return,
+            }
         }
         let Some(map) = node.shard_map() else {
             node.shared
