@@ -86,7 +86,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ha_core::consensus::{MembershipChange, Role};
+use ha_core::consensus::{MembershipChange, ProposeError, Role};
 use ha_core::replica::{Replica, ReplicaConfig, ReplicaError, ReplicaHandle};
 use ha_core::state_machine::StateMachine;
 use ha_core::storage::{LogStore, MemLogStore};
@@ -132,6 +132,10 @@ pub const MAX_COMMAND_BYTES: usize = 2 << 20;
 const PROPOSAL_OVERHEAD_BYTES: usize = 64;
 /// Pause between two tries when waiting for a leader, in milliseconds.
 const LEADER_POLL_MS: u64 = 20;
+/// Longest a leader holds a proposal refused because a leader transfer or
+/// membership change is in progress, retrying every [`LEADER_POLL_MS`]
+/// (a transfer completes within an election timeout).
+const IN_PROGRESS_WAIT_MS: u64 = 3_000;
 /// Status polls between two checks of the member table against the
 /// consensus configuration on the leader (with the default 200 ms poll:
 /// every second).
@@ -1821,7 +1825,27 @@ impl<S: StateMachine> NodeHandle<S> {
     /// Proposes one tagged entry on this member's replica (runs the
     /// [`LeaderHook`] for application commands).
     async fn propose_entry(&self, entry: Bytes) -> Result<Bytes, NodeError> {
-        let out = self.replica.propose(entry.clone()).await?;
+        // A leader handing over (or changing its configuration) refuses
+        // proposals for a moment: certainly not applied, so it waits here
+        // (the caller's deadline bounds it) rather than failing the client;
+        // once another member leads, the caller is pointed at it.
+        let give_up = Instant::now() + Duration::from_millis(IN_PROGRESS_WAIT_MS);
+        let out = loop {
+            match self.replica.propose(entry.clone()).await {
+                Err(ReplicaError::Rejected(ProposeError::InProgress))
+                    if Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
+                    let st = self.replica.status().await?;
+                    if st.protocol.role != Role::Leader {
+                        return Err(NodeError::NotLeader {
+                            leader: st.protocol.leader.filter(|l| *l != self.shared.me),
+                        });
+                    }
+                }
+                other => break other?,
+            }
+        };
         if let Some(hook) = self.shared.leader_hook.get()
             && let Some((&machine::TAG_APP, cmd)) = entry.split_first()
         {
