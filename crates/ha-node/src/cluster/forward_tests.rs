@@ -364,3 +364,76 @@ async fn the_leader_applies_a_batch_once_per_entry_and_answers_in_order() {
     }
     c.stop().await;
 }
+
+/// Writes through every member while leadership is handed around: each is
+/// answered with success — a write the leader refuses while it hands over
+/// (nothing applied) is held or sent on to the new leader, never failed —
+/// and applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_during_leader_transfers_all_succeed_once() {
+    let cl = Cluster::start("transfer-writes").await;
+    let ids = cl.ids();
+    cl.leader().await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (m, node) in cl.nodes.iter().enumerate() {
+        for w in 0..8 {
+            let h = node.handle();
+            let stop = Arc::clone(&stop);
+            writers.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) && i < 10_000 {
+                    let cmd = put(&format!("t/{m}/{w}/{i}"), "v");
+                    let started = Instant::now();
+                    let r = h.propose(&cmd).await;
+                    out.push((cmd, r, started.elapsed()));
+                    i += 1;
+                }
+                out
+            }));
+        }
+    }
+    // Five hand-overs, each to the next member, while the writers run.
+    for k in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let l = cl.leader().await;
+        let to = ids[(l + 1 + k % 2) % 3];
+        let _ = cl.nodes[l].handle().replica.transfer_leader(to).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for w in writers {
+        all.extend(
+            tokio::time::timeout(WAIT, w)
+                .await
+                .expect("writer ends")
+                .expect("writer"),
+        );
+    }
+    let failed: Vec<String> = all
+        .iter()
+        .filter_map(|(c, r, t)| {
+            r.as_ref()
+                .err()
+                .map(|e| format!("{:?} after {t:?}: {e}", c.len()))
+        })
+        .collect();
+    let slowest = all.iter().map(|(_, _, t)| *t).max().unwrap_or_default();
+    eprintln!("{} writes, slowest {slowest:?}", all.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} writes failed: {:?}",
+        failed.len(),
+        all.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let leader = cl.leader().await;
+    let h = cl.nodes[leader].handle();
+    h.read(true, |_: &Counted| ()).await.expect("barrier");
+    for (cmd, _, _) in &all {
+        assert_eq!(cl.applied(leader, cmd), 1);
+    }
+    cl.stop().await;
+}

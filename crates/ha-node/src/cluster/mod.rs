@@ -132,6 +132,10 @@ pub const MAX_COMMAND_BYTES: usize = 2 << 20;
 const PROPOSAL_OVERHEAD_BYTES: usize = 64;
 /// Pause between two tries when waiting for a leader, in milliseconds.
 const LEADER_POLL_MS: u64 = 20;
+/// How long a request forwarded to a member that lost its leadership
+/// meanwhile still waits for that member's answer, ms (see
+/// [`NodeHandle::forward_to_leader`]).
+const LEADER_LEFT_GRACE_MS: u64 = 300;
 /// Longest a leader holds a proposal refused because a leader transfer or
 /// membership change is in progress, retrying every [`LEADER_POLL_MS`]
 /// (a transfer completes within an election timeout).
@@ -1670,9 +1674,12 @@ impl<S: StateMachine> NodeHandle<S> {
             if budget_ms == 0 {
                 break;
             }
-            let forwarded = tokio::select! {
-                r = self.shared.transport.request(target, self.group, req.encode(), budget_ms) => r,
-                now = self.leader_left(target) => {
+            let forwarded = match self
+                .forward_to_leader(target, req.encode(), budget_ms)
+                .await
+            {
+                Ok(r) => r,
+                Err(now) => {
                     return Err(NodeError::OutcomeUnknown(format!(
                         "leader {target} lost its leadership while the request was forwarded to it \
                          ({now}); it may still be applied"
@@ -1694,6 +1701,34 @@ impl<S: StateMachine> NodeHandle<S> {
             }
         }
         Err(last)
+    }
+
+    /// Sends `payload` to `target` (taken for this group's leader) and
+    /// waits for the answer, within `budget_ms`. If this member sees
+    /// another leader meanwhile ([`leader_left`](Self::leader_left)), the
+    /// answer is awaited [`LEADER_LEFT_GRACE_MS`] more: a live old leader
+    /// (a transfer, an election it lost) answers at once — applied, or
+    /// refused as not the leader — and only a crashed one leaves the
+    /// outcome unknown (`Err` with what this member sees now).
+    async fn forward_to_leader(
+        &self,
+        target: NodeId,
+        payload: Bytes,
+        budget_ms: u64,
+    ) -> Result<Result<Bytes, RequestError>, String> {
+        let request = self
+            .shared
+            .transport
+            .request(target, self.group, payload, budget_ms);
+        tokio::pin!(request);
+        tokio::select! {
+            r = &mut request => Ok(r),
+            now = self.leader_left(target) => {
+                tokio::time::timeout(Duration::from_millis(LEADER_LEFT_GRACE_MS), &mut request)
+                    .await
+                    .map_err(|_| now)
+            }
+        }
     }
 
     /// Resolves once this member no longer takes `target` for the leader
@@ -1903,9 +1938,12 @@ impl<S: StateMachine> NodeHandle<S> {
         } else {
             PeerRequest::ProposeBatch(entries)
         };
-        let forwarded = tokio::select! {
-            r = self.shared.transport.request(target, self.group, req.encode(), self.shared.forward_timeout_ms) => r,
-            now = self.leader_left(target) => {
+        let forwarded = match self
+            .forward_to_leader(target, req.encode(), self.shared.forward_timeout_ms)
+            .await
+        {
+            Ok(r) => r,
+            Err(now) => {
                 return Err(BatchFailure::Unknown(format!(
                     "leader {target} lost its leadership while the request was forwarded to it \
                      ({now}); it may still be applied"
