@@ -180,20 +180,44 @@ fn signal(pid: u32, name: &str) {
         .status();
 }
 
-/// A free TCP port on loopback (bound then released).
-pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free TCP port")
-        .port()
+/// Ports this test binary handed out already: tests run in parallel, and
+/// a port is bound by a member only after it is picked, so the OS could
+/// hand the same free port to two tests in between.
+static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// A port from `pick` (bind port 0, release) not handed out before here.
+fn fresh_port(pick: impl Fn() -> u16) -> u16 {
+    let mut used = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1_000 {
+        let p = pick();
+        if !used.contains(&p) {
+            used.push(p);
+            return p;
+        }
+    }
+    panic!("no unused loopback port after 1000 tries")
 }
 
-/// A free UDP port on loopback (bound then released).
+/// A free TCP port on loopback (bound then released), never one handed out
+/// before in this test binary.
+pub fn free_tcp_port() -> u16 {
+    fresh_port(|| {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free TCP port")
+            .port()
+    })
+}
+
+/// A free UDP port on loopback (bound then released), never one handed out
+/// before in this test binary.
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-        .port()
+    fresh_port(|| {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free UDP port")
+            .port()
+    })
 }
 
 /// Retries `f` every 200 ms until it succeeds; panics after `within`.
@@ -659,7 +683,10 @@ impl Cluster {
         retry("one leader named by every live member", || {
             let mut seen = Vec::new();
             for i in self.live() {
-                let (id, leader) = Self::status(&self.members[i].endpoint())?;
+                let (id, leader) = Self::status(&self.members[i].endpoint()).map_err(|e| {
+                    // A member that exited (e.g. a port taken) says why.
+                    format!("{e}\n{}", self.logs())
+                })?;
                 seen.push((i, id, leader));
             }
             let leader = seen.first().map(|s| s.2).unwrap_or(0);
