@@ -11,7 +11,7 @@ use ha_chaos::bench::{self, BenchOptions, Workload};
 use ha_chaos::chaos::{self, ChaosOptions, NemesisKind};
 use ha_chaos::cluster_cmd::{self, ClusterOptions};
 use ha_chaos::server::ServerKind;
-use ha_chaos::shards::{self, PlacementFlags, ShardsOptions};
+use ha_chaos::shards::{self, ShardsOptions};
 use ha_chaos::workload::Broken;
 
 /// Local clusters, benchmarks and chaos runs for ha-node (and etcd).
@@ -53,11 +53,6 @@ struct ShardsArgs {
     /// `--join-after` of the members.
     #[arg(long = "join-after", default_value = "1s", value_parser = parse_duration_ms)]
     join_after_ms: u64,
-    /// How dead-after and join-after reach the members: `flags`
-    /// (`--dead-after`, `--join-after`), `env` (`HA_DEAD_AFTER`,
-    /// `HA_JOIN_AFTER`) or `none`.
-    #[arg(long, default_value = "flags")]
-    placement_flags: String,
     /// Bound on re-replication after dead-after (and on the new member's
     /// fair share after join-after).
     #[arg(long = "converge-timeout", default_value = "60s", value_parser = parse_duration_ms)]
@@ -112,10 +107,6 @@ async fn shards_cmd(a: ShardsArgs) -> Result<bool> {
         replication: a.replication,
         dead_after_ms: a.dead_after_ms,
         join_after_ms: a.join_after_ms,
-        placement_flags: a
-            .placement_flags
-            .parse::<PlacementFlags>()
-            .map_err(anyhow::Error::msg)?,
         converge_timeout_ms: a.converge_timeout_ms,
         kill_after_ms: a.kill_after_ms,
         settle_ms: a.settle_ms,

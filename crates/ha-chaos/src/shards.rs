@@ -78,32 +78,6 @@ pub const KEY_READ_BACK_CONCURRENCY: usize = 16;
 /// `set/<client id>/<seq>`, so both phases must not share ids).
 pub const JOIN_CLIENT_BASE: u64 = 100;
 
-/// How the placement timing reaches the members.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum PlacementFlags {
-    /// `--dead-after <ms> --join-after <ms>`.
-    Flags,
-    /// `HA_DEAD_AFTER` / `HA_JOIN_AFTER` in the environment (ignored by a
-    /// binary without a placement controller).
-    Env,
-    /// Neither: the binary's defaults.
-    None,
-}
-
-impl std::str::FromStr for PlacementFlags {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "flags" => Ok(Self::Flags),
-            "env" => Ok(Self::Env),
-            "none" => Ok(Self::None),
-            _ => Err(format!(
-                "unknown placement flags `{s}` (known: flags, env, none)"
-            )),
-        }
-    }
-}
-
 /// Options of one shard failover run.
 #[derive(Clone, Debug)]
 pub struct ShardsOptions {
@@ -119,8 +93,6 @@ pub struct ShardsOptions {
     pub dead_after_ms: u64,
     /// `--join-after`, ms.
     pub join_after_ms: u64,
-    /// How the two reach the members.
-    pub placement_flags: PlacementFlags,
     /// Bound on re-replication after `dead_after_ms` (and on the new
     /// member's fair share after `join_after_ms`), ms.
     pub converge_timeout_ms: u64,
@@ -1228,22 +1200,15 @@ pub async fn run(opts: &ShardsOptions) -> Result<ShardsVerdict> {
         log_dir: opts.out_dir.join("logs"),
         log_level: "warn".into(),
     })?;
-    let mut args = vec!["--replication".to_owned(), opts.replication.to_string()];
-    let mut env = Vec::new();
-    match opts.placement_flags {
-        PlacementFlags::Flags => args.extend([
-            "--dead-after".to_owned(),
-            opts.dead_after_ms.to_string(),
-            "--join-after".to_owned(),
-            opts.join_after_ms.to_string(),
-        ]),
-        PlacementFlags::Env => env.extend([
-            ("HA_DEAD_AFTER".to_owned(), opts.dead_after_ms.to_string()),
-            ("HA_JOIN_AFTER".to_owned(), opts.join_after_ms.to_string()),
-        ]),
-        PlacementFlags::None => {}
-    }
-    cluster.set_extra(args, env);
+    let args = vec![
+        "--replication".to_owned(),
+        opts.replication.to_string(),
+        "--dead-after".to_owned(),
+        opts.dead_after_ms.to_string(),
+        "--join-after".to_owned(),
+        opts.join_after_ms.to_string(),
+    ];
+    cluster.set_extra(args, Vec::new());
     cluster.start_all()?;
     let all: Vec<usize> = (0..n).collect();
     let urls = cluster.client_urls();
