@@ -460,63 +460,10 @@ impl Nemesis<'_> {
                         bail!("cannot re-add {name}: {last}");
                     }
                     let leader = self.leader().await;
-                    let known: Vec<(String, String)> = self
-                        .cluster
-                        .members()
-                        .iter()
-                        .map(|m| (m.peer_url(), m.name.clone()))
-                        .collect();
-                    let r: Result<(Vec<String>, u64)> = async {
-                        let mut c = connect_one(&self.urls[leader], 3_000).await?;
-                        // An add whose answer was lost (deadline) may have
-                        // taken effect: then the member is listed already.
-                        let listed = c.member_list().await?;
-                        let members = if listed
-                            .members()
-                            .iter()
-                            .any(|m| m.peer_urls().contains(&peer))
-                        {
-                            listed.members().to_vec()
-                        } else {
-                            c.member_add([peer.as_str()], None)
-                                .await?
-                                .member_list()
-                                .to_vec()
-                        };
-                        let id = members
-                            .iter()
-                            .find(|m| m.peer_urls().contains(&peer))
-                            .map(|m| m.id())
-                            .with_context(|| format!("{peer} is not listed after the add"))?;
-                        // Names stay empty until a member publishes them;
-                        // this tool knows every member's name by peer URL.
-                        members
-                            .iter()
-                            .map(|m| {
-                                let url = m.peer_urls().first().cloned().unwrap_or_default();
-                                let nm = if !m.name().is_empty() {
-                                    m.name().to_string()
-                                } else {
-                                    known
-                                        .iter()
-                                        .find(|(u, _)| *u == url)
-                                        .map(|(_, n)| n.clone())
-                                        .with_context(|| {
-                                            format!(
-                                                "member {:x} ({url}) is unknown to this run",
-                                                m.id()
-                                            )
-                                        })?
-                                };
-                                Ok(format!("{nm}={url}"))
-                            })
-                            .collect::<Result<Vec<String>>>()
-                            .map(|initial| (initial, id))
-                    }
-                    .await;
+                    let r = add_member_once(&self.urls[leader], &peer, self.cluster).await;
                     match r {
-                        Ok((initial, id)) => {
-                            self.cluster.prepare_rejoin(i, initial.join(","), id)?;
+                        Ok((id, initial)) => {
+                            self.cluster.prepare_rejoin(i, initial, id)?;
                             self.cluster.start(i)?;
                             break;
                         }
@@ -530,6 +477,49 @@ impl Nemesis<'_> {
         }
         Ok(())
     }
+}
+
+/// Adds the member at `peer` through the member serving `client_url`,
+/// unless it is listed already (an add whose answer was lost may have taken
+/// effect): its id and the `--initial-cluster` it joins with. Names stay
+/// empty until a member publishes them; this tool knows every member's name
+/// in `cluster` by peer URL.
+pub(crate) async fn add_member_once(
+    client_url: &str,
+    peer: &str,
+    cluster: &Cluster,
+) -> Result<(u64, String)> {
+    let mut c = connect_one(client_url, 3_000).await?;
+    let listed = c.member_list().await?;
+    let members = if listed
+        .members()
+        .iter()
+        .any(|m| m.peer_urls().iter().any(|u| u == peer))
+    {
+        listed.members().to_vec()
+    } else {
+        c.member_add([peer], None).await?.member_list().to_vec()
+    };
+    let id = members
+        .iter()
+        .find(|m| m.peer_urls().iter().any(|u| u == peer))
+        .map(|m| m.id())
+        .with_context(|| format!("{peer} is not listed after the add"))?;
+    let initial = members
+        .iter()
+        .map(|m| {
+            let url = m.peer_urls().first().cloned().unwrap_or_default();
+            let name = cluster
+                .members()
+                .iter()
+                .find(|s| s.peer_url() == url)
+                .map(|s| s.name.clone())
+                .or_else(|| (!m.name().is_empty()).then(|| m.name().to_string()))
+                .with_context(|| format!("member {:x} ({url}) is unknown to this run", m.id()))?;
+            Ok(format!("{name}={url}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((id, initial.join(",")))
 }
 
 enum Undo {

@@ -1082,44 +1082,9 @@ async fn member_add(cluster: &Cluster, live: &[usize], new: usize) -> Result<(u6
     let mut last = String::new();
     while Instant::now() < deadline {
         for &i in live {
-            let r: Result<(u64, String)> = async {
-                let mut c = connect_one(&cluster.members()[i].client_url(), 3_000).await?;
-                let listed = c.member_list().await?;
-                let members = if listed
-                    .members()
-                    .iter()
-                    .any(|m| m.peer_urls().contains(&peer))
-                {
-                    listed.members().to_vec()
-                } else {
-                    c.member_add([peer.as_str()], None)
-                        .await?
-                        .member_list()
-                        .to_vec()
-                };
-                let id = members
-                    .iter()
-                    .find(|m| m.peer_urls().contains(&peer))
-                    .map(|m| m.id())
-                    .with_context(|| format!("{peer} is not listed after the add"))?;
-                let initial = members
-                    .iter()
-                    .map(|m| {
-                        let url = m.peer_urls().first().cloned().unwrap_or_default();
-                        let name = cluster
-                            .members()
-                            .iter()
-                            .find(|s| s.peer_url() == url)
-                            .map(|s| s.name.clone())
-                            .with_context(|| {
-                                format!("member {:x} ({url}) is unknown to this run", m.id())
-                            })?;
-                        Ok(format!("{name}={url}"))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok((id, initial.join(",")))
-            }
-            .await;
+            let r =
+                crate::chaos::add_member_once(&cluster.members()[i].client_url(), &peer, cluster)
+                    .await;
             match r {
                 Ok(v) => return Ok(v),
                 Err(e) if refused(&e) => bail!("{peer} refused: {e:#}"),

@@ -1108,14 +1108,6 @@ fn member_remove_then_add(cl: &mut Cluster) {
         out.contains(&format!(", unstarted, , {}, , false", m.peer_url())),
         "{out}"
     );
-    m.initial_cluster = cl
-        .live()
-        .iter()
-        .map(|i| &cl.members[*i])
-        .chain([&m])
-        .map(|m| format!("{}={}", m.name, m.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",");
     let url = m.url();
     let ep = m.endpoint();
     let name = m.name.clone();

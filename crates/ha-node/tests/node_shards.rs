@@ -472,14 +472,6 @@ fn rebuilt_and_rebalanced(consensus: &str) {
         r.member().expect("added member").id()
     });
     m.member_id = Some(format!("{added:x}"));
-    m.initial_cluster = cl
-        .live()
-        .iter()
-        .map(|i| &cl.members[*i])
-        .chain([&m])
-        .map(|m| format!("{}={}", m.name, m.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",");
     let e6 = cl.join(m);
     let balanced = wait_for_map(
         &cl,

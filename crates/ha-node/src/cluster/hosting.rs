@@ -50,7 +50,7 @@ use ha_shard::map::Step;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::machine::{MetaCommand, MetaResponse};
+use super::machine::MetaCommand;
 use super::wire::{PeerRequest, PeerResponse, ShardChangeKind};
 use super::{NodeError, NodeHandle, SHARD_INBOX_FRAMES, ShardSlot, Store};
 
@@ -409,7 +409,7 @@ async fn control_once<S: StateMachine>(
                 shards = f.shard_count(),
                 "recording the founding shard map in group 0"
             );
-            node.propose_shard_meta(MetaCommand::ShardInit { map: f.encode() })
+            node.propose_meta(MetaCommand::ShardInit { map: f.encode() })
                 .await?;
         }
         return Ok(());
@@ -502,12 +502,12 @@ async fn control_once<S: StateMachine>(
             }
         }
         match node
-            .propose_shard_meta(MetaCommand::ShardStep {
+            .propose_meta(MetaCommand::ShardStep {
                 step: step.encode(),
             })
             .await
         {
-            Ok(()) => {
+            Ok(_) => {
                 tracing::info!(?step, "placement step recorded");
                 node.shared.metrics.record_shard_move(step_kind(&step));
             }
@@ -547,18 +547,6 @@ async fn shard_change<S: StateMachine>(
         other => Err(NodeError::Unavailable(format!(
             "unexpected answer from shard {shard}: {other:?}"
         ))),
-    }
-}
-
-impl<S: StateMachine> NodeHandle<S> {
-    /// Proposes a shard-map command to group 0 on this member (its leader).
-    async fn propose_shard_meta(&self, cmd: MetaCommand) -> Result<(), NodeError> {
-        let out = self.shared.replica.propose(cmd.encode_entry()).await?;
-        match ha_core::codec::decode::<MetaResponse>(&out) {
-            Ok(MetaResponse::Refused(e)) => Err(NodeError::Invalid(e)),
-            Ok(_) => Ok(()),
-            Err(e) => Err(NodeError::Fatal(format!("undecodable meta response: {e}"))),
-        }
     }
 }
 

@@ -518,26 +518,10 @@ impl Member {
         }
     }
 
-    /// GETs `path` from the member's metrics listener (HTTP/1.0, bounded
-    /// by [`CTL_TIMEOUT`]): the body, or why not.
+    /// GETs `path` from the member's metrics listener (`ha-node ctl`'s
+    /// bounded HTTP/1.0 client): the body, or why not.
     pub fn http_get(&self, path: &str) -> Result<String, String> {
-        let addr = format!("127.0.0.1:{}", self.metrics);
-        let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
-        let mut s = std::net::TcpStream::connect_timeout(&sock, CTL_TIMEOUT)
-            .map_err(|e| format!("{addr}: {e}"))?;
-        s.set_read_timeout(Some(CTL_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)
-            .map_err(|e| format!("{addr}{path}: {e}"))?;
-        let (head, body) = out
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| format!("{addr}{path}: no HTTP header in {out:?}"))?;
-        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-            return Err(format!("{addr}{path}: {head}"));
-        }
-        Ok(body.to_string())
+        ha_node::ctl::http_get(&format!("http://127.0.0.1:{}", self.metrics), path)
     }
 
     /// The bare `host:port` client endpoint.
@@ -725,9 +709,18 @@ impl Cluster {
         args
     }
 
-    /// Starts `m` as a new member joining the running cluster.
+    /// Starts `m` as a new member joining the running cluster, with the
+    /// live members and itself as its `--initial-cluster`.
     pub fn join(&mut self, mut m: Member) -> usize {
         m.joins = true;
+        m.initial_cluster = self
+            .live()
+            .iter()
+            .map(|i| &self.members[*i])
+            .chain([&m])
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut args = m.args(&self.consensus, &self.token);
         args.extend(self.extra.iter().cloned());
         let p = Proc::spawn(&args);
