@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  clients ──ReplicaHandle──► command queue ─┐        ┌─► Transport (messages, at once)
-//!  Transport ─► inbound queue ───────────────┼► driver┼─► spawn_blocking(LogStore::write) ── one synced write per Ready
+//!  Transport ─► inbound queue ───────────────┼► driver┼─► LogStore::write_queued (or spawn_blocking(write)) ── one synced write per Ready
 //!  tokio interval ─► tick(now_ms) ───────────┘  task  └─► apply task ──► StateMachine (spawn_blocking)
 //!                                                  ▲                         │
 //!                                                  └──── applied index ◄─────┘
@@ -13,8 +13,10 @@
 //!
 //! - **Ready order** (as documented in [`crate::consensus`]): `messages` are
 //!   sent at once; `snapshot/truncate_from/entries/hard_state/purge_to` go to
-//!   the store as **one** `LogWrite { sync: true }` on the blocking pool,
-//!   while the driver keeps taking proposals and messages; when the write is
+//!   the store as **one** `LogWrite { sync: true }` — queued straight to the
+//!   store's writer when it supports [`LogStore::write_queued`] (no thread
+//!   hand-off; RocksDB's completion wakes the driver), else on the blocking
+//!   pool — while the driver keeps taking proposals and messages; when the write is
 //!   durable, `persisted_messages` are sent, `committed` entries are handed
 //!   to the apply task, `reads` are registered and `advance(number)` is
 //!   called. A Ready that needs no write is carried out at once.
@@ -119,6 +121,12 @@ use apply::{ApplyItem, ApplyMsg, ApplyPayload, ApplyReply, Query, SnapshotCounte
 /// Room in the command queue for status requests beyond the proposal and
 /// read permits.
 const CONTROL_QUEUE_LEN: usize = 64;
+
+/// Most commands (or inbound frames) the driver takes from its queue in one
+/// go before it looks for a Ready: what is already queued is stepped
+/// together, so it shares one Ready (one log write, one message per peer);
+/// the bound keeps ticks and the other queue served.
+const DRAIN_MAX: usize = 256;
 
 /// Settings and limits of a [`Replica`]. Checked by [`ReplicaConfig::validate`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -713,7 +721,8 @@ struct InFlight<M> {
 }
 
 /// The write of the Ready in flight (after installing its snapshot, if any).
-type PersistTask = JoinHandle<Result<(), ReplicaError>>;
+type PersistTask =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ReplicaError>> + Send + 'static>>;
 
 struct Driver<C: Consensus, S> {
     config: ReplicaConfig,
@@ -761,12 +770,43 @@ async fn wait_build(b: &mut Option<BuildTask>) -> Result<crate::types::SnapshotM
 
 async fn wait_persist(h: &mut Option<PersistTask>) -> Result<(), ReplicaError> {
     match h.as_mut() {
-        Some(h) => h.await.unwrap_or_else(|join| {
-            Err(ReplicaError::Storage(format!(
-                "log write task failed: {join}"
-            )))
-        }),
+        Some(h) => h.await,
         None => std::future::pending().await,
+    }
+}
+
+/// Writes `write` to `store`: queued without a thread hand-off when the
+/// store supports it ([`LogStore::write_queued`]), else on the blocking
+/// pool.
+fn start_write(store: Arc<dyn LogStore>, group: GroupId, write: LogWrite) -> PersistTask {
+    let (tx, rx) = oneshot::channel();
+    let done: crate::storage::WriteDone = Box::new(move |res| {
+        let _ = tx.send(res);
+    });
+    match store.write_queued(group, write, done) {
+        Ok(()) => Box::pin(async move {
+            match rx.await {
+                Ok(res) => res.map_err(|e| ReplicaError::Storage(e.to_string())),
+                Err(_) => Err(ReplicaError::Storage(
+                    "the log store dropped a write without answering".into(),
+                )),
+            }
+        }),
+        Err(back) => {
+            let write = back.write;
+            let task = tokio::task::spawn_blocking(move || {
+                store
+                    .write(group, write)
+                    .map_err(|e| ReplicaError::Storage(e.to_string()))
+            });
+            Box::pin(async move {
+                task.await.unwrap_or_else(|join| {
+                    Err(ReplicaError::Storage(format!(
+                        "log write task failed: {join}"
+                    )))
+                })
+            })
+        }
     }
 }
 
@@ -822,11 +862,27 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
                     Err(_) => break,
                 },
                 cmd = cmd_rx.recv(), if commands_open => match cmd {
-                    Some(c) => self.on_command(c),
+                    Some(c) => {
+                        self.on_command(c);
+                        // Everything already queued joins the same Ready:
+                        // a burst of proposals (a forwarded batch, many
+                        // clients) becomes one round, not one round for the
+                        // first and another for the rest.
+                        for _ in 1..DRAIN_MAX {
+                            let Ok(c) = cmd_rx.try_recv() else { break };
+                            self.on_command(c);
+                        }
+                    }
                     None => commands_open = false,
                 },
                 inb = inbound.recv(), if inbound_open => match inb {
-                    Some(i) => self.on_inbound(i),
+                    Some(i) => {
+                        self.on_inbound(i);
+                        for _ in 1..DRAIN_MAX {
+                            let Ok(i) = inbound.try_recv() else { break };
+                            self.on_inbound(i);
+                        }
+                    }
                     None => inbound_open = false,
                 },
                 _ = ticker.tick() => self.on_tick(),
@@ -962,24 +1018,14 @@ impl<C: Consensus, S: StateMachine> Driver<C, S> {
                 };
                 let store = Arc::clone(&self.store);
                 let group = self.config.group;
-                let write_now = move || {
-                    store
-                        .write(group, write)
-                        .map_err(|e| ReplicaError::Storage(e.to_string()))
-                };
                 *persist = Some(match installed {
-                    // The common case: straight to the blocking pool (one
-                    // hand-off per Ready, no task in between).
-                    None => tokio::task::spawn_blocking(write_now),
-                    Some(done) => tokio::spawn(async move {
+                    // The common case: straight to the store.
+                    None => start_write(store, group, write),
+                    Some(done) => Box::pin(async move {
                         done.await.unwrap_or(Err(ReplicaError::StateMachine(
                             "the apply task stopped during a snapshot install".into(),
                         )))?;
-                        tokio::task::spawn_blocking(write_now)
-                            .await
-                            .map_err(|join| {
-                                ReplicaError::Storage(format!("log store write panicked: {join}"))
-                            })?
+                        start_write(store, group, write).await
                     }),
                 });
                 self.in_flight = Some(flight);

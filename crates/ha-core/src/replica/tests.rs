@@ -1161,6 +1161,176 @@ mod with_solo {
         replica.shutdown().await.unwrap();
     }
 
+    /// A store that takes writes through `write_queued`: each one is
+    /// written by a thread of its own after a short delay and answered
+    /// through `done`; every third call is refused (a full queue), so the
+    /// driver's blocking fallback runs too. `fail_after` writes, every
+    /// queued write is answered with an engine error.
+    struct QueuedStore {
+        inner: Arc<MemLogStore>,
+        calls: std::sync::atomic::AtomicU64,
+        queued: std::sync::atomic::AtomicU64,
+        blocking: std::sync::atomic::AtomicU64,
+        fail_after: u64,
+    }
+
+    impl QueuedStore {
+        fn new(fail_after: u64) -> Self {
+            QueuedStore {
+                inner: Arc::new(MemLogStore::new()),
+                calls: Default::default(),
+                queued: Default::default(),
+                blocking: Default::default(),
+                fail_after,
+            }
+        }
+    }
+
+    impl LogStore for QueuedStore {
+        fn write(&self, group: GroupId, write: LogWrite) -> StorageResult<()> {
+            self.blocking.fetch_add(1, Ordering::SeqCst);
+            self.inner.write(group, write)
+        }
+        fn write_queued(
+            &self,
+            group: GroupId,
+            write: LogWrite,
+            done: crate::storage::WriteDone,
+        ) -> Result<(), Box<crate::storage::NotQueued>> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n % 3 == 2 {
+                return Err(Box::new(crate::storage::NotQueued { write, done }));
+            }
+            let q = self.queued.fetch_add(1, Ordering::SeqCst);
+            let fail = q >= self.fail_after;
+            let inner = Arc::clone(&self.inner);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(1));
+                if fail {
+                    done(Err(StorageError::Engine("injected queued failure".into())));
+                } else {
+                    done(inner.write(group, write));
+                }
+            });
+            Ok(())
+        }
+        fn sync(&self) -> StorageResult<()> {
+            self.inner.sync()
+        }
+        fn entries(&self, g: GroupId, r: std::ops::Range<LogIndex>) -> StorageResult<Vec<Entry>> {
+            self.inner.entries(g, r)
+        }
+        fn bounds(&self, g: GroupId) -> StorageResult<Option<(LogIndex, LogIndex)>> {
+            self.inner.bounds(g)
+        }
+        fn hard_state(&self, g: GroupId) -> StorageResult<crate::types::HardState> {
+            self.inner.hard_state(g)
+        }
+        fn snapshot_meta(&self, g: GroupId) -> StorageResult<Option<SnapshotMeta>> {
+            self.inner.snapshot_meta(g)
+        }
+    }
+
+    fn start_queued(store: &Arc<QueuedStore>, net: &MemNetwork) -> Replica<MemKv> {
+        let solo = Solo::new(SoloConfig::new(ME), Default::default()).unwrap();
+        let (transport, rx) = net.join(ME).unwrap();
+        let cfg = ReplicaConfig {
+            group: GroupId(3),
+            ..ReplicaConfig::default()
+        };
+        Replica::start(
+            cfg,
+            solo,
+            Arc::clone(store) as Arc<dyn LogStore>,
+            MemKv::default(),
+            Arc::new(transport),
+            rx,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_queued_to_the_store_and_refused_ones_all_land_and_are_answered() {
+        const CLIENTS: usize = 6;
+        const PER_CLIENT: usize = 30;
+        let store = Arc::new(QueuedStore::new(u64::MAX));
+        let net = MemNetwork::new(MemNetworkConfig::default()).unwrap();
+        let replica = start_queued(&store, &net);
+        let mut tasks = Vec::new();
+        for c in 0..CLIENTS {
+            let h = replica.handle();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..PER_CLIENT {
+                    let resp = h.propose(put(&format!("c{c}-{i}"), "v")).await?;
+                    assert_eq!(
+                        KvResponse::decode(&resp).ok(),
+                        Some(KvResponse::Written { prev: None })
+                    );
+                }
+                Ok::<(), ReplicaError>(())
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let total = (CLIENTS * PER_CLIENT) as u64;
+        let st = replica.handle().status().await.unwrap();
+        assert_eq!(st.stats.proposals_committed, total);
+        // One store write per persist (a fallback write is counted once its
+        // blocking thread runs: wait for it, bounded).
+        let mut seen = (0, 0, 0);
+        for _ in 0..200 {
+            let persists = replica.handle().status().await.unwrap().stats.persists;
+            seen = (
+                store.queued.load(Ordering::SeqCst),
+                store.blocking.load(Ordering::SeqCst),
+                persists,
+            );
+            if seen.0 + seen.1 == seen.2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (queued, blocking, persists) = seen;
+        assert!(
+            queued > 0 && blocking > 0,
+            "queued {queued}, blocking {blocking}"
+        );
+        assert_eq!(queued + blocking, persists, "one store write per persist");
+        let kv = replica.shutdown().await.unwrap();
+        assert_eq!(kv.len() as u64, total);
+        // Everything answered is in the log (and nothing was lost unsynced).
+        store.inner.crash();
+        let (_, last) = store.inner.bounds(GroupId(3)).unwrap().unwrap();
+        assert!(last.0 >= total, "log ends at {last:?}, after {total} puts");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_queued_write_stops_the_replica_and_answers_with_the_error() {
+        let store = Arc::new(QueuedStore::new(1));
+        let net = MemNetwork::new(MemNetworkConfig::default()).unwrap();
+        let replica = start_queued(&store, &net);
+        let h = replica.handle();
+        let mut results = Vec::new();
+        for i in 0..6 {
+            results.push(h.propose(put(&format!("k{i}"), "v")).await);
+            if results.last().is_some_and(|r| r.is_err()) {
+                break;
+            }
+        }
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        assert_eq!(failed, 1, "{results:?}");
+        assert!(
+            matches!(results.last(), Some(Err(ReplicaError::Storage(_)))),
+            "{results:?}"
+        );
+        let exit = replica.shutdown().await;
+        assert!(
+            matches!(&exit, Err(ReplicaError::Storage(m)) if m.contains("injected queued failure")),
+            "{exit:?}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn periodic_snapshots_let_solo_purge_the_log() {
         let store = Arc::new(MemLogStore::new());

@@ -103,14 +103,48 @@ pub enum StorageError {
 /// Result alias for storage calls.
 pub type StorageResult<T> = Result<T, StorageError>;
 
+/// Called exactly once with the outcome of a write started by
+/// [`LogStore::write_queued`], possibly on a thread of the store.
+pub type WriteDone = Box<dyn FnOnce(StorageResult<()>) + Send>;
+
+/// A write [`LogStore::write_queued`] did not start, given back whole.
+pub struct NotQueued {
+    /// The write, untouched.
+    pub write: LogWrite,
+    /// Its callback, not called.
+    pub done: WriteDone,
+}
+
 /// A durable, multi-group replicated-log store.
 ///
 /// Calls are blocking (RocksDB is); async callers use
-/// `tokio::task::spawn_blocking`. Concurrent writers are allowed and share
-/// fsyncs (group commit) where the implementation supports it.
+/// `tokio::task::spawn_blocking`, or [`LogStore::write_queued`] where the
+/// store supports it. Concurrent writers are allowed and share fsyncs
+/// (group commit) where the implementation supports it.
 pub trait LogStore: Send + Sync + 'static {
     /// Applies `write` atomically; when `write.sync`, returns after fsync.
     fn write(&self, group: GroupId, write: LogWrite) -> StorageResult<()>;
+
+    /// Starts `write` without blocking the caller, with the same meaning as
+    /// [`write`](Self::write): `done` is called exactly once with the
+    /// outcome — when the write is applied (and fsync'd if `write.sync`), or
+    /// with the error — from whichever thread completes it, possibly before
+    /// this returns. `done` must not block.
+    ///
+    /// Gives `write` and `done` back untouched ([`NotQueued`]; nothing
+    /// started) when the store cannot take the write without blocking — its
+    /// queue is full, or it has no queue at all (the default): the caller
+    /// then uses [`write`](Self::write) on a thread that may block. Writes started
+    /// this way and by `write` are applied in the order they were started.
+    fn write_queued(
+        &self,
+        group: GroupId,
+        write: LogWrite,
+        done: WriteDone,
+    ) -> Result<(), Box<NotQueued>> {
+        let _ = group;
+        Err(Box::new(NotQueued { write, done }))
+    }
 
     /// Makes every earlier write of every group durable.
     fn sync(&self) -> StorageResult<()>;

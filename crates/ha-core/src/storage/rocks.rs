@@ -78,7 +78,7 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions,
 };
 
-use super::{LogStore, LogWrite, StorageError, StorageResult};
+use super::{LogStore, LogWrite, NotQueued, StorageError, StorageResult, WriteDone};
 use crate::codec;
 use crate::consensus::Recovered;
 use crate::types::{Entry, GroupId, HardState, LogIndex, SnapshotMeta};
@@ -275,6 +275,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Why [`RocksLogStore::enqueue`] did not queue a request.
+enum Refused {
+    /// The store is closed.
+    Closed,
+    /// The queue is full (only without blocking).
+    Full,
+}
+
 /// How a batch ended, as its callers see it.
 #[derive(Clone, Debug)]
 enum Outcome {
@@ -288,34 +296,67 @@ enum Outcome {
 }
 
 /// Where the callers of one batch wait for its outcome: set once, then every
-/// waiter is woken with one `notify_all`.
+/// blocked waiter is woken with one `notify_all` and every queued caller's
+/// callback ([`LogStore::write_queued`]) is called on the completing thread.
 #[derive(Default)]
 struct Completion {
-    outcome: Mutex<Option<Outcome>>,
+    state: Mutex<CompletionState>,
     cv: Condvar,
 }
 
-impl Completion {
-    /// Sets the outcome unless one is set already; wakes the waiters if it
-    /// set it.
-    fn complete(&self, outcome: Outcome) {
-        let mut g = lock(&self.outcome);
-        if g.is_some() {
-            return;
+#[derive(Default)]
+struct CompletionState {
+    outcome: Option<Outcome>,
+    callbacks: Vec<WriteDone>,
+}
+
+impl Outcome {
+    fn to_result(&self) -> StorageResult<()> {
+        match self {
+            Outcome::Done => Ok(()),
+            Outcome::Engine(msg) => Err(StorageError::Engine(msg.clone())),
+            Outcome::Stopped => Err(StorageError::Closed),
         }
-        *g = Some(outcome);
-        drop(g);
+    }
+}
+
+impl Completion {
+    /// Sets the outcome unless one is set already; wakes the waiters and
+    /// calls the callbacks if it set it.
+    fn complete(&self, outcome: Outcome) {
+        let callbacks = {
+            let mut g = lock(&self.state);
+            if g.outcome.is_some() {
+                return;
+            }
+            g.outcome = Some(outcome.clone());
+            std::mem::take(&mut g.callbacks)
+        };
         self.cv.notify_all();
+        for done in callbacks {
+            done(outcome.to_result());
+        }
+    }
+
+    /// Calls `done` with the outcome once it is set (at once if it is).
+    fn on_complete(&self, done: WriteDone) {
+        let mut g = lock(&self.state);
+        match g.outcome.as_ref() {
+            Some(o) => {
+                let res = o.to_result();
+                drop(g);
+                done(res);
+            }
+            None => g.callbacks.push(done),
+        }
     }
 
     /// Blocks until the outcome is set.
     fn wait(&self) -> StorageResult<()> {
-        let mut g = lock(&self.outcome);
+        let mut g = lock(&self.state);
         loop {
-            match g.as_ref() {
-                Some(Outcome::Done) => return Ok(()),
-                Some(Outcome::Engine(msg)) => return Err(StorageError::Engine(msg.clone())),
-                Some(Outcome::Stopped) => return Err(StorageError::Closed),
+            match g.outcome.as_ref() {
+                Some(o) => return o.to_result(),
                 None => g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner()),
             }
         }
@@ -744,50 +785,68 @@ impl RocksLogStore {
     /// waits for its batch's answer. `bytes` is at most `max_batch_bytes`
     /// (checked by the caller).
     fn submit(&self, ops: Vec<Op>, bytes: usize, sync: bool, is_write: bool) -> StorageResult<()> {
+        match self.enqueue(ops, bytes, sync, is_write, true) {
+            Ok(done) => done.wait(),
+            Err(Refused::Closed) => Err(StorageError::Closed),
+            // `block` was true: the queue never refuses for being full.
+            Err(Refused::Full) => Err(StorageError::Closed),
+        }
+    }
+
+    /// Queues a request and returns its batch's completion. With `block`,
+    /// waits while the queue is full; without, refuses (giving `ops` back).
+    fn enqueue(
+        &self,
+        ops: Vec<Op>,
+        bytes: usize,
+        sync: bool,
+        is_write: bool,
+        block: bool,
+    ) -> Result<Arc<Completion>, Refused> {
         let sh = &*self.shared;
         let (max_writes, max_bytes) = (self.opts.max_batch_writes, self.opts.max_batch_bytes);
-        let done = {
-            let mut q = lock(&sh.intake);
-            while !q.closed && q.requests >= self.opts.queue_len {
-                q = sh.intake_space.wait(q).unwrap_or_else(|p| p.into_inner());
+        let mut q = lock(&sh.intake);
+        while !q.closed && q.requests >= self.opts.queue_len {
+            if !block {
+                return Err(Refused::Full);
             }
-            if q.closed {
-                return Err(StorageError::Closed);
+            q = sh.intake_space.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+        if q.closed {
+            return Err(Refused::Closed);
+        }
+        q.requests += 1;
+        sh.queued.fetch_add(1, Ordering::Relaxed);
+        let fits = q
+            .batches
+            .back()
+            .is_some_and(|b| b.requests < max_writes && b.bytes + bytes <= max_bytes);
+        Ok(match q.batches.back_mut() {
+            Some(b) if fits => {
+                b.ops.extend(ops);
+                b.requests += 1;
+                b.writes += u64::from(is_write);
+                b.bytes += bytes;
+                b.sync |= sync;
+                Arc::clone(&b.answer.0)
             }
-            q.requests += 1;
-            sh.queued.fetch_add(1, Ordering::Relaxed);
-            let fits = q
-                .batches
-                .back()
-                .is_some_and(|b| b.requests < max_writes && b.bytes + bytes <= max_bytes);
-            match q.batches.back_mut() {
-                Some(b) if fits => {
-                    b.ops.extend(ops);
-                    b.requests += 1;
-                    b.writes += u64::from(is_write);
-                    b.bytes += bytes;
-                    b.sync |= sync;
-                    Arc::clone(&b.answer.0)
+            _ => {
+                let done = Arc::new(Completion::default());
+                q.batches.push_back(Batch {
+                    ops,
+                    requests: 1,
+                    writes: u64::from(is_write),
+                    bytes,
+                    sync,
+                    answer: Answer(Arc::clone(&done)),
+                });
+                if q.batches.len() == 1 {
+                    // The writer may be idle: only then is it waiting.
+                    sh.intake_ready.notify_one();
                 }
-                _ => {
-                    let done = Arc::new(Completion::default());
-                    q.batches.push_back(Batch {
-                        ops,
-                        requests: 1,
-                        writes: u64::from(is_write),
-                        bytes,
-                        sync,
-                        answer: Answer(Arc::clone(&done)),
-                    });
-                    if q.batches.len() == 1 {
-                        // The writer may be idle: only then is it waiting.
-                        sh.intake_ready.notify_one();
-                    }
-                    done
-                }
+                done
             }
-        };
-        done.wait()
+        })
     }
 
     /// Reads the present entries of `range`, stopping (and saying where)
@@ -888,6 +947,50 @@ impl LogStore for RocksLogStore {
             )));
         }
         self.submit(ops, bytes, write.sync, true)
+    }
+
+    /// Validates and encodes `write` on the calling thread and queues it
+    /// without waiting; `done` is called by the sync thread when its batch
+    /// is committed (with `Ok` only after the fsync if `write.sync`). Gives
+    /// `write` and `done` back only while the queue is full.
+    fn write_queued(
+        &self,
+        group: GroupId,
+        write: LogWrite,
+        done: WriteDone,
+    ) -> Result<(), Box<NotQueued>> {
+        if let Err(e) = self.check_open() {
+            done(Err(e));
+            return Ok(());
+        }
+        let (ops, bytes, is_write) = if write.is_empty() {
+            if !write.sync {
+                done(Ok(()));
+                return Ok(());
+            }
+            (Vec::new(), 0, false)
+        } else {
+            let (ops, bytes) = prepare(group, &write);
+            if bytes > self.opts.max_batch_bytes {
+                done(Err(StorageError::Invalid(format!(
+                    "write of {bytes} bytes to group {group} exceeds max_batch_bytes {}",
+                    self.opts.max_batch_bytes
+                ))));
+                return Ok(());
+            }
+            (ops, bytes, true)
+        };
+        match self.enqueue(ops, bytes, write.sync, is_write, false) {
+            Ok(completion) => {
+                completion.on_complete(done);
+                Ok(())
+            }
+            Err(Refused::Closed) => {
+                done(Err(StorageError::Closed));
+                Ok(())
+            }
+            Err(Refused::Full) => Err(Box::new(NotQueued { write, done })),
+        }
     }
 
     /// Fsyncs the WAL after every write queued before it; concurrent
@@ -1954,6 +2057,131 @@ mod tests {
         assert_eq!((st.writes, st.batches), (8, 3), "{st:?}");
         // The sync thread may cover several written batches with one fsync.
         assert!((1..=3).contains(&st.fsyncs), "{st:?}");
+    }
+
+    /// A `WriteDone` that sends its outcome to the returned receiver.
+    fn done_channel() -> (WriteDone, std::sync::mpsc::Receiver<StorageResult<()>>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (
+            Box::new(move |res| {
+                let _ = tx.send(res);
+            }),
+            rx,
+        )
+    }
+
+    #[test]
+    fn queued_writes_are_answered_by_the_sync_thread_after_one_shared_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = RocksLogStore::open_paused(dir.path(), RocksOptions::default()).expect("open");
+        let mut answers = Vec::new();
+        for g in 0..8u64 {
+            let (done, rx) = done_channel();
+            let taken = s.write_queued(GroupId(g), LogWrite::append(vec![ent(1, 1)]), done);
+            assert!(taken.is_ok(), "queue refused write {g}");
+            answers.push(rx);
+        }
+        // Nothing is answered while the writer is held: the caller did not
+        // block and no outcome is invented.
+        for rx in &answers {
+            assert!(rx.try_recv().is_err(), "answered before the write");
+        }
+        assert_eq!(s.stats().queued, 8);
+        s.shared.pause.set(false);
+        for rx in answers {
+            let res = rx.recv_timeout(Duration::from_secs(20)).expect("answer");
+            assert!(res.is_ok(), "{res:?}");
+        }
+        let st = s.stats();
+        assert_eq!((st.writes, st.batches, st.fsyncs), (8, 1, 1), "{st:?}");
+        for g in 0..8u64 {
+            assert_eq!(
+                s.entry(GroupId(g), LogIndex(1)).ok().flatten(),
+                Some(ent(1, 1))
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_queue_gives_a_queued_write_back_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = RocksOptions {
+            queue_len: 2,
+            ..RocksOptions::default()
+        };
+        let s = RocksLogStore::open_paused(dir.path(), opts).expect("open");
+        let mut answers = Vec::new();
+        for i in 1..=2u64 {
+            let (done, rx) = done_channel();
+            assert!(
+                s.write_queued(G, LogWrite::append(vec![ent(i, 1)]), done)
+                    .is_ok()
+            );
+            answers.push(rx);
+        }
+        let (done, rx) = done_channel();
+        let third = LogWrite::append(vec![ent(3, 1)]);
+        let Err(back) = s.write_queued(G, third.clone(), done) else {
+            panic!("a full queue took the write");
+        };
+        assert_eq!(back.write, third);
+        drop(back);
+        assert!(rx.try_recv().is_err(), "a refused write was answered");
+        s.shared.pause.set(false);
+        for rx in answers {
+            assert!(
+                rx.recv_timeout(Duration::from_secs(20))
+                    .expect("answer")
+                    .is_ok()
+            );
+        }
+        assert_eq!(
+            s.bounds(G).expect("bounds"),
+            Some((LogIndex(1), LogIndex(2)))
+        );
+    }
+
+    #[test]
+    fn queued_writes_report_bad_input_and_a_closed_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = RocksOptions {
+            max_batch_bytes: 4096,
+            ..RocksOptions::default()
+        };
+        let s = RocksLogStore::open(dir.path(), opts).expect("open");
+        let (done, rx) = done_channel();
+        assert!(
+            s.write_queued(G, LogWrite::append(vec![big(1, 8192)]), done)
+                .is_ok()
+        );
+        let res = rx.recv_timeout(Duration::from_secs(20)).expect("answer");
+        assert!(matches!(res, Err(StorageError::Invalid(_))), "{res:?}");
+        assert_eq!(
+            s.bounds(G).expect("bounds"),
+            None,
+            "an oversized write changed the log"
+        );
+        // An empty synced write is a sync; an empty unsynced one a no-op.
+        let (done, rx) = done_channel();
+        let sync_only = LogWrite {
+            sync: true,
+            ..LogWrite::default()
+        };
+        assert!(s.write_queued(G, sync_only, done).is_ok());
+        assert!(
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("answer")
+                .is_ok()
+        );
+        assert_eq!(s.stats().fsyncs, 1);
+        s.close().expect("close");
+        let (done, rx) = done_channel();
+        assert!(
+            s.write_queued(G, LogWrite::append(vec![ent(1, 1)]), done)
+                .is_ok()
+        );
+        let res = rx.recv_timeout(Duration::from_secs(20)).expect("answer");
+        assert!(matches!(res, Err(StorageError::Closed)), "{res:?}");
     }
 
     #[test]
