@@ -16,8 +16,8 @@
 //!   the store as **one** `LogWrite { sync: true }` — queued straight to the
 //!   store's writer when it supports [`LogStore::write_queued`] (no thread
 //!   hand-off; RocksDB's completion wakes the driver), else on the blocking
-//!   pool — while the driver keeps taking proposals and messages; when the write is
-//!   durable, `persisted_messages` are sent, `committed` entries are handed
+//!   pool — while the driver keeps taking proposals and messages; when the
+//!   write is durable, `persisted_messages` are sent, `committed` entries are handed
 //!   to the apply task, `reads` are registered and `advance(number)` is
 //!   called. A Ready that needs no write is carried out at once.
 //! - **Group commit**: only one Ready is in flight; proposals that arrive

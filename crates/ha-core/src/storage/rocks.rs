@@ -794,7 +794,8 @@ impl RocksLogStore {
     }
 
     /// Queues a request and returns its batch's completion. With `block`,
-    /// waits while the queue is full; without, refuses (giving `ops` back).
+    /// waits while the queue is full; without, refuses (the caller still
+    /// holds the `LogWrite` the operations came from).
     fn enqueue(
         &self,
         ops: Vec<Op>,
