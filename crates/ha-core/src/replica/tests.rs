@@ -1072,7 +1072,7 @@ mod with_solo {
     use crate::solo::{Solo, SoloConfig};
     use crate::transport::{MemNetwork, MemNetworkConfig};
 
-    fn start(store: &Arc<MemLogStore>, net: &MemNetwork) -> Replica<MemKv> {
+    fn start(store: Arc<dyn LogStore>, net: &MemNetwork) -> Replica<MemKv> {
         let recovered = store.recover(GroupId(3)).unwrap();
         let solo = Solo::new(SoloConfig::new(ME), recovered).unwrap();
         net.leave(ME);
@@ -1081,15 +1081,29 @@ mod with_solo {
             group: GroupId(3),
             ..ReplicaConfig::default()
         };
-        Replica::start(
-            cfg,
-            solo,
-            Arc::clone(store) as Arc<dyn LogStore>,
-            MemKv::default(),
-            Arc::new(transport),
-            rx,
-        )
-        .unwrap()
+        Replica::start(cfg, solo, store, MemKv::default(), Arc::new(transport), rx).unwrap()
+    }
+
+    /// `clients` tasks each put `per_client` new keys `c<client>-<i>` one
+    /// after another; every put must be answered as a fresh write.
+    async fn put_concurrently(replica: &Replica<MemKv>, clients: usize, per_client: usize) {
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let h = replica.handle();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per_client {
+                    let resp = h.propose(put(&format!("c{c}-{i}"), "v")).await?;
+                    assert_eq!(
+                        KvResponse::decode(&resp).ok(),
+                        Some(KvResponse::Written { prev: None })
+                    );
+                }
+                Ok::<(), ReplicaError>(())
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
     }
 
     fn put(k: &str, v: &str) -> Bytes {
@@ -1106,24 +1120,8 @@ mod with_solo {
         const PER_CLIENT: usize = 50;
         let store = Arc::new(MemLogStore::new());
         let net = MemNetwork::new(MemNetworkConfig::default()).unwrap();
-        let replica = start(&store, &net);
-        let mut tasks = Vec::new();
-        for c in 0..CLIENTS {
-            let h = replica.handle();
-            tasks.push(tokio::spawn(async move {
-                for i in 0..PER_CLIENT {
-                    let resp = h.propose(put(&format!("c{c}-{i}"), "v")).await?;
-                    assert_eq!(
-                        KvResponse::decode(&resp).ok(),
-                        Some(KvResponse::Written { prev: None })
-                    );
-                }
-                Ok::<(), ReplicaError>(())
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
+        let replica = start(store.clone(), &net);
+        put_concurrently(&replica, CLIENTS, PER_CLIENT).await;
         let total = CLIENTS * PER_CLIENT;
         let n = replica
             .handle()
@@ -1144,7 +1142,7 @@ mod with_solo {
 
         // Restart from the same store: Solo replays the log into a fresh MemKv.
         store.crash(); // only synced writes survive; everything acked was synced
-        let replica = start(&store, &net);
+        let replica = start(store.clone(), &net);
         let h = replica.handle();
         let (n, sample) = h
             .linearizable_query(|kv: &MemKv| (kv.len(), kv.get(b"c7-49").cloned()))
@@ -1231,48 +1229,14 @@ mod with_solo {
         }
     }
 
-    fn start_queued(store: &Arc<QueuedStore>, net: &MemNetwork) -> Replica<MemKv> {
-        let solo = Solo::new(SoloConfig::new(ME), Default::default()).unwrap();
-        let (transport, rx) = net.join(ME).unwrap();
-        let cfg = ReplicaConfig {
-            group: GroupId(3),
-            ..ReplicaConfig::default()
-        };
-        Replica::start(
-            cfg,
-            solo,
-            Arc::clone(store) as Arc<dyn LogStore>,
-            MemKv::default(),
-            Arc::new(transport),
-            rx,
-        )
-        .unwrap()
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_queued_to_the_store_and_refused_ones_all_land_and_are_answered() {
         const CLIENTS: usize = 6;
         const PER_CLIENT: usize = 30;
         let store = Arc::new(QueuedStore::new(u64::MAX));
         let net = MemNetwork::new(MemNetworkConfig::default()).unwrap();
-        let replica = start_queued(&store, &net);
-        let mut tasks = Vec::new();
-        for c in 0..CLIENTS {
-            let h = replica.handle();
-            tasks.push(tokio::spawn(async move {
-                for i in 0..PER_CLIENT {
-                    let resp = h.propose(put(&format!("c{c}-{i}"), "v")).await?;
-                    assert_eq!(
-                        KvResponse::decode(&resp).ok(),
-                        Some(KvResponse::Written { prev: None })
-                    );
-                }
-                Ok::<(), ReplicaError>(())
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
+        let replica = start(store.clone(), &net);
+        put_concurrently(&replica, CLIENTS, PER_CLIENT).await;
         let total = (CLIENTS * PER_CLIENT) as u64;
         let st = replica.handle().status().await.unwrap();
         assert_eq!(st.stats.proposals_committed, total);
@@ -1309,7 +1273,7 @@ mod with_solo {
     async fn a_failed_queued_write_stops_the_replica_and_answers_with_the_error() {
         let store = Arc::new(QueuedStore::new(1));
         let net = MemNetwork::new(MemNetworkConfig::default()).unwrap();
-        let replica = start_queued(&store, &net);
+        let replica = start(store.clone(), &net);
         let h = replica.handle();
         let mut results = Vec::new();
         for i in 0..6 {
@@ -1377,7 +1341,7 @@ mod with_solo {
     async fn membership_changes_and_transfers_go_through_the_protocol() {
         let store = Arc::new(MemLogStore::new());
         let net = MemNetwork::new(MemNetworkConfig::default()).unwrap();
-        let replica = start(&store, &net);
+        let replica = start(store.clone(), &net);
         let h = replica.handle();
         let same = crate::types::Membership::new([ME]);
         let id = h
@@ -1406,7 +1370,7 @@ mod with_solo {
     async fn solo_rejects_every_inbound_frame_as_undecodable() {
         let store = Arc::new(MemLogStore::new());
         let net = MemNetwork::new(MemNetworkConfig::default()).unwrap();
-        let replica = start(&store, &net);
+        let replica = start(store.clone(), &net);
         let (peer, _rx) = net.join(PEER).unwrap();
         peer.send(
             ME,
